@@ -1,0 +1,270 @@
+"""One Transformer encoder that is BERT, ALBERT or DistilBERT by configuration.
+
+Parameter layout (what the converter, the distillation init and the summary
+rely on):
+
+  embeddings/word_embeddings/embedding       [V, E]
+  embeddings/position_embeddings/embedding   [P, E]
+  embeddings/token_type_embeddings/embedding [T, E]   (absent if T == 0)
+  embeddings/layer_norm/{scale,bias}         [E]
+  embeddings/projection/{kernel [E, H], bias [H]}     (only if E != H)
+  layers/attention/...   self-attention + its post-LayerNorm
+  layers/ffn/...         feed-forward + its post-LayerNorm
+  shared_attention/... or shared_ffn/...     (partial sharing only)
+  pooler/{kernel [H, H], bias [H]}           (only if config.pooler)
+
+The layer stack is `nn.scan` over one `Block`. With share='none' every leaf
+under `layers/` carries a leading [num_layers] axis (`variable_axes`); with
+share='all' the block's params are broadcast to every step
+(`variable_broadcast`) and carry no layer axis. Partial sharing ('attention' or
+'ffn') keeps the shared sub-module's params in the parent, outside the scanned
+axis, and passes them into every step as a broadcast argument; the block then
+applies that sub-module functionally. flax's scan filters act on whole
+collections, so this is how one half of a block can be shared and the other
+not.
+"""
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lite_bert.models.config import EncoderConfig
+
+Array = jax.Array
+
+
+def activation_fn(name: str):
+  """Maps a config name to the function the reference implementation uses."""
+  return {
+      "gelu": functools.partial(jax.nn.gelu, approximate=False),
+      "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+      "relu": jax.nn.relu,
+  }[name]
+
+
+def dense_init(cfg: EncoderConfig):
+  return nn.initializers.normal(stddev=cfg.initializer_range)
+
+
+def dtypes(cfg: EncoderConfig) -> dict:
+  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
+class Embeddings(nn.Module):
+  """Word + position (+ token type) embeddings, LayerNorm, dropout, E->H."""
+
+  cfg: EncoderConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = dense_init(cfg)
+    self.word_embeddings = nn.Embed(cfg.vocab_size, cfg.embedding_dim, embedding_init=init,
+                                    **dtypes(cfg))
+    self.position_embeddings = nn.Embed(cfg.max_position_embeddings, cfg.embedding_dim,
+                                        embedding_init=init, **dtypes(cfg))
+    if cfg.type_vocab_size:
+      self.token_type_embeddings = nn.Embed(cfg.type_vocab_size, cfg.embedding_dim,
+                                            embedding_init=init, **dtypes(cfg))
+    self.layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, **dtypes(cfg))
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    if cfg.embedding_dim != cfg.hidden_size:
+      self.projection = nn.Dense(cfg.hidden_size, kernel_init=init, **dtypes(cfg))
+
+  def __call__(self, input_ids: Array, token_type_ids: Optional[Array],
+               deterministic: bool) -> Array:
+    """[batch, seq] int ids -> [batch, seq, hidden] embeddings."""
+    seq_len = input_ids.shape[-1]
+    x = self.word_embeddings(input_ids)
+    x = x + self.position_embeddings(jnp.arange(seq_len))[None]
+    if self.cfg.type_vocab_size:
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + self.token_type_embeddings(token_type_ids)
+    x = self.layer_norm(x)
+    x = self.dropout(x, deterministic=deterministic)
+    if self.cfg.embedding_dim != self.cfg.hidden_size:
+      x = self.projection(x)
+    return x
+
+  def attend(self, x: Array) -> Array:
+    """[..., E] -> [..., V]: the tied MLM decoder (x @ word_embeddings^T)."""
+    return self.word_embeddings.attend(x)
+
+
+def attention_weights_and_output(q, k, v, mask, dropout, deterministic):
+  """Explicit softmax attention, used when weights or attention dropout are needed.
+
+  q, k, v: [batch, seq, heads, head_dim]; mask: [batch, 1, 1, seq] bool.
+  Returns (output [batch, seq, heads, head_dim], probs [batch, heads, seq, seq]).
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  dropped = dropout(probs, deterministic=deterministic).astype(v.dtype)
+  return jnp.einsum("bnqk,bknd->bqnd", dropped, v), probs
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention, output projection, dropout, residual, post-LN.
+
+  Input x [batch, seq, hidden], key mask [batch, 1, 1, seq] (True = attend).
+  Returns (y [batch, seq, hidden], probs [batch, heads, seq, seq] or None).
+  """
+
+  cfg: EncoderConfig
+  deterministic: bool = True
+  output_attentions: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array):
+    cfg = self.cfg
+    batch, seq, _ = x.shape
+    # One fused [H, 3H] projection: a single GEMM instead of three.
+    qkv = nn.Dense(3 * cfg.hidden_size, kernel_init=dense_init(cfg), name="qkv",
+                   **dtypes(cfg))(x)
+    q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * cfg.num_heads, cfg.head_dim), 3, axis=2)
+    attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
+    needs_dropout = cfg.attention_dropout_rate > 0 and not self.deterministic
+    probs = None
+    if self.output_attentions or needs_dropout:
+      context, probs = attention_weights_and_output(q, k, v, mask, attention_dropout,
+                                                    self.deterministic)
+    else:
+      # Lets XLA (or cuDNN on GPU) choose a fused attention kernel.
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    context = context.reshape(batch, seq, cfg.hidden_size)
+    y = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
+                 **dtypes(cfg))(context)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + y)
+    return y, probs
+
+
+class FeedForward(nn.Module):
+  """Dense H->I, activation, dense I->H, dropout, residual, post-LayerNorm."""
+
+  cfg: EncoderConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    h = nn.Dense(cfg.intermediate_size, kernel_init=dense_init(cfg), name="intermediate",
+                 **dtypes(cfg))(x)
+    h = activation_fn(cfg.activation)(h)
+    h = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
+                 **dtypes(cfg))(h)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + h)
+
+
+class Block(nn.Module):
+  """One post-LayerNorm Transformer block, written as a scan body.
+
+  `shared_part` names the sub-module whose params arrive from outside the scan
+  (`shared_params`, identical at every layer); the other sub-module's params are
+  this step's slice of the stacked params.
+  """
+
+  cfg: EncoderConfig
+  shared_part: Optional[str] = None  # None, 'attention' or 'ffn'
+  deterministic: bool = True
+  output_attentions: bool = False
+
+  def _apply_shared(self, module: nn.Module, shared_params: Any, *args):
+    rngs = {} if self.deterministic else {"dropout": self.make_rng("dropout")}
+    return module.apply({"params": shared_params}, *args, rngs=rngs)
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, shared_params: Any):
+    """x [batch, seq, hidden] -> (x', per-layer outputs for the scan's ys)."""
+    attention = SelfAttention(self.cfg, self.deterministic, self.output_attentions,
+                              name=None if self.shared_part == "attention" else "attention")
+    if self.shared_part == "attention":
+      x, probs = self._apply_shared(attention, shared_params, x, mask)
+    else:
+      x, probs = attention(x, mask)
+    ffn = FeedForward(self.cfg, self.deterministic,
+                      name=None if self.shared_part == "ffn" else "ffn")
+    if self.shared_part == "ffn":
+      x = self._apply_shared(ffn, shared_params, x)
+    else:
+      x = ffn(x)
+    ys = {"hidden_states": x}
+    if self.output_attentions:
+      ys["attentions"] = probs
+    return x, ys
+
+
+class Encoder(nn.Module):
+  """Embeddings, `num_layers` scanned blocks, optional pooler.
+
+  Call with input_ids [batch, seq] int32, attention_mask [batch, seq] (1 =
+  token, 0 = padding), token_type_ids [batch, seq] or None. Returns a dict:
+    last_hidden_state [batch, seq, hidden]
+    pooled            [batch, hidden]  (if cfg.pooler)
+    hidden_states     [num_layers + 1, batch, seq, hidden]  (if asked; index 0
+                      is the embedding output)
+    attentions        [num_layers, batch, heads, seq, seq]  (if asked)
+  """
+
+  cfg: EncoderConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embeddings = Embeddings(cfg)
+    if cfg.share in ("attention", "ffn"):
+      dummy_x = jnp.zeros((1, 1, cfg.hidden_size), jnp.dtype(cfg.dtype))
+      dummy_mask = jnp.ones((1, 1, 1, 1), bool)
+      if cfg.share == "attention":
+        init = lambda rng: SelfAttention(cfg).init(rng, dummy_x, dummy_mask)["params"]
+      else:
+        init = lambda rng: FeedForward(cfg).init(rng, dummy_x)["params"]
+      self.shared_params = self.param(f"shared_{cfg.share}", init)
+    if cfg.pooler:
+      self.pooler = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), **dtypes(cfg))
+
+  def _layer_stack(self, deterministic: bool, output_attentions: bool) -> nn.Module:
+    cfg = self.cfg
+    block_cls = Block
+    if cfg.remat:
+      block_cls = nn.remat(Block, prevent_cse=False)
+    if cfg.share == "all":
+      scan_kwargs = dict(variable_broadcast="params",
+                         split_rngs={"params": False, "dropout": True})
+    else:
+      scan_kwargs = dict(variable_axes={"params": 0},
+                         split_rngs={"params": True, "dropout": True})
+    scanned = nn.scan(block_cls, in_axes=(nn.broadcast, nn.broadcast),
+                      length=cfg.num_layers, **scan_kwargs)
+    shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
+    return scanned(cfg, shared_part, deterministic, output_attentions, name="layers")
+
+  @nn.compact
+  def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
+               token_type_ids: Optional[Array] = None, *, deterministic: bool = True,
+               output_hidden_states: bool = False, output_attentions: bool = False) -> dict:
+    cfg = self.cfg
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    key_mask = attention_mask.astype(bool)[:, None, None, :]
+    shared = self.shared_params if cfg.share in ("attention", "ffn") else None
+    layers = self._layer_stack(deterministic, output_attentions)
+    last, ys = layers(x, key_mask, shared)
+    outputs = {"last_hidden_state": last}
+    if cfg.pooler:
+      outputs["pooled"] = jnp.tanh(self.pooler(last[:, 0]))
+    if output_hidden_states:
+      outputs["hidden_states"] = jnp.concatenate([x[None], ys["hidden_states"]], axis=0)
+    if output_attentions:
+      outputs["attentions"] = ys["attentions"]
+    return outputs
+
+  def attend(self, x: Array) -> Array:
+    """[..., E] -> [..., V] logits through the tied word-embedding table."""
+    return self.embeddings.attend(x)
