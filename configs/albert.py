@@ -1,0 +1,41 @@
+"""ALBERT (Lan et al., 2020): factorized embeddings (E=128), one block shared by all layers, SOP.
+
+Sizes (config argument): tiny (tests, CPU demos), base, large, xlarge, xxlarge
+(the v2 models: no dropout, tanh-approximate GELU, sentencepiece vocab 30,000).
+
+Parameter summary, no weights allocated:
+  python launch.py --config=configs/albert.py:base --config.mode=summary --workdir=/tmp/albert_base
+  -> params_total 11,683,584 (base), 17,683,968 (large), 58,724,864 (xlarge),
+     222,595,584 (xxlarge); embeddings 3,939,456 (base incl. the E->H projection).
+Partial sharing (ALBERT paper, Table 4): --config.model.share=attention|ffn|none.
+"""
+
+from configs import common
+
+SIZES = {
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,
+                 embedding_size=64, vocab_size=8000),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "xlarge": dict(hidden_size=2048, num_layers=24, num_heads=16, intermediate_size=8192),
+    "xxlarge": dict(hidden_size=4096, num_layers=12, num_heads=64, intermediate_size=16384),
+}
+
+
+def get_config(arg: str = "base"):
+  if arg not in SIZES:
+    raise ValueError(f"configs/albert.py: unknown size {arg!r}; choose one of {sorted(SIZES)}")
+  model = dict(
+      vocab_size=30000,
+      embedding_size=128,
+      max_position_embeddings=512,
+      type_vocab_size=2,
+      activation="gelu_new",  # tanh approximation, as google-research/albert uses
+      share="all",
+      pooler=True,
+      dropout_rate=0.0,  # ALBERT v2 turned dropout off
+      attention_dropout_rate=0.0,
+      layer_norm_eps=1e-12,
+  )
+  model.update(SIZES[arg])
+  return common.base_config(f"albert-{arg}", model, pair_head=True)

@@ -1,0 +1,35 @@
+"""BERT (Devlin et al., 2019): post-LN Transformer, WordPiece 30,522, MLM + NSP.
+
+Sizes (config argument): tiny (tests, CPU demos), base, large.
+
+Parameter summary, no weights allocated:
+  python launch.py --config=configs/bert.py:base --config.mode=summary --workdir=/tmp/bert_base
+  -> params_total 109,482,240 (base), 335,141,888 (large); embeddings 23,837,184 (base).
+"""
+
+from configs import common
+
+SIZES = {
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,
+                 vocab_size=8000),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+}
+
+
+def get_config(arg: str = "base"):
+  if arg not in SIZES:
+    raise ValueError(f"configs/bert.py: unknown size {arg!r}; choose one of {sorted(SIZES)}")
+  model = dict(
+      vocab_size=30522,
+      max_position_embeddings=512,
+      type_vocab_size=2,
+      activation="gelu",  # exact erf GELU, as in the reference
+      share="none",
+      pooler=True,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      layer_norm_eps=1e-12,
+  )
+  model.update(SIZES[arg])
+  return common.base_config(f"bert-{arg}", model, pair_head=True)

@@ -1,0 +1,104 @@
+r"""The one entry point: flags -> config -> modes[config.mode](config, workdir).
+
+  python launch.py --config=configs/albert.py:tiny --workdir=/tmp/albert \
+      --config.mode=pretrain --config.train.num_steps=300
+
+`--config.a.b=value` overrides any field; an unknown field or a value of the
+wrong type is one clear error. The resolved config is written to
+`<workdir>/config.json` before the job starts. Problems with the input are
+printed as one line (`error: ...`) with exit status 2; `--debug` (or
+LITE_BERT_DEBUG=1) shows the traceback instead.
+"""
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lite_bert.errors import UserError
+
+MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/bert.py:base.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks for input errors.")
+
+
+def write_config(config, workdir: str) -> None:
+  """Writes the resolved config atomically, so a crash never leaves half a file."""
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def run(config, workdir: str):
+  """Runs `config.mode` in `workdir`; also the programmatic entry point."""
+  mode = config.get("mode")
+  if mode not in MODES:
+    raise UserError(f"config.mode={mode!r} is not a mode; choose one of {MODES}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create workdir {workdir}: {e.strerror}") from e
+  if not os.access(workdir, os.W_OK):
+    raise UserError(f"workdir {workdir} is not writable")
+  module = importlib.import_module(f"lite_bert.modes.{mode}")
+  write_config(config, workdir)
+  return module.run(config, workdir)
+
+
+def _one_line(text: str) -> str:
+  """The last non-empty line of an error text (often a nested traceback)."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else str(text)
+
+
+def parse_flags(argv):
+  """absl's parser, with config-file and override errors as one line each."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not exist.
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: unknown config field in {' '.join(overrides)}: {_one_line(e).strip(chr(34) + chr(39))}",
+          file=sys.stderr)
+  except flags.Error as e:
+    flag = str(e).splitlines()[0].split(":")[0]
+    detail = _one_line(e)
+    print(f"error: {detail if detail.startswith(flag) else flag + ': ' + detail}",
+          file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  try:
+    config = _CONFIG.value
+    config.get("mode")  # config_flags defers a failed file load to first use
+  except OSError as e:
+    print(f"error: cannot load --config: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  logging.set_verbosity(logging.WARNING)
+  debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
+  try:
+    run(config, _WORKDIR.value)
+  except UserError as e:
+    if debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=parse_flags)
