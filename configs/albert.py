@@ -38,4 +38,19 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  return common.base_config(f"albert-{arg}", model, pair_head=True)
+  config = common.base_config(f"albert-{arg}", model, pair_head=True)
+
+  # Pretraining recipe (Lan et al.): LAMB 0.00176, batch 4096, 125k steps with
+  # 3,125 warmup, SOP, n-gram masking (n <= 3); `tiny` is scaled down for CPU.
+  config.data.pair_objective = "sop"
+  config.data.masking = "ngram"
+  config.data.max_seq_length = 512
+  config.data.max_predictions_per_seq = 20
+  config.data.batch_size = 4096
+  config.train.num_steps = 125_000
+  config.optim.name = "lamb"
+  config.optim.learning_rate = 0.00176
+  config.optim.warmup_steps = 3_125
+  if arg == "tiny":
+    common.scale_down_for_cpu(config)
+  return config

@@ -32,4 +32,19 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  return common.base_config(f"bert-{arg}", model, pair_head=True)
+  config = common.base_config(f"bert-{arg}", model, pair_head=True)
+
+  # Pretraining recipe (Devlin et al.): AdamW 1e-4, 10k warmup, linear decay,
+  # batch 256 x seq 128 for 90% of 1M steps; `tiny` is scaled down for CPU.
+  config.data.pair_objective = "nsp"
+  config.data.masking = "token"
+  config.data.max_seq_length = 128
+  config.data.max_predictions_per_seq = 20
+  config.data.batch_size = 256
+  config.train.num_steps = 1_000_000
+  config.optim.name = "adamw"
+  config.optim.learning_rate = 1e-4
+  config.optim.warmup_steps = 10_000
+  if arg == "tiny":
+    common.scale_down_for_cpu(config)
+  return config

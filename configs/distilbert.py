@@ -31,4 +31,16 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  return common.base_config(f"distilbert-{arg}", model, pair_head=False)
+  config = common.base_config(f"distilbert-{arg}", model, pair_head=False)
+
+  # Distillation recipe (Sanh et al.): batches of 4k tokens, Adam 5e-4; the
+  # distill mode reads config.distill (teacher, loss weights, temperature).
+  config.data.pair_objective = "none"
+  config.data.masking = "token"
+  config.data.max_seq_length = 128
+  config.data.batch_size = 32
+  config.optim.name = "adamw"
+  config.optim.learning_rate = 5e-4
+  if arg == "tiny":
+    common.scale_down_for_cpu(config)
+  return config

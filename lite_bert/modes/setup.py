@@ -1,0 +1,58 @@
+"""Pieces every training mode needs: the encoder config, the tokenizer, the model's fingerprint."""
+
+import os
+
+from lite_bert import __version__
+from lite_bert.data import corpora
+from lite_bert.data import tokenizers
+from lite_bert.errors import UserError
+from lite_bert.models.config import EncoderConfig
+
+
+def encoder_config(config) -> EncoderConfig:
+  """The validated encoder config, checked against the data's sequence length."""
+  cfg = EncoderConfig.from_dict(config.model)
+  max_len = config.get("data", {}).get("max_seq_length", 0)
+  if max_len > cfg.max_position_embeddings:
+    raise UserError(
+        f"data.max_seq_length={max_len} is longer than the position table "
+        f"(model.max_position_embeddings={cfg.max_position_embeddings})")
+  return cfg
+
+
+def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
+  """The run's tokenizer: `config.tokenizer.path`, or one trained into the workdir.
+
+  A sentencepiece model trained here (first run only) has exactly
+  `model.vocab_size` pieces. A given tokenizer's vocabulary must equal
+  `model.vocab_size`.
+  """
+  path = config.tokenizer.path
+  where = f"--config.tokenizer.path={path}"
+  if not path:
+    path = os.path.join(workdir, "tokenizer", "spm.model")
+    where = path
+    if not os.path.exists(path):
+      if documents is None:
+        documents = corpora.open_corpus(config.data.corpus, format=config.data.format)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      print(f"training a sentencepiece tokenizer of {config.model.vocab_size} pieces "
+            f"on {config.data.corpus} -> {path}", flush=True)
+      tokenizers.train_sentencepiece_on_documents(
+          documents, vocab_size=config.model.vocab_size, model_path=path,
+          lower_case=config.tokenizer.lower_case,
+          max_sentences=config.tokenizer.max_sentences, seed=config.seed)
+  tokenizer = tokenizers.load_tokenizer(path)
+  tokenizers.check_vocab_matches(tokenizer, config.model.vocab_size, where)
+  return tokenizer
+
+
+# Fields that change how a model computes but not what its params are: a
+# checkpoint restores across them (e.g. bf16 fine-tuning of an fp32 run).
+RUNTIME_FIELDS = ("dtype", "remat", "dropout_rate", "attention_dropout_rate")
+
+
+def model_meta(cfg: EncoderConfig, **extra) -> dict:
+  """What a checkpoint must agree with to be restored into this run."""
+  arch = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+  return dict(lite_bert_version=__version__, model=arch, **extra)

@@ -1,0 +1,250 @@
+"""The one train loop: pretraining, distillation and fine-tuning all run through `train()`.
+
+What varies between jobs is a `Job`: how to initialise params, the objective
+(`loss_fn`), the input iterator and the evaluation. Everything else is here,
+once: mesh and shardings, optimizer, jitted step, checkpoints (train state +
+data iterator state), metrics, progress, resume, the non-finite guard.
+
+The loop reads the step metrics back to the host at least every
+`config.train.sync_every` steps. That read is also the host sync that keeps
+XLA's CPU collectives from deadlocking when many sharded steps are queued
+(measured: a loop that never waits aborts in the CPU rendezvous).
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lite_bert.errors import UserError
+from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import mesh as mesh_lib
+from lite_bert.train import metrics as metrics_lib
+from lite_bert.train import objectives
+from lite_bert.train import optim
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Job:
+  """The part of a run that differs between pretrain, distill and finetune.
+
+  Attributes:
+    name: shown in logs.
+    init_params: rng -> params; pure and jittable (random init of the model).
+    loss_fn: (params, frozen, batch, rng, deterministic) -> (loss, metrics of
+      sums/counts; see objectives.py).
+    make_train_iter: data_state or None -> iterator of host-local numpy batches
+      with `get_state()` (a JSON-able dict); data_state resumes it exactly.
+    evaluate: Optional (params, frozen, to_global) -> dict of eval numbers,
+      called every `config.train.eval_every` steps and at the end;
+      `to_global(host_batch)` puts a host batch on the loop's mesh.
+    load_params: Optional params -> params, applied once on a fresh start (not
+      on resume) to put pretrained weights into the random init (host side).
+    frozen: a pytree the objective reads but never trains (a teacher's
+      params), placed on the mesh once.
+    meta: JSON-able description of the model, stored with every checkpoint
+      and compared on restore so an incompatible config is refused.
+    on_eval: Optional (step, params, eval_numbers) -> None, called after each
+      evaluation (e.g. to keep the best-dev checkpoint).
+  """
+
+  name: str
+  init_params: Callable[[jax.Array], PyTree]
+  loss_fn: Callable[..., tuple[jax.Array, dict]]
+  make_train_iter: Callable[[Optional[dict]], Iterator[dict]]
+  meta: dict
+  evaluate: Optional[Callable[[PyTree, PyTree], dict]] = None
+  load_params: Optional[Callable[[PyTree], PyTree]] = None
+  frozen: PyTree = None
+  on_eval: Optional[Callable[[int, PyTree, dict], None]] = None
+
+
+def train_step(state: dict, frozen: PyTree, batch: dict, *, loss_fn, optimizer,
+               base_rng: jax.Array):
+  """One update. Pure: (state, frozen, global batch) -> (new state, step metrics).
+
+  A non-finite loss or gradient leaves params and optimizer state unchanged
+  and sets `nonfinite` = 1; whether that stops the run is decided on the
+  host at the next sync (`config.train.on_nonfinite`). Either way no
+  non-finite value ever enters the state, hence never a checkpoint.
+  """
+  rng = jax.random.fold_in(base_rng, state["step"])
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, metrics), grads = grad_fn(state["params"], frozen, batch, rng, False)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  new_params = optax.apply_updates(state["params"], updates)
+  keep = lambda new, old: jax.tree_util.tree_map(
+      lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = {
+      "step": state["step"] + 1,
+      "params": keep(new_params, state["params"]),
+      "opt_state": keep(new_opt_state, state["opt_state"]),
+  }
+  metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                 nonfinite=1.0 - finite.astype(jnp.float32))
+  return new_state, metrics
+
+
+def sum_metrics(records: list[dict]) -> dict:
+  """Adds up the per-step metric dicts read back from the device."""
+  totals = {}
+  for record in records:
+    for key, value in record.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return totals
+
+
+def train_summary(totals: dict, num_steps: int, learning_rate: float) -> dict:
+  """Readable train metrics from the totals of `num_steps` steps."""
+  out = objectives.summarize(totals)
+  out["loss"] = totals["loss"] / num_steps
+  out["grad_norm"] = totals["grad_norm"] / num_steps
+  out["learning_rate"] = learning_rate
+  out["nonfinite_steps"] = totals.get("nonfinite", 0.0)
+  return out
+
+
+def train(config, workdir: str, job: Job) -> dict:
+  """Runs (or resumes) `job` in `workdir` for `config.train.num_steps` steps.
+
+  Returns the last train and eval numbers.
+  """
+  tcfg = config.train
+  total_steps = int(tcfg.num_steps)
+  is_main = jax.process_index() == 0
+
+  # ---------------------------------------------------------------- mesh
+  mesh_lib.maybe_initialize_distributed(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  # ------------------------------------------------ model and optimizer
+  accumulation = int(config.optim.accumulation_steps)
+  optimizer, schedule = optim.make_optimizer(config.optim, total_steps // accumulation)
+  base_rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(base_rng)
+
+  def init_state(rng):
+    params = job.init_params(rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": optimizer.init(params)}
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  state_shardings = {
+      "step": replicated,
+      "params": mesh_lib.param_shardings(mesh, abstract_state["params"], config.mesh.fsdp),
+      "opt_state": mesh_lib.param_shardings(mesh, abstract_state["opt_state"],
+                                            config.mesh.fsdp),
+  }
+
+  # --------------------------------------------------------- checkpoint
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+      save_every_steps=config.checkpoint.every_steps,
+      async_save=config.checkpoint.async_save)
+  restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
+                                              meta_now=job.meta)
+  if restored is not None:
+    state, data_state, _ = restored
+    first_step = int(state["step"])
+    if is_main:
+      print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
+  else:
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    if job.load_params is not None:
+      params = job.load_params(jax.device_get(state["params"]))
+      params = jax.device_put(params, state_shardings["params"])
+      state = {"step": state["step"], "params": params,
+               "opt_state": jax.jit(optimizer.init,
+                                    out_shardings=state_shardings["opt_state"])(params)}
+    data_state, first_step = None, 0
+
+  frozen = job.frozen
+  if frozen is not None:
+    frozen_shardings = mesh_lib.param_shardings(
+        mesh, jax.eval_shape(lambda: frozen), config.mesh.fsdp)
+    frozen = jax.device_put(frozen, frozen_shardings)
+
+  # -------------------------------------------------------------- input
+  train_iter = job.make_train_iter(data_state)
+  to_global = functools.partial(mesh_lib.host_batch_to_global, mesh=mesh)
+
+  # -------------------------------------------------------- update step
+  step_fn = jax.jit(
+      functools.partial(train_step, loss_fn=job.loss_fn, optimizer=optimizer,
+                        base_rng=step_rng),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+
+  # ---------------------------------------------------------------- loop
+  writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
+  progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main)
+  pending: list = []  # device metrics not yet read back
+  window: list = []  # host metrics since the last log line
+  last_good_step = first_step
+  train_numbers, eval_numbers = {}, {}
+  step = first_step
+  sync_every = max(1, min(int(tcfg.sync_every), int(tcfg.log_every)))
+  while step < total_steps:
+    try:
+      host_batch = next(train_iter)
+    except StopIteration:
+      raise UserError(f"{job.name}: the training data ran out at step {step}") from None
+    progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
+    batch = to_global(host_batch)
+    state, step_metrics = step_fn(state, frozen, batch)
+    pending.append(step_metrics)
+    step += 1
+
+    is_log = step % tcfg.log_every == 0 or step == total_steps
+    is_eval = job.evaluate is not None and (
+        (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
+    is_save = step % config.checkpoint.every_steps == 0 or step == total_steps
+    if step % sync_every == 0 or is_log or is_eval or is_save:
+      read = jax.device_get(pending)
+      pending = []
+      window.extend(read)
+      bad = [step - len(read) + i + 1 for i, m in enumerate(read) if m["nonfinite"] > 0]
+      if bad and tcfg.on_nonfinite == "stop":
+        raise UserError(
+            f"{job.name}: non-finite loss or gradient at step {bad[0]} (steps "
+            f"{last_good_step + 1}..{step} ran since the last check; no checkpoint was "
+            f"written after step {last_good_step}). Lower the learning rate, or set "
+            f"--config.train.on_nonfinite=skip")
+      last_good_step = step
+
+    if is_log:
+      lr = float(schedule((step - 1) // accumulation))
+      train_numbers = train_summary(sum_metrics(window), len(window), lr)
+      train_numbers.update(progress.rates(step))
+      writer.write(step, "train", train_numbers)
+      progress.line(step, {k: train_numbers[k] for k in train_numbers
+                           if k in ("loss", "mlm_accuracy", "pair_accuracy", "accuracy",
+                                    "learning_rate")})
+      window = []
+
+    if is_eval:
+      eval_numbers = job.evaluate(state["params"], frozen, to_global)
+      writer.write(step, "eval", eval_numbers)
+      if is_main:
+        print(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items()),
+              flush=True)
+      if job.on_eval is not None:
+        job.on_eval(step, state["params"], eval_numbers)
+
+    if is_save:
+      checkpointer.save(step, state, train_iter.get_state(), job.meta, force=True)
+
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  return {"train": train_numbers, "eval": eval_numbers, "step": step, "params": state["params"]}

@@ -1,0 +1,99 @@
+"""Where numbers go: JSON lines and TensorBoard in the workdir, a progress line on the console.
+
+`metrics.jsonl` holds one JSON object per write: {"step": int, "split":
+"train"|"eval"|..., name: float, ...}. On resume, lines written after the
+restored step by a run that was killed are dropped first, so the file reads as
+if the run had never been interrupted.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+try:  # TensorBoard event files without TensorFlow.
+  import tensorboardX
+except ImportError:  # pragma: no cover - tensorboardX is an install requirement
+  tensorboardX = None
+
+
+def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
+  """All records of `workdir/metrics.jsonl` (optionally of one split)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if split is None or r.get("split") == split]
+
+
+class MetricWriter:
+  """Appends metrics to `metrics.jsonl` and TensorBoard events (main process only)."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not enabled:
+      return
+    self._truncate_after(resume_step)
+    if tensorboardX is not None:
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def _truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+
+  def write(self, step: int, split: str, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split}
+    record.update({k: float(v) for k, v in values.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in values.items():
+        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """Steps/s, tokens/s and ETA since the loop (re)started; prints one line per call."""
+
+  def __init__(self, first_step: int, total_steps: int, *, enabled: bool = True):
+    self.first_step = first_step
+    self.total_steps = total_steps
+    self.enabled = enabled
+    self.start = time.perf_counter()
+    self.tokens = 0
+
+  def add_tokens(self, count: int) -> None:
+    self.tokens += count
+
+  def rates(self, step: int) -> dict:
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    steps_per_s = (step - self.first_step) / elapsed
+    eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
+    return {"steps_per_s": steps_per_s, "tokens_per_s": self.tokens / elapsed, "eta_s": eta}
+
+  def line(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    rates = self.rates(step)
+    shown = " ".join(f"{k}={v:.4g}" for k, v in values.items()
+                     if k not in ("steps_per_s", "tokens_per_s", "eta_s"))
+    eta = rates["eta_s"]
+    eta_text = f"{eta / 60:.1f}min" if eta != float("inf") else "?"
+    print(f"step {step}/{self.total_steps} {shown} | {rates['steps_per_s']:.2f} steps/s "
+          f"{rates['tokens_per_s']:.0f} tok/s ETA {eta_text}", file=sys.stdout, flush=True)
