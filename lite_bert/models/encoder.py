@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
 
 Array = jax.Array
@@ -77,6 +78,9 @@ class Embeddings(nn.Module):
                deterministic: bool) -> Array:
     """[batch, seq] int ids -> [batch, seq, hidden] embeddings."""
     seq_len = input_ids.shape[-1]
+    if seq_len > self.cfg.max_position_embeddings:  # jnp.take would give NaNs, not an error
+      raise UserError(f"sequence length {seq_len} exceeds model.max_position_embeddings="
+                      f"{self.cfg.max_position_embeddings}")
     x = self.word_embeddings(input_ids)
     x = x + self.position_embeddings(jnp.arange(seq_len))[None]
     if self.cfg.type_vocab_size:

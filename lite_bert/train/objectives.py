@@ -108,4 +108,102 @@ def summarize(totals: dict) -> dict:
     out["task_loss"] = float(totals["loss_sum"]) / count
     if "correct" in totals:
       out["accuracy"] = float(totals["correct"]) / count
+    if "kl_sum" in totals:
+      out["soft_kl"] = float(totals["kl_sum"]) / count
+  if "kl_count" in totals:
+    count = max(float(totals["kl_count"]), 1.0)
+    out["kl"] = float(totals["kl_sum"]) / count
+    out["logit_mse"] = float(totals["mse_sum"]) / count
+  if "cos_count" in totals:
+    out["cosine_loss"] = float(totals["cos_sum"]) / max(float(totals["cos_count"]), 1.0)
   return out
+
+
+def distillation_terms(student: dict, teacher: dict, batch: dict, *, temperature: float,
+                       kl_on_masked_only: bool = False):
+  """The DistilBERT loss terms, each as (sum, count) so they average exactly.
+
+  student, teacher: model outputs with `mlm_logits` [batch, seq, V] at EVERY
+    position and `last_hidden_state` [batch, seq, H] (same H).
+  batch: `attention_mask` [batch, seq]; `masked_positions`, `masked_ids`,
+    `masked_weights` [batch, P].
+  Returns a dict of sums and counts:
+    kl_sum / kl_count: T^2 * KL(softmax(teacher/T) || softmax(student/T)),
+      summed over vocab, over the selected tokens (non-padding tokens, or only
+      the masked ones with `kl_on_masked_only`), as DistilBERT's
+      `KLDivLoss(reduction='batchmean')` over the selected rows;
+    mse_sum / kl_count: squared logit difference summed over vocab, per
+      selected token (DistilBERT's alpha_mse term);
+    mlm_loss_sum / mlm_count / mlm_correct: the student's masked-LM
+      cross-entropy at the masked positions;
+    cos_sum / cos_count: 1 - cos(student hidden, teacher hidden) over
+      non-padding tokens (CosineEmbeddingLoss with target 1).
+  """
+  t = temperature
+  s_logits = student["mlm_logits"].astype(jnp.float32)
+  t_logits = jax.lax.stop_gradient(teacher["mlm_logits"].astype(jnp.float32))
+  token_weights = batch["attention_mask"].astype(jnp.float32)  # [batch, seq]
+  if kl_on_masked_only:
+    masked = jnp.zeros_like(token_weights)
+    rows = jnp.arange(masked.shape[0])[:, None]
+    kl_weights = masked.at[rows, batch["masked_positions"]].max(batch["masked_weights"])
+  else:
+    kl_weights = token_weights
+  s_log_probs = jax.nn.log_softmax(s_logits / t, axis=-1)
+  t_log_probs = jax.nn.log_softmax(t_logits / t, axis=-1)
+  kl_per_token = jnp.sum(jnp.exp(t_log_probs) * (t_log_probs - s_log_probs), axis=-1)
+  mse_per_token = jnp.sum((s_logits - t_logits) ** 2, axis=-1)
+  kl_count = jnp.sum(kl_weights)
+
+  masked_logits = jnp.take_along_axis(s_logits, batch["masked_positions"][..., None], axis=1)
+  mlm_sum, mlm_count, mlm_correct = weighted_cross_entropy(
+      masked_logits, batch["masked_ids"], batch["masked_weights"])
+
+  s_hidden = student["last_hidden_state"].astype(jnp.float32)
+  t_hidden = jax.lax.stop_gradient(teacher["last_hidden_state"].astype(jnp.float32))
+  cosine = jnp.sum(s_hidden * t_hidden, -1) / jnp.maximum(
+      jnp.linalg.norm(s_hidden, axis=-1) * jnp.linalg.norm(t_hidden, axis=-1), 1e-8)
+  return {
+      "kl_sum": t * t * jnp.sum(kl_per_token * kl_weights), "kl_count": kl_count,
+      "mse_sum": jnp.sum(mse_per_token * kl_weights),
+      "mlm_loss_sum": mlm_sum, "mlm_count": mlm_count, "mlm_correct": mlm_correct,
+      "cos_sum": jnp.sum((1.0 - cosine) * token_weights), "cos_count": jnp.sum(token_weights),
+  }
+
+
+def distillation_loss(student: dict, teacher: dict, batch: dict, *, alpha_ce: float,
+                      alpha_mlm: float, alpha_cos: float, alpha_mse: float = 0.0,
+                      temperature: float = 2.0, kl_on_masked_only: bool = False):
+  """DistilBERT's triple loss (plus the optional logit MSE): (loss, metrics).
+
+  loss = alpha_ce * T^2 KL + alpha_mlm * MLM CE + alpha_cos * (1 - cos)
+         + alpha_mse * logit MSE, each a mean over its tokens (see
+  `distillation_terms`). The paper's defaults: alpha_ce=5, alpha_mlm=2,
+  alpha_cos=1, T=2.
+  """
+  terms = distillation_terms(student, teacher, batch, temperature=temperature,
+                             kl_on_masked_only=kl_on_masked_only)
+  kl = mean_or_zero(terms["kl_sum"], terms["kl_count"])
+  mse = mean_or_zero(terms["mse_sum"], terms["kl_count"])
+  mlm = mean_or_zero(terms["mlm_loss_sum"], terms["mlm_count"])
+  cos = mean_or_zero(terms["cos_sum"], terms["cos_count"])
+  loss = alpha_ce * kl + alpha_mlm * mlm + alpha_cos * cos + alpha_mse * mse
+  return loss, terms
+
+
+def soft_label_classification_loss(logits: Array, teacher_logits: Array, labels: Array,
+                                   weights: Array, *, alpha_soft: float, temperature: float):
+  """Task-specific distillation: (1 - a) * CE(hard labels) + a * T^2 KL(teacher/T || student/T).
+
+  logits, teacher_logits: [batch, num_labels]; labels [batch] int; weights
+  [batch]. Returns (mean loss, metrics with the hard-label accuracy).
+  """
+  hard, metrics = classification_loss(logits, labels, weights, regression=False)
+  t = temperature
+  s_log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+  t_log_probs = jax.nn.log_softmax(
+      jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / t, axis=-1)
+  kl = jnp.sum(jnp.exp(t_log_probs) * (t_log_probs - s_log_probs), axis=-1)
+  kl_sum = t * t * jnp.sum(kl * weights)
+  soft = mean_or_zero(kl_sum, jnp.sum(weights))
+  return (1.0 - alpha_soft) * hard + alpha_soft * soft, dict(metrics, kl_sum=kl_sum)

@@ -1,0 +1,152 @@
+"""Encoder structure and parameter counts: the papers' sizes and the scanned layer stack.
+
+Counts come from `jax.eval_shape` (no weights allocated); one of them goes
+through `launch.py --config.mode=summary` to check the CLI and `summary.json`.
+"""
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lite_bert import paths
+from lite_bert.models.config import EncoderConfig
+from lite_bert.models.heads import PretrainingModel
+from lite_bert.models.summary import abstract_pretraining_params, parameter_counts
+
+# A small config whose dimensions are all different, so that a leading axis of
+# size num_layers cannot be confused with any other.
+SMALL = dict(vocab_size=50, hidden_size=8, num_layers=3, num_heads=2, intermediate_size=16,
+             max_position_embeddings=32)
+
+
+def _config(file: str, size: str, **overrides):
+  config = importlib.import_module(f"configs.{file}").get_config(size)
+  fields = dict(config.model)
+  fields.update(overrides)
+  return EncoderConfig.from_dict(fields), config.pair_head
+
+
+def _counts(cfg: EncoderConfig, pair_head: bool = True) -> dict:
+  return parameter_counts(abstract_pretraining_params(cfg, pair_head=pair_head))
+
+
+def _shapes(tree) -> dict:
+  return jax.tree_util.tree_map(lambda x: tuple(x.shape), tree)
+
+
+def _size(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_summary_cli_bert_base(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/bert.py:base", "--config.mode=summary",
+       f"--workdir={tmp_path}"],
+      cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["params_total"] == 109_482_240
+  # HF BertModel.embeddings: word, position and token-type tables plus LayerNorm.
+  model = summary["model"]
+  vocab, hidden = model["vocab_size"], model["hidden_size"]
+  positions, types = model["max_position_embeddings"], model["type_vocab_size"]
+  assert summary["params_embeddings"] == (vocab * hidden + positions * hidden
+                                          + types * hidden + 2 * hidden)
+
+
+@pytest.mark.parametrize("file, size, total", [
+    ("bert", "large", 335_141_888),
+    ("distilbert", "base", 66_362_880),
+    ("albert", "base", 11_683_584),
+    ("albert", "large", 17_683_968),
+    ("albert", "xlarge", 58_724_864),
+    ("albert", "xxlarge", 222_595_584),
+])
+def test_params_total_matches_the_papers_models(file, size, total):
+  cfg, pair_head = _config(file, size)
+  assert _counts(cfg, pair_head)["params_total"] == total
+
+
+def test_albert_shared_count_does_not_depend_on_depth():
+  cfg12, _ = _config("albert", "base", num_layers=12)
+  cfg24, _ = _config("albert", "base", num_layers=24)
+  assert _counts(cfg12)["params_total"] == _counts(cfg24)["params_total"] == 11_683_584
+
+
+def test_unshared_layers_carry_a_leading_layer_axis():
+  params = abstract_pretraining_params(EncoderConfig(**SMALL), pair_head=True)
+  layers = params["encoder"]["layers"]
+  assert set(layers) == {"attention", "ffn"}
+  leaves = jax.tree_util.tree_leaves(layers)
+  assert len(leaves) == 12  # 3 Dense + 1 LayerNorm per half, 2 leaves each
+  assert all(leaf.shape[0] == SMALL["num_layers"] for leaf in leaves)
+  assert layers["attention"]["qkv"]["kernel"].shape == (3, 8, 24)
+  assert layers["ffn"]["output"]["kernel"].shape == (3, 16, 8)
+  assert "shared_attention" not in params["encoder"] and "shared_ffn" not in params["encoder"]
+
+
+def test_share_all_layers_carry_no_layer_axis():
+  none = _shapes(abstract_pretraining_params(EncoderConfig(**SMALL), True)["encoder"]["layers"])
+  shared = abstract_pretraining_params(EncoderConfig(**SMALL, share="all"), True)
+  expected = jax.tree_util.tree_map(lambda s: s[1:], none, is_leaf=lambda x: isinstance(x, tuple))
+  assert _shapes(shared["encoder"]["layers"]) == expected
+
+
+@pytest.mark.parametrize("share, other", [("attention", "ffn"), ("ffn", "attention")])
+def test_partial_sharing_splits_the_block(share, other):
+  unshared = _shapes(abstract_pretraining_params(EncoderConfig(**SMALL), True)["encoder"]["layers"])
+  params = abstract_pretraining_params(EncoderConfig(**SMALL, share=share), True)
+  encoder = params["encoder"]
+  one_layer = jax.tree_util.tree_map(lambda s: s[1:], unshared[share],
+                                     is_leaf=lambda x: isinstance(x, tuple))
+  # The shared half sits outside the scan, without a layer axis ...
+  assert _shapes(encoder[f"shared_{share}"]) == one_layer
+  # ... and the other half is scanned, with one.
+  assert set(encoder["layers"]) == {other}
+  assert _shapes(encoder["layers"][other]) == unshared[other]
+
+
+def test_partial_sharing_counts_sit_between_all_and_none():
+  layers = SMALL["num_layers"]
+  counts = {share: _counts(EncoderConfig(**SMALL, share=share))["params_total"]
+            for share in ("none", "all", "attention", "ffn")}
+  block = abstract_pretraining_params(EncoderConfig(**SMALL, share="all"), True)
+  attention = _size(block["encoder"]["layers"]["attention"])
+  ffn = _size(block["encoder"]["layers"]["ffn"])
+  assert counts["none"] - counts["all"] == (layers - 1) * (attention + ffn)
+  assert counts["attention"] == counts["all"] + (layers - 1) * ffn
+  assert counts["ffn"] == counts["all"] + (layers - 1) * attention
+  for partial in ("attention", "ffn"):
+    assert counts["all"] < counts[partial] < counts["none"]
+
+
+@pytest.mark.parametrize("share", ["none", "all", "attention", "ffn"])
+def test_layer_stack_is_one_scan(share):
+  cfg = EncoderConfig(**SMALL, share=share, embedding_size=4)
+  model = PretrainingModel(cfg)
+  ids = jnp.ones((2, 5), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids)["params"])
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids))(params)
+  scans = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "scan"]
+  assert len(scans) == 1
+  assert scans[0].params["length"] == SMALL["num_layers"]
+
+
+def test_counts_split_into_their_parts():
+  cfg, pair_head = _config("albert", "base")
+  counts = _counts(cfg, pair_head)
+  hidden, embedding = cfg.hidden_size, cfg.embedding_dim
+  assert counts["params_embeddings"] == (
+      (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * embedding
+      + 2 * embedding + embedding * hidden + hidden)
+  assert counts["params_pooler"] == hidden * hidden + hidden
+  assert counts["params_total"] == (counts["params_embeddings"] + counts["params_layers"]
+                                    + counts["params_pooler"])
+  assert counts["params_pair_head"] == 2 * hidden + 2
