@@ -10,8 +10,8 @@ one document's text, its paragraphs (lines) joined by "\\n". The spec is one of
       documents (BERT's `create_pretraining_data` convention; the Gutenberg
       files in the shared data folder);
     - 'wikitext': WikiText raw files, where a line matching
-      `^ = [^=].* = $` (an article title) starts a new document and blank
-      lines are dropped.
+      `^ = [^=].* = $` (an article title) after a blank line starts a new
+      document and blank lines are dropped.
   'auto' picks 'wikitext' for a file whose first non-blank line is an article
   title and 'plain' otherwise.
 * `tfds:<name>[/<config>][:<split>]`: any TFDS text dataset already prepared
@@ -59,7 +59,7 @@ TFDS_PREFIX = "tfds:"
 # A WikiText article title line (section headings have `= =` and do not match).
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 # Bumped whenever the document layout written into the cache changes.
-_CACHE_LAYOUT_VERSION = 1
+_CACHE_LAYOUT_VERSION = 2
 
 _MAGIC_OPENERS = (
     (b"\xfd7zXZ\x00", lzma.open),
@@ -227,7 +227,7 @@ def read_lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
         if number == 1:
           line = line.removeprefix("\ufeff")
         yield number, line.rstrip("\r\n")
-  except (lzma.LZMAError, EOFError, OSError, gzip.BadGzipFile) as e:
+  except (lzma.LZMAError, EOFError, OSError) as e:  # OSError: BadGzipFile too
     if isinstance(e, FileNotFoundError):
       raise UserError(f"corpus file not found: {path}") from None
     raise UserError(f"{path}: cannot read ({e})") from None
@@ -240,21 +240,28 @@ def _detect_format(path: pathlib.Path) -> str:
   return "plain"
 
 
-def iter_documents(path: pathlib.Path, format: str = "auto") -> Iterator[str]:  # pylint: disable=redefined-builtin
+def iter_documents(path: pathlib.Path,
+                   format: str = "auto") -> Iterator[str]:  # pylint: disable=redefined-builtin
   """Yields the documents of one local file (paragraphs joined by "\\n").
 
   Lines are stripped of surrounding whitespace and blank lines never reach a
   document. 'plain': a blank line ends a document. 'wikitext': a title line
-  starts one (and is its first line).
+  (`WIKITEXT_TITLE`) after a blank line starts one and is its first line; the
+  blank-line condition keeps formula lines such as ' = 1 henry and
+  capacitance C = ' (WikiText-2 test, *Constant k filter*) inside their
+  article, so both splits have their 60 articles.
   """
   if format == "auto":
     format = _detect_format(path)
   paragraphs = []
+  previous_blank = True
   for _, line in read_lines(path):
-    if format == "wikitext" and WIKITEXT_TITLE.match(line) and paragraphs:
+    text = line.strip()
+    if (format == "wikitext" and previous_blank and paragraphs
+        and WIKITEXT_TITLE.match(line)):
       yield "\n".join(paragraphs)
       paragraphs = []
-    text = line.strip()
+    previous_blank = not text
     if text:
       paragraphs.append(text)
     elif format == "plain" and paragraphs:
@@ -287,6 +294,10 @@ class LocalTextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._files = [pathlib.Path(f) for f in files]
     self._text_format = text_format
     super().__init__(**kwargs)
+    # TFDS re-creates a builder from these when a data source is unpickled
+    # (e.g. sent to a grain worker process).
+    self._original_state.update(files=self._files, text_format=text_format,
+                                **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -314,14 +325,17 @@ class LocalTextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 @contextlib.contextmanager
 def _quiet_tfds():
-  """Hides TFDS's progress bars and its "Downloading and preparing" prints."""
+  """Hides TFDS's progress bars, prints and warnings (errors still show)."""
   was_active = getattr(tqdm_utils, "_active", True)
+  verbosity = logging.get_verbosity()
   tfds.display_progress_bar(False)
+  logging.set_verbosity(logging.ERROR)
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       yield
   finally:
     tfds.display_progress_bar(was_active)
+    logging.set_verbosity(verbosity)
 
 
 def _cache_key(files: Sequence[pathlib.Path], text_format: str) -> str:
@@ -340,7 +354,9 @@ def _open_local(files: Sequence[pathlib.Path], text_format: str,
   builder = LocalTextCorpus(files=files, text_format=text_format,
                             data_dir=os.fspath(data_dir),
                             file_format="array_record")
-  if not builder.is_prepared():
+  with _quiet_tfds():  # is_prepared() warns about a missing folder.
+    prepared = builder.is_prepared()
+  if not prepared:
     logging.info("Preparing corpus %s into %s", [str(f) for f in files],
                  data_dir)
     try:
@@ -378,7 +394,9 @@ def open_tfds_documents(name: str, *, split: str = "train",
         f"TFDS dataset and no prepared copy was found there ({first_line}); "
         "downloads are off, so prepare it elsewhere with "
         "file_format='array_record' and point tfds_data_dir at it") from None
-  if not builder.is_prepared():
+  with _quiet_tfds():
+    prepared = builder.is_prepared()
+  if not prepared:
     raise UserError(
         f"tfds has no data for {name!r}: it is not prepared under "
         f"{builder.data_dir} and downloads are off; prepare it with "
@@ -414,6 +432,7 @@ _ABBREVIATIONS = frozenset(
 # Sentence-final punctuation, any closing quotes/brackets, then whitespace.
 _BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+")
 _OPENING_QUOTES = "\"'\u201c\u2018(["
+_EMPHASIS = "_*"  # Gutenberg marks italics as _word_.
 
 
 def split_sentences(paragraph: str) -> list[str]:
@@ -421,7 +440,8 @@ def split_sentences(paragraph: str) -> list[str]:
 
   A sentence ends at '.', '!' or '?' (possibly repeated and followed by
   closing quotes or brackets) when whitespace follows and then an uppercase
-  letter or an opening quote/bracket. A '.' does not end a sentence after a
+  letter or an opening quote/bracket (emphasis marks '_' / '*' before them
+  are skipped). A '.' does not end a sentence after a
   common abbreviation ('Mr.', 'Dr.', 'St.', 'e.g.', ...) or after a single
   letter (initials such as 'H. G. Wells'). Good enough for BERT's
   sentence-pair (NSP/SOP) examples; it never downloads anything.
@@ -439,8 +459,9 @@ def split_sentences(paragraph: str) -> list[str]:
     end = match.end()
     if end >= len(paragraph):
       break
-    following = paragraph[end]
-    if not (following.isupper() or following in _OPENING_QUOTES):
+    following = paragraph[end:end + 8].lstrip(_EMPHASIS)[:1]
+    if not following or not (following.isupper()
+                             or following in _OPENING_QUOTES):
       continue
     punctuation_at = match.start()
     if paragraph[punctuation_at] == "." and match.group().count(".") == 1:
