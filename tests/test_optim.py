@@ -179,7 +179,8 @@ def test_accumulation_averages_micro_batches_into_one_update():
 
 
 def test_optimizer_state_is_float32():
-  optimizer, _ = optim.make_optimizer(config(name="lamb", warmup_steps=10, accumulation_steps=4), 100)
+  optimizer, _ = optim.make_optimizer(
+      config(name="lamb", warmup_steps=10, accumulation_steps=4), 100)
   state = optimizer.init(tiny_params())
   float_dtypes = {leaf.dtype for leaf in jax.tree.leaves(state)
                   if jnp.issubdtype(leaf.dtype, jnp.floating)}

@@ -1,0 +1,465 @@
+"""Checkpoints of a run: train state, data-iterator state and a fingerprint, per step.
+
+One `Checkpointer` wraps an `orbax.checkpoint.CheckpointManager`. Each step
+directory `DIR/<step>/` holds three items:
+
+  state  the train-state pytree (params, opt_state, step, rng key data as
+         `jax.random.key_data`), written by `StandardSave` (OCDBT + zarr,
+         each process writing its own shards), restored onto whatever
+         shardings the caller gives, so N devices can resume on M.
+  data   the data iterator's JSON state dict.
+  meta   JSON: what the caller passes (`make_meta`: lite_bert version, model
+         config, params shapes/dtypes) plus `state_tree` (every state leaf's
+         shape and dtype) and `checksums` (sha256 of every state leaf's bytes,
+         C order, of the global array).
+
+Completeness (Orbax 0.12.8, local/POSIX file systems): a save writes into
+`DIR/<step>.orbax-checkpoint-tmp-<timestamp>/`, writes `commit_success.txt`
+inside it and only then renames it to `DIR/<step>/` (`AtomicRenameTemporaryPath`;
+the rename is atomic). A step is therefore complete exactly when a directory
+named `<step>` exists; `all_steps()`/`latest_step()` list only those, and the
+leftovers of a crash mid-save (tmp directories) are never listed and are
+deleted when the next `Checkpointer` opens the directory
+(`cleanup_tmp_directories=True`). On object stores without atomic rename
+(gs://) Orbax instead writes `commit_success.txt` last and checks for it.
+
+Corruption after the commit (a lost file, flipped bytes) is a different
+matter. Orbax notices missing files and damaged JSON/OCDBT metadata (tensorstore
+CRC-32C on its b-tree nodes and manifests) as exceptions on restore, but a byte
+flipped inside an array's zstd-compressed chunk was measured to restore
+silently with a wrong value. So `restore` re-hashes every restored leaf and
+compares with `meta['checksums']`; either failure raises
+`CorruptCheckpointError` naming the step and the reason.
+`restore_latest_good` walks back from the newest step to the newest good one.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from typing import Any, Mapping, NamedTuple, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+import lite_bert
+from lite_bert.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("state", "data", "meta")
+QUARANTINE_DIR = "corrupt"  # DIR/corrupt/<step>-<unix ns>: bad steps moved aside
+
+
+class CorruptCheckpointError(UserError):
+  """A committed checkpoint step that cannot be read back intact."""
+
+  def __init__(self, directory, step: int, reason: str):
+    super().__init__(f"checkpoint step {step} in {directory} is unusable: {reason}")
+    self.step = step
+    self.reason = reason
+
+
+class Restored(NamedTuple):
+  """What `restore_latest_good` found."""
+  step: int                 # the step restored
+  state: Any                # the train state, on the requested shardings
+  data_state: dict          # the data iterator's state
+  meta: dict                # the stored meta (with state_tree and checksums)
+  bad_steps: dict           # newer steps skipped: step -> reason
+
+
+# ---------------------------------------------------------------------------
+# Fingerprints and checksums (pure functions of a pytree).
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _is_empty_node(node) -> bool:
+  """None, or a tuple/list/dict (e.g. optax's EmptyState) holding no arrays."""
+  return node is None or (isinstance(node, (tuple, list, dict))
+                          and not jax.tree.leaves(node))
+
+
+def leaf_paths(tree, keep_empty: bool = False) -> list[tuple[str, Any]]:
+  """[(path 'a/b/0/c', leaf)] in pytree order; empty nodes too if keep_empty."""
+  is_leaf = _is_empty_node if keep_empty else None
+  return [("/".join(_key_name(k) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)]
+
+
+def tree_fingerprint(tree) -> dict[str, dict]:
+  """Structure of a pytree of arrays or ShapeDtypeStructs, as JSON.
+
+  Returns:
+    path -> {'shape': [...], 'dtype': str} for every array, and
+    path -> {'empty': type name} for every node without arrays (optax's
+    EmptyState, None), so that two optimizers whose states hold the same arrays
+    but differ in structure (what Orbax refuses) still differ here.
+  """
+  fingerprint = {}
+  for path, leaf in leaf_paths(tree, keep_empty=True):
+    if _is_empty_node(leaf):
+      fingerprint[path] = {"empty": type(leaf).__name__}
+    else:
+      dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+      fingerprint[path] = {"shape": [int(d) for d in np.shape(leaf)],
+                           "dtype": str(np.dtype(dtype))}
+  return fingerprint
+
+
+def _gather_if_split(leaf):
+  """A leaf whose shards live in several processes, gathered whole (collective)."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    return multihost_utils.process_allgather(leaf, tiled=True)
+  return leaf
+
+
+def array_sha256(value: np.ndarray) -> str:
+  """sha256 hex digest of an array's bytes in C order (shape/dtype not included)."""
+  return hashlib.sha256(value.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def tree_checksums(tree) -> dict[str, str]:
+  """path -> sha256 of the leaf's global value; waits for the values.
+
+  Values are fetched in order (a multi-process gather is collective), then
+  hashed on a thread pool (hashlib releases the GIL).
+  """
+  paths, leaves = zip(*leaf_paths(tree)) if jax.tree.leaves(tree) else ((), ())
+  values = jax.device_get([_gather_if_split(leaf) for leaf in leaves])
+  values = [np.ascontiguousarray(value) for value in values]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+    digests = list(pool.map(array_sha256, values))
+  return dict(zip(paths, digests))
+
+
+def _config_dict(model_config) -> dict:
+  if dataclasses.is_dataclass(model_config):
+    return dataclasses.asdict(model_config)
+  if hasattr(model_config, "to_dict"):
+    return model_config.to_dict()
+  return dict(model_config)
+
+
+def make_meta(model_config, params) -> dict:
+  """The compatibility fingerprint stored with (and checked against) a checkpoint.
+
+  Args:
+    model_config: `EncoderConfig`, ConfigDict or dict of JSON-able values.
+    params: the params pytree (arrays or `jax.eval_shape` output).
+
+  Returns:
+    {'lite_bert_version': str, 'model': {field: value},
+     'params': {path: {'shape', 'dtype'}}}.
+  """
+  return {"lite_bert_version": lite_bert.__version__,
+          "model": _config_dict(model_config),
+          "params": tree_fingerprint(params)}
+
+
+def _describe(entry: Optional[dict]) -> str:
+  if entry is None:
+    return "absent"
+  if "empty" in entry:
+    return f"an empty {entry['empty']}"
+  return f"{entry['dtype']}{entry['shape']}"
+
+
+def first_tree_difference(saved: Mapping[str, dict], now: Mapping[str, dict]
+                          ) -> Optional[str]:
+  """'path: <saved> in the checkpoint, <now> here' for the first differing path, or None."""
+  for path in sorted(set(saved) | set(now)):
+    if saved.get(path) != now.get(path):
+      return (f"'{path}' is {_describe(saved.get(path))} in the checkpoint, "
+              f"{_describe(now.get(path))} here")
+  return None
+
+
+def check_compatible(meta_saved: Mapping[str, Any], meta_now: Mapping[str, Any],
+                     where: str = "the checkpoint") -> None:
+  """Refuses a checkpoint whose model differs from the one being built.
+
+  Compares the `model` config fields, then the `params` shapes/dtypes. A
+  different lite_bert version alone is accepted (it is named in the message
+  when something else differs).
+
+  Raises:
+    UserError: naming every differing model field, or the first differing
+      parameter path.
+  """
+  model_saved = meta_saved.get("model", {})
+  model_now = meta_now.get("model", {})
+  fields = [name for name in sorted(set(model_saved) | set(model_now))
+            if model_saved.get(name, "<absent>") != model_now.get(name, "<absent>")]
+  versions = ""
+  if meta_saved.get("lite_bert_version") != meta_now.get("lite_bert_version"):
+    versions = (f" (checkpoint by lite_bert {meta_saved.get('lite_bert_version')}, "
+                f"this is {meta_now.get('lite_bert_version')})")
+  if fields:
+    then = ", ".join(f"{n}={model_saved.get(n, '<absent>')!r}" for n in fields)
+    now = ", ".join(f"{n}={model_now.get(n, '<absent>')!r}" for n in fields)
+    raise UserError(f"{where} was written by a model with {then}, this config has "
+                    f"{now}{versions}")
+  difference = first_tree_difference(meta_saved.get("params", {}),
+                                     meta_now.get("params", {}))
+  if difference:
+    raise UserError(f"{where} has a different parameter tree: parameter "
+                    f"{difference}{versions}")
+
+
+# ---------------------------------------------------------------------------
+# The checkpointer.
+
+
+def _as_path(directory) -> epath.Path:
+  directory = os.fspath(directory)
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  return epath.Path(directory)
+
+
+class Checkpointer:
+  """Saves and restores (state, data_state, meta) per step under one directory.
+
+  Every process of a multi-process job constructs one and calls every method
+  (saving and restoring are collective).
+  """
+
+  def __init__(self, directory, *, max_to_keep: Optional[int],
+               save_every_steps: int, async_save: bool = True):
+    """Opens (creating if needed) the checkpoint directory.
+
+    Args:
+      directory: local path or gs:// URL.
+      max_to_keep: newest steps kept (older ones deleted after each save);
+        None keeps all. Keep >= 2 so a corrupted newest step has a fallback.
+      save_every_steps: `save` writes only at steps divisible by this
+        (unless forced).
+      async_save: return from `save` once arrays are copied to host memory and
+        write in a background thread (call `wait`/`close` before exiting).
+    """
+    if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+      raise UserError(f"checkpoint max_to_keep must be a positive integer or None, "
+                      f"got {max_to_keep!r}")
+    if not isinstance(save_every_steps, int) or save_every_steps < 1:
+      raise UserError(f"checkpoint save_every_steps must be a positive integer, "
+                      f"got {save_every_steps!r}")
+    self.directory = _as_path(directory)
+    self.save_every_steps = save_every_steps
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        save_interval_steps=1,  # the interval is decided in `save`
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=ITEMS)
+
+  # -- saving ---------------------------------------------------------------
+
+  def save(self, step: int, state, data_state: Mapping[str, Any],
+           meta: Mapping[str, Any], force: bool = False) -> bool:
+    """Writes step `step` if it is due (or forced).
+
+    Args:
+      step: the train step the state is at.
+      state: train-state pytree of arrays (typed PRNG keys as key data).
+      data_state: JSON-serialisable data-iterator state.
+      meta: JSON-serialisable fingerprint (`make_meta`); `state_tree` and
+        `checksums` are added here.
+      force: save even if `step` is not a multiple of save_every_steps.
+
+    Returns:
+      Whether a save was started. With async_save the write completes in the
+      background; the step appears in `all_steps` once committed.
+    """
+    # Orbax alone would also save the first step it sees, whatever the interval.
+    if not force and (step % self.save_every_steps
+                      or not self._manager.should_save(step)):
+      return False
+    full_meta = {**meta, "state_tree": tree_fingerprint(state),
+                 "checksums": tree_checksums(state)}
+    return self._manager.save(
+        step, force=force,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                data=ocp.args.JsonSave(dict(data_state)),
+                                meta=ocp.args.JsonSave(full_meta)))
+
+  def wait(self) -> None:
+    """Blocks until every started save is committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.close()
+
+  # -- listing --------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    """Committed steps, ascending (waits for pending saves first)."""
+    self.wait()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    """Newest committed step, or None (waits for pending saves first)."""
+    self.wait()
+    return self._manager.latest_step()
+
+  # -- restoring ------------------------------------------------------------
+
+  def read_meta(self, step: int) -> dict:
+    """The stored meta of `step` (no arrays read).
+
+    Raises:
+      CorruptCheckpointError: the meta item is missing or not valid JSON.
+    """
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  # any failure = unreadable
+      raise CorruptCheckpointError(self.directory, step,
+                                   f"meta unreadable ({_short(e)})") from e
+    if not isinstance(restored.meta, dict):
+      raise CorruptCheckpointError(self.directory, step, "meta is not a JSON object")
+    return restored.meta
+
+  def restore(self, step: int, abstract_state, shardings=None, *,
+              meta_now: Optional[Mapping[str, Any]] = None):
+    """Reads step `step` onto the given shardings and verifies it.
+
+    Args:
+      step: a committed step.
+      abstract_state: pytree of `jax.ShapeDtypeStruct` (`jax.eval_shape` of the
+        state init) with the structure the state must have.
+      shardings: matching pytree of `jax.sharding.Sharding` (e.g. from
+        `mesh.param_shardings`), or None for the first device.
+      meta_now: `make_meta` of the model being built; when given, an
+        incompatible checkpoint is refused before any array is read.
+
+    Returns:
+      (state, data_state, meta).
+
+    Raises:
+      UserError: incompatible with meta_now or abstract_state (naming what
+        differs).
+      CorruptCheckpointError (a UserError): unreadable or failing its checksums.
+    """
+    self.wait()
+    where = f"checkpoint step {step} in {self.directory}"
+    meta = self.read_meta(step)
+    if meta_now is not None:
+      check_compatible(meta, meta_now, where)
+    if "state_tree" in meta:
+      difference = first_tree_difference(meta["state_tree"],
+                                         tree_fingerprint(abstract_state))
+      if difference:
+        raise UserError(f"{where} holds a different train state (another optimizer "
+                        f"or model?): {difference}")
+    if shardings is None:
+      first_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: first_device, abstract_state)
+    target = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                    sharding=sharding),
+        abstract_state, shardings)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                        data=ocp.args.JsonRestore()))
+      state = restored.state
+      checksums = tree_checksums(state)
+    except MemoryError:
+      raise  # this host's problem, not the checkpoint's
+    except Exception as e:  # pylint: disable=broad-except  # any failure = unreadable
+      raise CorruptCheckpointError(self.directory, step,
+                                   f"reading it failed ({_short(e)})") from e
+    if "checksums" not in meta:
+      log.warning("%s has no checksums; restored without verifying its bytes", where)
+    else:
+      bad = [path for path, digest in checksums.items()
+             if meta["checksums"].get(path) != digest]
+      if bad:
+        raise CorruptCheckpointError(
+            self.directory, step,
+            f"{len(bad)} array(s) differ from their sha256 at save time, "
+            f"first '{bad[0]}'")
+    return state, restored.data, meta
+
+  def restore_latest_good(self, abstract_state, shardings=None, *,
+                          meta_now: Optional[Mapping[str, Any]] = None
+                          ) -> Optional[Restored]:
+    """Restores the newest step that reads back intact, walking back past bad ones.
+
+    Each bad step is logged (step and reason). When an older step is good, the
+    bad newer ones are moved to DIR/corrupt/<step>-<time>/ (kept for
+    inspection, out of Orbax's sight, so the run can save those steps again).
+
+    Args: as `restore`.
+
+    Returns:
+      A `Restored`, or None when the directory has no committed step (fresh
+      start).
+
+    Raises:
+      UserError: an incompatible checkpoint (not skipped: that is a config
+        problem, not damage); or every step is bad, listing each step and why,
+        with all files left in place.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    bad_steps = {}
+    for step in reversed(steps):
+      try:
+        state, data_state, meta = self.restore(step, abstract_state, shardings,
+                                               meta_now=meta_now)
+      except CorruptCheckpointError as e:
+        bad_steps[step] = e.reason
+        log.warning("%s; trying an older step", e)
+        continue
+      if bad_steps:
+        self._quarantine(sorted(bad_steps))
+        log.warning("resuming from checkpoint step %d in %s; skipped bad step(s) %s",
+                    step, self.directory, sorted(bad_steps))
+      return Restored(step, state, data_state, meta, bad_steps)
+    listing = "; ".join(f"step {s}: {r}" for s, r in bad_steps.items())
+    raise UserError(f"no usable checkpoint in {self.directory} (files left in "
+                    f"place): {listing}")
+
+  def _quarantine(self, steps: list[int]) -> None:
+    """Moves committed step directories to DIR/corrupt/ (process 0) and rescans."""
+    if jax.process_index() == 0:
+      quarantine = self.directory / QUARANTINE_DIR
+      quarantine.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = quarantine / f"{step}-{time.time_ns()}"
+        (self.directory / str(step)).rename(target)
+        log.warning("moved bad checkpoint step %d to %s", step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lite_bert_checkpoint_quarantine")
+    self._manager.reload()
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+  """One line: type and start of the message of the innermost cause.
+
+  Orbax wraps tensorstore's precise error ('NOT_FOUND ...', 'DATA_LOSS ...')
+  in an exception whose message is mostly a TensorStore spec.
+  """
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  text = " ".join(str(error).split())
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(error).__name__}: {text}"
