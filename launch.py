@@ -5,13 +5,13 @@ r"""The one entry point: flags -> config -> modes[config.mode](config, workdir).
 
 `--config.a.b=value` overrides any field; an unknown field or a value of the
 wrong type is one clear error. The resolved config is written to
-`<workdir>/config.json` before the job starts. Problems with the input are
+`<workdir>/config.json` before a training job starts (`config_<mode>.json`
+for summary and evaluate, which must not overwrite a run's config). Problems with the input are
 printed as one line (`error: ...`) with exit status 2; `--debug` (or
 LITE_BERT_DEBUG=1) shows the traceback instead.
 """
 
 import importlib
-import json
 import os
 import sys
 
@@ -21,6 +21,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lite_bert.errors import UserError
+from lite_bert.modes import setup
 
 MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate")
 
@@ -28,14 +29,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/bert.py:base.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks for input errors.")
-
-
-def write_config(config, workdir: str) -> None:
-  """Writes the resolved config atomically, so a crash never leaves half a file."""
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
 
 
 def run(config, workdir: str):
@@ -50,7 +43,7 @@ def run(config, workdir: str):
   if not os.access(workdir, os.W_OK):
     raise UserError(f"workdir {workdir} is not writable")
   module = importlib.import_module(f"lite_bert.modes.{mode}")
-  write_config(config, workdir)
+  setup.write_config(config, workdir)
   return module.run(config, workdir)
 
 

@@ -14,7 +14,7 @@ from configs import common
 
 SIZES = {
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,
-                 embedding_size=64, vocab_size=8000),
+                 embedding_size=64, vocab_size=5000),
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
     "xlarge": dict(hidden_size=2048, num_layers=24, num_heads=16, intermediate_size=8192),
@@ -38,7 +38,8 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  config = common.base_config(f"albert-{arg}", model, pair_head=True)
+  config = common.base_config(f"albert-{arg}", model, pair_head=True,
+                              arch="albert")
 
   # Pretraining recipe (Lan et al.): LAMB 0.00176, batch 4096, 125k steps with
   # 3,125 warmup, SOP, n-gram masking (n <= 3); `tiny` is scaled down for CPU.

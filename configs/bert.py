@@ -11,7 +11,7 @@ from configs import common
 
 SIZES = {
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=2, intermediate_size=512,
-                 vocab_size=8000),
+                 vocab_size=5000),
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
     "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
 }
@@ -32,7 +32,8 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  config = common.base_config(f"bert-{arg}", model, pair_head=True)
+  config = common.base_config(f"bert-{arg}", model, pair_head=True,
+                              arch="bert")
 
   # Pretraining recipe (Devlin et al.): AdamW 1e-4, 10k warmup, linear decay,
   # batch 256 x seq 128 for 90% of 1M steps; `tiny` is scaled down for CPU.

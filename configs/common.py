@@ -8,16 +8,18 @@ from ml_collections import config_dict
 from lite_bert.train import optim
 
 
-def base_config(name: str, model: dict, *, pair_head: bool) -> config_dict.ConfigDict:
+def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config_dict.ConfigDict:
   """A ConfigDict with the job-independent sections.
 
   Args:
     name: a label for tables and plots, e.g. 'bert-base'.
     model: the `lite_bert.models.config.EncoderConfig` fields.
     pair_head: True for an NSP/SOP head (BERT, ALBERT), False for DistilBERT.
+    arch: 'bert', 'albert' or 'distilbert': the family, for export and reports.
   """
   config = config_dict.ConfigDict()
   config.name = name
+  config.arch = arch
   config.mode = "summary"  # summary | tokenizer | pretrain | distill | finetune | evaluate
   config.seed = 0  # params init, dropout, data order and masks all derive from it
 
@@ -43,7 +45,7 @@ def base_config(name: str, model: dict, *, pair_head: bool) -> config_dict.Confi
   # Held-out corpus for evaluation; empty: the last `eval_documents`
   # documents of `corpus` are held out (and not trained on).
   config.data.eval_corpus = ""
-  config.data.eval_documents = 2
+  config.data.eval_documents = 1
   config.data.format = "auto"  # auto | plain | wikitext
   config.data.max_seq_length = 128  # tokens per example, [CLS] and [SEP]s included
   config.data.max_predictions_per_seq = 20  # masked tokens per example at most

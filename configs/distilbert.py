@@ -2,16 +2,28 @@
 
 Sizes (config argument): tiny (tests, CPU demos; half of bert.py:tiny), base.
 
+Distillation (mode=distill; the teacher is a lite_bert pretraining workdir or
+a Hugging Face BERT folder; the student is this config's model, initialised
+from teacher layers `distill.layers`, with the teacher's tokenizer), tiny:
+  python launch.py --config=configs/bert.py:tiny --config.mode=pretrain --workdir=/tmp/bert_tiny
+  python launch.py --config=configs/distilbert.py:tiny --config.mode=distill \
+      --config.distill.teacher=/tmp/bert_tiny --workdir=/tmp/distilbert_tiny
+The from-scratch baseline (same architecture, data and steps, MLM only):
+  python launch.py --config=configs/distilbert.py:tiny --config.mode=pretrain \
+      --config.tokenizer.path=/tmp/bert_tiny/tokenizer/spm.model --workdir=/tmp/distilbert_scratch
+
 Parameter summary, no weights allocated:
   python launch.py --config=configs/distilbert.py:base --config.mode=summary --workdir=/tmp/distilbert_base
   -> params_total 66,362,880 (base).
 """
 
+from ml_collections import config_dict
+
 from configs import common
 
 SIZES = {
     "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512,
-                 vocab_size=8000),
+                 vocab_size=5000),
     "base": dict(hidden_size=768, num_layers=6, num_heads=12, intermediate_size=3072),
 }
 
@@ -31,7 +43,8 @@ def get_config(arg: str = "base"):
       layer_norm_eps=1e-12,
   )
   model.update(SIZES[arg])
-  config = common.base_config(f"distilbert-{arg}", model, pair_head=False)
+  config = common.base_config(f"distilbert-{arg}", model, pair_head=False,
+                              arch="distilbert")
 
   # Distillation recipe (Sanh et al.): batches of 4k tokens, Adam 5e-4; the
   # distill mode reads config.distill (teacher, loss weights, temperature).
@@ -41,6 +54,27 @@ def get_config(arg: str = "base"):
   config.data.batch_size = 32
   config.optim.name = "adamw"
   config.optim.learning_rate = 5e-4
+
+  config.distill = config_dict.ConfigDict()
+  # The teacher: a lite_bert pretraining workdir (config.json + checkpoints/)
+  # or a Hugging Face BERT folder with MLM head weights. Required.
+  config.distill.teacher = ""
+  config.distill.teacher_step = 0  # teacher checkpoint step (workdirs); 0 = the latest
+  config.distill.init_from_teacher = True  # student = teacher layers; False = random init
+  # Teacher layer for each student layer, in order, e.g.
+  # --config.distill.layers=0,3; empty = spread evenly, first and last kept
+  # ([0, 2, 4, 7, 9, 11] for 12 -> 6, as Hugging Face's DistilBERT script).
+  config.distill.layers = ()
+  # Add the teacher's token-type-0 row to the student's position table, so an
+  # initialised student computes exactly the teacher's layer subset on
+  # single-segment input (DistilBERT has no token types); False drops it.
+  config.distill.fold_token_type = True
+  config.distill.alpha_ce = 5.0  # weight of T^2 KL(teacher/T || student/T) over the vocab
+  config.distill.alpha_mlm = 2.0  # weight of the student's masked-LM cross-entropy
+  config.distill.alpha_cos = 1.0  # weight of 1 - cos(student, teacher last hidden state)
+  config.distill.alpha_mse = 0.0  # weight of the squared logit difference (summed over vocab)
+  config.distill.temperature = 2.0  # T, softens both distributions of the KL term
+  config.distill.kl_on_masked_only = False  # KL/MSE at masked tokens only (else every token)
   if arg == "tiny":
     common.scale_down_for_cpu(config)
   return config

@@ -29,14 +29,19 @@ Procedure for each sequence (row):
      candidate units is cut into consecutive spans of n units, n drawn with
      p(n) proportional to 1/n for n = 1..N (the last span of a run is cut short
      by the run's end). Spans never cross `[SEP]`. With N = 1 a span is a unit.
-  4. Budget: `masked_lm_prob * num_candidates` tokens, capped at
-     `max_predictions_per_seq`. Spans are taken in a random order while the
-     running total stays within the budget; the span that crosses the budget
-     is taken with probability (budget - taken) / its length (and only if the
-     total stays <= `max_predictions_per_seq`). So the expected number of
-     masked tokens equals the budget exactly, whatever the span lengths; BERT
-     instead rounds the budget and skips spans that overflow, which is 15%
-     only on average over sequence lengths.
+  4. Budget: `masked_lm_prob * num_candidates` tokens (a real number),
+     capped at `max_predictions_per_seq`. Spans are visited in a random
+     order and taken while the total stays within the budget; the span that
+     crosses the budget is taken with probability (budget - total so far) /
+     its length. So the expected number of masked tokens equals the budget
+     exactly, whatever the span lengths (BERT rounds the budget to the
+     nearest integer with a minimum of 1, which is 15% only on average over
+     lengths). Where the cap binds, the rest is filled as BERT and ALBERT
+     do: a span that would overflow is skipped and later, shorter spans are
+     still taken. A crossing span is more often a long one, so the masked
+     spans lean slightly towards short n-grams compared with p(n) (about 2
+     points at 15% of 128 tokens; ALBERT, which shortens its last n-gram,
+     leans the same way).
   5. Corruption of each chosen token: 80% `[MASK]`, 10% a token drawn
      uniformly from the non-special vocabulary, 10% unchanged.
 
@@ -211,23 +216,39 @@ def _choose_spans(span_lengths: np.ndarray, budget: np.ndarray,
                   rng: np.random.Generator) -> np.ndarray:
   """Which spans to mask: [B, K] bool, given their token lengths [B, K].
 
-  Spans are visited in a random order and taken while the total stays within
-  `budget` [B] (float tokens); the span that crosses the budget is taken with
-  probability (budget - total so far) / its length, so the expected number of
-  masked tokens equals the budget; the total never exceeds `max_predictions`.
+  Spans are visited in a random order. Those that keep the running total
+  within `budget` [B] (float tokens) are taken; the span that crosses the
+  budget is taken with probability (budget - total so far) / its length, if
+  the total stays <= `max_predictions`. In rows where the cap binds
+  (budget >= max_predictions) the rest is filled as BERT/ALBERT do: later
+  spans are taken while they still fit under the cap.
   """
-  valid = span_lengths > 0
-  keys = np.where(valid, rng.random(span_lengths.shape), 2.0)
+  keys = np.where(span_lengths > 0, rng.random(span_lengths.shape), 2.0)
   order = np.argsort(keys, axis=1)
   lengths = np.take_along_axis(span_lengths, order, axis=1)
   total_after = np.cumsum(lengths, axis=1)
   total_before = total_after - lengths
-  budget = budget[:, None]
-  fits = total_after <= budget
-  crosses = (total_before < budget) & (total_after > budget)
-  take_crossing = rng.random(lengths.shape) * lengths < budget - total_before
+  limit = budget[:, None]
+  crosses = (total_before < limit) & (total_after > limit)
+  take_crossing = (rng.random(lengths.shape) * lengths < limit - total_before)
   chosen_sorted = (lengths > 0) & (
-      fits | (crosses & take_crossing & (total_after <= max_predictions)))
+      (total_after <= limit)
+      | (crosses & take_crossing & (total_after <= max_predictions)))
+  taken = np.where(chosen_sorted, lengths, 0).sum(axis=1)
+  rows = np.flatnonzero((budget >= max_predictions)
+                        & (taken < max_predictions))
+  if rows.size:
+    num_spans = (lengths[rows] > 0).sum(axis=1)
+    first_skipped = np.argmin(chosen_sorted[rows], axis=1)
+    for k in range(int(first_skipped.min()), int(num_spans.max())):
+      length = lengths[rows, k]
+      take = ((length > 0) & ~chosen_sorted[rows, k]
+              & (taken[rows] + length <= max_predictions))
+      chosen_sorted[rows[take], k] = True
+      taken[rows] += np.where(take, length, 0)
+      rows = rows[taken[rows] < max_predictions]
+      if not rows.size:
+        break
   chosen = np.zeros_like(chosen_sorted)
   np.put_along_axis(chosen, order, chosen_sorted, axis=1)
   return chosen

@@ -20,6 +20,7 @@ from lite_bert.train import loop
 from lite_bert.train import objectives
 
 PAIR_OBJECTIVES = ("nsp", "sop", "none")
+MASKINGS = ("token", "whole_word", "ngram")
 
 
 def split_corpus(config):
@@ -33,8 +34,8 @@ def split_corpus(config):
         f"corpus {config.data.corpus} has {len(documents)} documents; holding out "
         f"data.eval_documents={held_out} for evaluation leaves none to train on. Set "
         f"data.eval_corpus or lower data.eval_documents")
-  return (pipeline.DocumentSlice(documents, 0, len(documents) - held_out),
-          pipeline.DocumentSlice(documents, len(documents) - held_out, len(documents)))
+  split_at = len(documents) - held_out
+  return documents[:split_at], documents[split_at:]
 
 
 def batch_options(config) -> dict:
@@ -49,13 +50,15 @@ def batch_options(config) -> dict:
   if data.batch_size % jax.process_count():
     raise UserError(f"data.batch_size={data.batch_size} is not divisible by the "
                     f"{jax.process_count()} processes")
+  if data.masking not in MASKINGS:
+    raise UserError(f"data.masking must be one of {MASKINGS}, got {data.masking!r}")
   return dict(
       batch_size=data.batch_size // jax.process_count(),
       max_seq_length=data.max_seq_length,
       max_predictions_per_seq=data.max_predictions_per_seq,
-      mask_rate=data.mask_rate,
-      masking=data.masking,
-      ngram_max=data.ngram_max,
+      masked_lm_prob=data.mask_rate,
+      whole_word_masking=data.masking in ("whole_word", "ngram"),
+      max_ngram=data.ngram_max if data.masking == "ngram" else 1,
       short_seq_prob=data.short_seq_prob,
       pair_objective=None if data.pair_objective == "none" else data.pair_objective,
       process_index=jax.process_index(),
@@ -96,12 +99,13 @@ def build_job(config, workdir: str) -> loop.Job:
 
   eval_batches = pipeline.eval_batches(
       eval_docs, tokenizer, num_batches=config.data.eval_batches, seed=config.seed + 1,
+      corpus_name=config.data.eval_corpus or f"held-out part of {config.data.corpus}",
       **options)
   evaluate = make_evaluate(loss_fn, eval_batches)
 
   def make_train_iter(state):
     return pipeline.pretraining_batches(train_docs, tokenizer, seed=config.seed, state=state,
-                                        **options)
+                                        corpus_name=config.data.corpus, **options)
 
   meta = setup.model_meta(cfg, pair_head=config.pair_head, job="pretrain")
   return loop.Job(name=f"pretrain {config.name}", init_params=init_params, loss_fn=loss_fn,

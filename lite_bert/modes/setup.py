@@ -2,6 +2,8 @@
 
 import os
 
+from ml_collections import config_dict
+
 from lite_bert import __version__
 from lite_bert.data import corpora
 from lite_bert.data import tokenizers
@@ -56,3 +58,20 @@ def model_meta(cfg: EncoderConfig, **extra) -> dict:
   """What a checkpoint must agree with to be restored into this run."""
   arch = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
   return dict(lite_bert_version=__version__, model=arch, **extra)
+
+
+# Modes that own their workdir write `config.json`; the others (which read a
+# workdir, like evaluate, or only describe a model) write `config_<mode>.json`
+# so they never overwrite the config of the run they look at.
+TRAINING_MODES = ("tokenizer", "pretrain", "distill", "finetune")
+
+
+def write_config(config: config_dict.ConfigDict, workdir: str) -> str:
+  """Writes the resolved config atomically; returns the path."""
+  mode = config.get("mode")
+  name = "config.json" if mode in TRAINING_MODES else f"config_{mode}.json"
+  path = os.path.join(workdir, name)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+  return path

@@ -1,0 +1,542 @@
+"""Pretraining batches: a resumable per-host stream, and a fixed eval set.
+
+This module's one job: turn a corpus (a sequence of document strings) into
+the numpy batches the pretraining step consumes, on each host process.
+
+    it = pretraining_batches(documents, tokenizer, batch_size=32,
+                             max_seq_length=128, max_predictions_per_seq=20,
+                             pair_objective="sop", seed=0,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    batch = next(it)
+    state = it.get_state()      # small JSON-serialisable dict (checkpoint it)
+    ...
+    it = pretraining_batches(..., state=state)   # or it.set_state(state)
+
+Batch contract (numpy, B = per-host `batch_size`, S = `max_seq_length`,
+P = `max_predictions_per_seq`):
+  input_ids       [B, S] int32   `[CLS] A [SEP] B [SEP] [PAD]...`, masked
+  attention_mask  [B, S] int32   1 on tokens, 0 on padding
+  token_type_ids  [B, S] int32   0 for `[CLS] A [SEP]`, 1 for `B [SEP]`
+  masked_positions [B, P] int32  positions of the predictions (0 in padding)
+  masked_ids      [B, P] int32   original ids there (0 in padding)
+  masked_weights  [B, P] float32 1 for a prediction, 0 for a padding slot
+  pair_labels     [B] int32      only with a pair objective: 0 = A, B in true
+                                 order / true next, 1 = swapped (SOP) /
+                                 random next (NSP)
+With `with_provenance=True` (tests, debugging) also `a_document`,
+`b_document` [B] int32 (each segment's document index in `documents`) and
+`a_offset`, `b_offset` [B] int32 (where the segment starts in its document's
+token stream, `pretraining.TokenizedDocuments.document_tokens`).
+
+How the stream is made (all of it a pure function of the options, the shard
+and the position, which is why a 2-number state is enough to resume):
+  * Sharding: host `process_index` of `process_count` takes documents
+    process_index, process_index + process_count, ... and tokenizes them
+    once, up front (`pretraining.tokenize_documents`).
+  * Epoch e: the shard's documents in a new order, examples created from them
+    with a new rng (new A/B splits, random nexts and swaps every epoch; no
+    BERT `dupe_factor` copies needed), then all the epoch's examples shuffled
+    together (BERT shuffles its instances globally too: with book-sized
+    documents, a batch must not come from one book). The last partial batch
+    of an epoch is dropped.
+  * Batch k of epoch e: examples [k B, (k + 1) B) of that order, laid out and
+    padded (`pretraining.assemble`), then masked with the rng
+    `masking.batch_rng(seed, process_index, e, k)`.
+  * State: {epoch, batch_in_epoch} of the next batch, plus the options and
+    shard size that define the stream, which `set_state` checks: restoring a
+    state into a differently configured stream is refused.
+
+Why grain is only the frame: `PretrainingDataset` is a `grain.IterDataset`
+and its iterator a `grain.DatasetIterator` (so it composes with grain
+transformations such as `grain.experimental.ThreadPrefetchIterDataset`, and
+grain's Orbax checkpoint support of `get_state`/`set_state` applies), but the
+inside is plain numpy. grain's `MapDataset` needs a fixed number of elements
+known up front, while the number of examples of an epoch depends on that
+epoch's random A/B packing; and the work per batch is best done vectorised on
+a whole batch (a few gathers and the masking), not per element. The epoch's
+shuffle and batching are two numpy lines on index arrays.
+
+`eval_batches` gives the evaluation variant: the first epoch's batches of a
+held-out corpus, in order, with fixed masks, as a list.
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+
+from lite_bert.data import masking
+from lite_bert.data import pretraining
+from lite_bert.errors import UserError
+
+# Stream tag of the per-epoch example shuffle.
+_SHUFFLE_STREAM = 0x73687566  # "shuf"
+# Version of the state layout returned by `get_state`.
+_STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingOptions:
+  """Everything that defines a host's stream of pretraining batches.
+
+  Attributes:
+    batch_size: B, sequences per batch on this host (global batch / hosts).
+    max_seq_length: S, padded sequence length, special tokens included.
+    max_predictions_per_seq: P, the most masked tokens per sequence.
+    pair_objective: 'nsp' (BERT), 'sop' (ALBERT) or None (DistilBERT: single
+      segments, no `pair_labels`).
+    masked_lm_prob: fraction of non-special tokens masked (0.15).
+    whole_word_masking: mask all pieces of a word together.
+    max_ngram: ALBERT n-gram masking, spans of n <= max_ngram units with
+      p(n) proportional to 1/n; 1 = off.
+    short_seq_prob: probability of a shorter target length (0.1).
+    seed: the data seed (document orders, examples, shuffles, masks).
+    process_index: this host's index, in [0, process_count).
+    process_count: number of host processes (each reads its own documents).
+    with_provenance: add the debug fields `a_document`, `b_document`,
+      `a_offset`, `b_offset` to every batch.
+  """
+
+  batch_size: int
+  max_seq_length: int
+  max_predictions_per_seq: int
+  pair_objective: Optional[str]
+  masked_lm_prob: float = 0.15
+  whole_word_masking: bool = False
+  max_ngram: int = 1
+  short_seq_prob: float = 0.1
+  seed: int = 0
+  process_index: int = 0
+  process_count: int = 1
+  with_provenance: bool = False
+
+  def masking_spec(self) -> masking.MaskingSpec:
+    return masking.MaskingSpec(
+        max_predictions_per_seq=self.max_predictions_per_seq,
+        masked_lm_prob=self.masked_lm_prob,
+        whole_word=self.whole_word_masking,
+        max_ngram=self.max_ngram)
+
+  def stream_fields(self) -> dict[str, Any]:
+    """The options a saved state must agree with (JSON types only)."""
+    fields = dataclasses.asdict(self)
+    del fields["with_provenance"]
+    return {name: value.item() if isinstance(value, np.generic) else value
+            for name, value in fields.items()}
+
+
+def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
+  """UserError naming the first option that cannot work."""
+  pretraining.check_pair_objective(options.pair_objective)
+  for name in ("batch_size", "max_seq_length", "process_count"):
+    value = getattr(options, name)
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise UserError(f"{name} must be a positive integer, got {value!r}")
+  if not 0 <= options.process_index < options.process_count:
+    raise UserError(
+        f"process_index={options.process_index} is not in [0, "
+        f"process_count={options.process_count})")
+  if not 0.0 <= options.short_seq_prob <= 1.0:
+    raise UserError(
+        f"short_seq_prob must be in [0, 1], got {options.short_seq_prob!r}")
+  if not isinstance(options.seed, (int, np.integer)) or options.seed < 0:
+    raise UserError(f"seed must be a non-negative integer, got "
+                    f"{options.seed!r}")
+  specials = pretraining.special_token_count(options.pair_objective)
+  if options.max_seq_length < specials + (2 if specials == 3 else 1):
+    layout = ("[CLS] A [SEP] B [SEP]" if specials == 3 else "[CLS] A [SEP]")
+    raise UserError(
+        f"max_seq_length={options.max_seq_length} is too small for "
+        f"{layout} with at least one token per segment (corpus "
+        f"{corpus_name}, pair_objective={options.pair_objective!r})")
+  spec = options.masking_spec()  # Checks the masking fields.
+  masking.validate_spec_for_length(spec, options.max_seq_length)
+
+
+def _shard_name(corpus_name: str, options: PretrainingOptions) -> str:
+  if options.process_count == 1:
+    return f"corpus {corpus_name}"
+  return (f"corpus {corpus_name} (the documents of host process "
+          f"{options.process_index} of {options.process_count})")
+
+
+def _read_documents(documents: Sequence[str],
+                    indices: Sequence[int]) -> list[str]:
+  """`[documents[i] for i in indices]`, in one call when the source can."""
+  get_many = getattr(documents, "__getitems__", None)
+  if get_many is not None:
+    return list(get_many(list(indices)))
+  return [documents[i] for i in indices]
+
+
+class PretrainingDataset(grain.IterDataset):
+  """This host's endless stream of pretraining batches (see module docstring).
+
+  Construction tokenizes the host's shard of documents (the expensive part)
+  and refuses corpora that cannot give batches; iterating is cheap.
+  """
+
+  def __init__(self, documents: Sequence[str], tokenizer: Any,
+               options: PretrainingOptions, *, corpus_name: str = "corpus"):
+    """Tokenizes this host's documents.
+
+    Args:
+      documents: the corpus, one string per document (e.g.
+        `corpora.open_corpus(spec)`).
+      tokenizer: a `lite_bert.data.tokenizers.Tokenizer`.
+      options: batch shape, objectives, masking, seed, host.
+      corpus_name: how error messages name the corpus (e.g. its spec).
+
+    Raises:
+      UserError: bad options; an empty corpus; more hosts than documents; a
+        pair objective on a corpus with no document of >= 2 sentences (or,
+        for NSP, with fewer than 2 documents); fewer examples than one batch.
+    """
+    super().__init__()
+    _check_options(options, corpus_name)
+    self.options = options
+    self.corpus_name = corpus_name
+    if len(documents) == 0:
+      raise UserError(f"corpus {corpus_name} is empty: it has no documents")
+    shard = range(options.process_index, len(documents),
+                  options.process_count)
+    if not shard:
+      raise UserError(
+          f"corpus {corpus_name} has {len(documents)} documents, fewer than "
+          f"process_count={options.process_count}: host process "
+          f"{options.process_index} would get none")
+    self.corpus = pretraining.tokenize_documents(
+        _read_documents(documents, shard), tokenizer,
+        max_seq_length=options.max_seq_length,
+        pair_objective=options.pair_objective, document_ids=shard)
+    where = _shard_name(corpus_name, options)
+    if self.corpus.num_documents == 0:
+      raise UserError(f"{where} is empty: no document has any token")
+    if options.pair_objective is not None:
+      longest = int(self.corpus.sentences_per_document().max())
+      if longest < 2:
+        raise UserError(
+            f"{where} has no document of 2 or more sentences, so "
+            f"pair_objective={options.pair_objective!r} cannot make sentence "
+            "pairs; use pair_objective=None or a corpus with longer documents")
+      if options.pair_objective == "nsp" and self.corpus.num_documents < 2:
+        raise UserError(
+            f"{where} has a single document, so pair_objective='nsp' has no "
+            "other document to draw a random next segment from; give it at "
+            "least 2 documents (per host process)")
+    self.vocab = masking.masking_vocab(tokenizer)
+    self.spec = options.masking_spec()
+    self._special_ids = dict(cls_id=int(tokenizer.cls_id),
+                             sep_id=int(tokenizer.sep_id),
+                             pad_id=int(tokenizer.pad_id))
+    self._cached_epoch = (-1, None)
+    self.epoch_examples(0)  # Refuses a corpus too small for one batch.
+
+  def __iter__(self) -> "PretrainingIterator":
+    return PretrainingIterator(self)
+
+  def __str__(self) -> str:
+    return (f"PretrainingDataset({self.corpus_name}, "
+            f"{self.corpus.num_documents} documents, {self.options})")
+
+  def epoch_examples(self, epoch: int) -> pretraining.Examples:
+    """All examples of `epoch`, in their shuffled order (a pure function).
+
+    The last epoch asked for is kept, so the iterator does not redo the
+    epoch 0 that construction made to check the corpus.
+    """
+    cached_epoch, cached = self._cached_epoch
+    if cached_epoch == epoch:
+      return cached
+    options = self.options
+    rng = pretraining.example_rng(options.seed, options.process_index, epoch)
+    document_order = list(range(self.corpus.num_documents))
+    rng.shuffle(document_order)
+    examples = pretraining.create_examples(
+        self.corpus, max_seq_length=options.max_seq_length,
+        pair_objective=options.pair_objective,
+        short_seq_prob=options.short_seq_prob, rng=rng,
+        document_order=document_order)
+    if len(examples) < options.batch_size:
+      raise UserError(
+          f"{_shard_name(self.corpus_name, options)} gives only "
+          f"{len(examples)} examples of max_seq_length="
+          f"{options.max_seq_length} in epoch {epoch}, fewer than one batch "
+          f"(batch_size={options.batch_size})")
+    shuffle_rng = np.random.default_rng(np.random.SeedSequence(
+        [_SHUFFLE_STREAM, options.seed, options.process_index, epoch]))
+    examples = examples.take(shuffle_rng.permutation(len(examples)))
+    self._cached_epoch = (epoch, examples)
+    return examples
+
+  def make_batch(self, examples: pretraining.Examples, epoch: int,
+                 batch_in_epoch: int) -> dict[str, np.ndarray]:
+    """Batch `batch_in_epoch` of an epoch whose examples are `examples`."""
+    options = self.options
+    size = options.batch_size
+    chosen = examples.take(
+        np.arange(batch_in_epoch * size, (batch_in_epoch + 1) * size))
+    arrays = pretraining.assemble(
+        self.corpus, chosen, max_seq_length=options.max_seq_length,
+        **self._special_ids)
+    rng = masking.batch_rng(options.seed, options.process_index, epoch,
+                            batch_in_epoch)
+    masked = masking.mask_tokens(
+        arrays["input_ids"], arrays["attention_mask"], spec=self.spec,
+        vocab=self.vocab, rng=rng)
+    batch = {
+        "input_ids": masked["input_ids"],
+        "attention_mask": arrays["attention_mask"],
+        "token_type_ids": arrays["token_type_ids"],
+        "masked_positions": masked["masked_positions"],
+        "masked_ids": masked["masked_ids"],
+        "masked_weights": masked["masked_weights"],
+    }
+    if options.pair_objective is not None:
+      batch["pair_labels"] = chosen.pair_labels.astype(np.int32)
+    if options.with_provenance:
+      batch.update(self._provenance(chosen))
+    return batch
+
+  def _provenance(self, chosen: pretraining.Examples) -> dict[str, np.ndarray]:
+    corpus = self.corpus
+    document_first_token = corpus.sentence_starts[corpus.document_starts[:-1]]
+    fields = {}
+    for segment in ("a", "b"):
+      local = getattr(chosen, f"{segment}_document")
+      start = getattr(chosen, f"{segment}_start")
+      fields[f"{segment}_document"] = corpus.document_ids[local].astype(
+          np.int32)
+      fields[f"{segment}_offset"] = (
+          start - document_first_token[local]).astype(np.int32)
+    if self.options.pair_objective is None:
+      fields["b_offset"] = np.zeros_like(fields["b_offset"])
+    return fields
+
+  def state_identity(self) -> dict[str, Any]:
+    """What a saved state must match: options and the shard's size."""
+    return {
+        "options": self.options.stream_fields(),
+        "num_documents": self.corpus.num_documents,
+        "num_tokens": int(len(self.corpus.tokens)),
+    }
+
+
+class PretrainingIterator(grain.DatasetIterator):
+  """Endless iterator over a `PretrainingDataset`, resumable by state.
+
+  `get_state()` is a small JSON-serialisable dict naming the next batch;
+  `set_state(state)` makes the following batches exactly those an
+  uninterrupted run would have produced from that point.
+  """
+
+  def __init__(self, dataset: PretrainingDataset,
+               state: Optional[dict[str, Any]] = None):
+    super().__init__()
+    self._dataset = dataset
+    self._epoch = 0
+    self._batch_in_epoch = 0
+    self._examples = None
+    self._examples_epoch = -1
+    if state is not None:
+      self.set_state(state)
+
+  def _current_examples(self) -> pretraining.Examples:
+    if self._examples_epoch != self._epoch:
+      self._examples = self._dataset.epoch_examples(self._epoch)
+      self._examples_epoch = self._epoch
+    return self._examples
+
+  def _batches_in_epoch(self) -> int:
+    return len(self._current_examples()) // self._dataset.options.batch_size
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    while self._batch_in_epoch >= self._batches_in_epoch():
+      self._epoch += 1
+      self._batch_in_epoch = 0
+    batch = self._dataset.make_batch(self._current_examples(), self._epoch,
+                                     self._batch_in_epoch)
+    self._batch_in_epoch += 1
+    if self._batch_in_epoch == self._batches_in_epoch():
+      self._epoch += 1
+      self._batch_in_epoch = 0
+    return batch
+
+  @property
+  def dataset(self) -> PretrainingDataset:
+    """The dataset this iterator walks through."""
+    return self._dataset
+
+  @property
+  def epoch(self) -> int:
+    """The epoch of the next batch (0-based)."""
+    return self._epoch
+
+  def get_state(self) -> dict[str, Any]:
+    return {
+        "version": _STATE_VERSION,
+        "epoch": self._epoch,
+        "batch_in_epoch": self._batch_in_epoch,
+        **self._dataset.state_identity(),
+    }
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues from `state` (from `get_state`, possibly through JSON).
+
+    Raises:
+      UserError: the state is malformed, or was saved by a stream with other
+        options or another shard (different corpus, tokenizer or hosts).
+    """
+    where = self._dataset.corpus_name
+    try:
+      version = int(state["version"])
+      epoch = int(state["epoch"])
+      batch_in_epoch = int(state["batch_in_epoch"])
+    except (KeyError, TypeError, ValueError):
+      raise UserError(
+          f"data iterator state for corpus {where} is malformed: {state!r}"
+      ) from None
+    if version != _STATE_VERSION or epoch < 0 or batch_in_epoch < 0:
+      raise UserError(
+          f"data iterator state for corpus {where} is not one this code "
+          f"wrote (version {version}, epoch {epoch}, batch {batch_in_epoch})")
+    expected = self._dataset.state_identity()
+    saved = {key: state.get(key) for key in expected}
+    if saved != expected:
+      differences = _differences(saved, expected)
+      raise UserError(
+          f"data iterator state for corpus {where} was saved by a different "
+          f"data stream, so the run cannot resume exactly ({differences}); "
+          "restore with the same data options, corpus, tokenizer and "
+          "process count")
+    self._epoch = epoch
+    self._batch_in_epoch = batch_in_epoch
+
+
+def _differences(saved: dict[str, Any], expected: dict[str, Any]) -> str:
+  parts = []
+  for key, value in expected.items():
+    if isinstance(value, dict) and isinstance(saved.get(key), dict):
+      for name, now in value.items():
+        before = saved[key].get(name)
+        if before != now:
+          parts.append(f"{name}: saved {before!r}, now {now!r}")
+    elif saved.get(key) != value:
+      parts.append(f"{key}: saved {saved.get(key)!r}, now {value!r}")
+  return "; ".join(parts)
+
+
+def pretraining_dataset(documents: Sequence[str], tokenizer: Any, *,
+                        batch_size: int, max_seq_length: int,
+                        max_predictions_per_seq: int,
+                        pair_objective: Optional[str],
+                        corpus_name: str = "corpus",
+                        **options: Any) -> PretrainingDataset:
+  """A `PretrainingDataset` (a grain `IterDataset`); keyword options as in
+  `PretrainingOptions` (masked_lm_prob, whole_word_masking, max_ngram,
+  short_seq_prob, seed, process_index, process_count, with_provenance)."""
+  return PretrainingDataset(
+      documents, tokenizer,
+      PretrainingOptions(batch_size=batch_size, max_seq_length=max_seq_length,
+                         max_predictions_per_seq=max_predictions_per_seq,
+                         pair_objective=pair_objective, **options),
+      corpus_name=corpus_name)
+
+
+def pretraining_batches(documents: Sequence[str], tokenizer: Any, *,
+                        batch_size: int, max_seq_length: int,
+                        max_predictions_per_seq: int,
+                        pair_objective: Optional[str],
+                        masked_lm_prob: float = 0.15,
+                        whole_word_masking: bool = False,
+                        max_ngram: int = 1,
+                        short_seq_prob: float = 0.1,
+                        seed: int = 0,
+                        process_index: int = 0,
+                        process_count: int = 1,
+                        state: Optional[dict[str, Any]] = None,
+                        corpus_name: str = "corpus",
+                        with_provenance: bool = False) -> PretrainingIterator:
+  """This host's endless iterator of pretraining batches.
+
+  Args:
+    documents: the corpus, one string per document (paragraphs joined by
+      "\\n"), e.g. `corpora.open_corpus(spec)`.
+    tokenizer: a `lite_bert.data.tokenizers.Tokenizer`.
+    batch_size: B, per-host sequences per batch.
+    max_seq_length: S.
+    max_predictions_per_seq: P.
+    pair_objective: 'nsp', 'sop' or None.
+    masked_lm_prob, whole_word_masking, max_ngram: masking (`masking.py`).
+    short_seq_prob: probability of a short target length.
+    seed: the data seed.
+    process_index, process_count: this host and the number of hosts.
+    state: a `get_state()` dict to resume from; None starts at epoch 0.
+    corpus_name: how error messages name the corpus.
+    with_provenance: add debug provenance fields to each batch.
+
+  Returns:
+    A `PretrainingIterator`: `next(it)` gives the batch dict described in the
+    module docstring.
+  """
+  dataset = pretraining_dataset(
+      documents, tokenizer, batch_size=batch_size,
+      max_seq_length=max_seq_length,
+      max_predictions_per_seq=max_predictions_per_seq,
+      pair_objective=pair_objective, masked_lm_prob=masked_lm_prob,
+      whole_word_masking=whole_word_masking, max_ngram=max_ngram,
+      short_seq_prob=short_seq_prob, seed=seed, process_index=process_index,
+      process_count=process_count, with_provenance=with_provenance,
+      corpus_name=corpus_name)
+  return PretrainingIterator(dataset, state)
+
+
+def eval_batches(documents: Sequence[str], tokenizer: Any, *,
+                 batch_size: int, max_seq_length: int,
+                 max_predictions_per_seq: int,
+                 pair_objective: Optional[str],
+                 num_batches: Optional[int] = None,
+                 corpus_name: str = "eval corpus",
+                 **options: Any) -> list[dict[str, np.ndarray]]:
+  """A fixed, finite list of batches of a held-out corpus.
+
+  The same call always gives the same batches, masks included, so eval
+  numbers are comparable across runs and checkpoints. They are the first
+  epoch of the stream `pretraining_batches` would give for these arguments.
+
+  Args:
+    documents, tokenizer, batch_size, max_seq_length,
+      max_predictions_per_seq, pair_objective: as `pretraining_batches`.
+    num_batches: how many batches; None = every full batch of the first
+      epoch. With several hosts pass the same number on each (hosts must run
+      the same number of eval steps); a host whose shard has fewer refuses.
+    corpus_name: how error messages name the corpus.
+    **options: other `PretrainingOptions` fields (masking, short_seq_prob,
+      seed, process_index, process_count, with_provenance).
+
+  Returns:
+    A list of batch dicts (the contract in the module docstring).
+
+  Raises:
+    UserError: as `PretrainingDataset`, or too few examples for
+      `num_batches`.
+  """
+  dataset = pretraining_dataset(
+      documents, tokenizer, batch_size=batch_size,
+      max_seq_length=max_seq_length,
+      max_predictions_per_seq=max_predictions_per_seq,
+      pair_objective=pair_objective, corpus_name=corpus_name, **options)
+  examples = dataset.epoch_examples(0)
+  available = len(examples) // batch_size
+  if num_batches is None:
+    num_batches = available
+  elif num_batches < 1:
+    raise UserError(f"eval num_batches must be >= 1, got {num_batches}")
+  elif num_batches > available:
+    raise UserError(
+        f"{_shard_name(corpus_name, dataset.options)} gives only {available} "
+        f"full batches of batch_size={batch_size}, fewer than the "
+        f"num_batches={num_batches} asked for evaluation")
+  return [dataset.make_batch(examples, 0, k) for k in range(num_batches)]

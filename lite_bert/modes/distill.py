@@ -1,0 +1,358 @@
+"""`mode=distill`: a DistilBERT student learns from a frozen BERT teacher (Sanh et al., 2019).
+
+  python launch.py --config=configs/distilbert.py:tiny --config.mode=distill \
+      --config.distill.teacher=TEACHER --workdir=DIR
+
+TEACHER is a lite_bert pretraining workdir or a Hugging Face BERT folder with
+MLM head weights (`pretrained.load`). The student is `config.model`; it uses
+the teacher's tokenizer (copied to DIR/tokenizer/, so DIR later loads like any
+workdir) and, with `distill.init_from_teacher`, starts as the teacher's layers
+`distill.layers` (`models/student.py`) plus its embeddings and MLM head.
+
+One jitted step runs the teacher (deterministic, params in `Job.frozen`, never
+trained) and the student (with dropout) on the same masked batch and trains
+the student on `objectives.distillation_loss`: alpha_ce * T^2 KL + alpha_mlm *
+MLM + alpha_cos * (1 - cos) + alpha_mse * logit MSE. The held-out evaluation
+gives the student's MLM loss / accuracy / perplexity, the KL and cosine terms,
+the weighted total, and (once, for reference) the teacher's own MLM numbers on
+the same batches.
+
+Checkpoints, metrics and resume are the train loop's. The checkpoint meta
+records the teacher (path, step, architecture, a sha256 of its weights); a
+resume with a different teacher is refused before anything is restored.
+"""
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lite_bert import pretrained
+from lite_bert.data import pipeline
+from lite_bert.data import tokenizers
+from lite_bert.errors import UserError
+from lite_bert.models import student as student_lib
+from lite_bert.models.config import EncoderConfig
+from lite_bert.models.heads import PretrainingModel
+from lite_bert.modes import pretrain
+from lite_bert.modes import setup
+from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import loop
+from lite_bert.train import objectives
+
+WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")
+
+
+# --------------------------------------------------------------------- config
+
+
+def loss_options(config) -> dict:
+  """The `distillation_loss` keyword arguments from `config.distill`, checked."""
+  d = config.distill
+  options = {name: float(d[name]) for name in WEIGHTS}
+  for name, value in options.items():
+    if not value >= 0.0:  # also refuses NaN
+      raise UserError(f"distill.{name} must be >= 0, got {value!r}")
+  if not any(options.values()):
+    raise UserError("distill.alpha_ce, alpha_mlm, alpha_cos and alpha_mse are all 0: "
+                    "the student would have nothing to learn")
+  if not float(d.temperature) > 0.0:
+    raise UserError(f"distill.temperature must be > 0, got {d.temperature!r}")
+  options["temperature"] = float(d.temperature)
+  options["kl_on_masked_only"] = bool(d.kl_on_masked_only)
+  return options
+
+
+def layer_ids(config) -> Optional[tuple[int, ...]]:
+  """`distill.layers` as a tuple of ints, or None (= `default_layer_ids`)."""
+  layers = config.distill.layers
+  if layers is None or len(layers) == 0:
+    return None
+  if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in layers):
+    raise UserError(f"distill.layers must be teacher layer indices (ints), got {list(layers)}")
+  return tuple(int(i) for i in layers)
+
+
+# -------------------------------------------------------------------- teacher
+
+
+@dataclasses.dataclass
+class Teacher:
+  """The frozen teacher as the step uses it."""
+
+  cfg: EncoderConfig      # its architecture as run here (no pooler, student's dtype)
+  params: dict            # numpy: `encoder` (no pooler) and `mlm_head`
+  full_params: dict       # numpy: everything the source had (for the student init)
+  source_cfg: EncoderConfig  # its architecture as stored
+  tokenizer: tokenizers.Tokenizer
+  identity: dict          # JSON: what the checkpoint meta records
+
+
+def params_digest(params) -> str:
+  """sha256 over every leaf's path, shape, dtype and bytes (order-independent of dict order)."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(checkpoint_lib.leaf_paths(params), key=lambda item: item[0]):
+    value = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{path}:{value.dtype}:{value.shape};".encode())
+    digest.update(checkpoint_lib.array_sha256(value).encode())
+  return digest.hexdigest()
+
+
+def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
+  """Loads `distill.teacher` and checks it can teach `student_cfg`."""
+  source = config.distill.teacher
+  if not source:
+    raise UserError("distill mode needs a teacher: set --config.distill.teacher to a lite_bert "
+                    "pretraining workdir or a Hugging Face BERT folder")
+  step = int(config.distill.teacher_step) or None
+  loaded = pretrained.load(source, step=step)
+  where = f"teacher {source}"
+  if "mlm_head" not in loaded.params:
+    raise UserError(f"{where} has no MLM head weights (a fine-tuned or encoder-only "
+                    f"checkpoint?); distillation needs the teacher's masked-LM predictions")
+  t_cfg = loaded.cfg
+  for field in ("vocab_size", "hidden_size"):
+    if getattr(t_cfg, field) != getattr(student_cfg, field):
+      raise UserError(
+          f"teacher and student differ in {field}: teacher {getattr(t_cfg, field)} "
+          f"({source}), student {getattr(student_cfg, field)} (config.model.{field}); the "
+          f"KL needs one vocabulary and the cosine loss one width")
+  max_len = config.data.max_seq_length
+  if max_len > t_cfg.max_position_embeddings:
+    raise UserError(f"data.max_seq_length={max_len} is longer than the teacher's position "
+                    f"table ({t_cfg.max_position_embeddings}, {source})")
+
+  # The tokenizer: the teacher's, or (for a teacher folder without one) tokenizer.path.
+  tokenizer = loaded.tokenizer
+  if config.tokenizer.path:
+    tokenizer = tokenizers.load_tokenizer(config.tokenizer.path)
+  elif tokenizer is None:
+    raise UserError(f"{where} has no tokenizer the student could share; set "
+                    f"--config.tokenizer.path to the teacher's vocabulary")
+  tokenizers.check_vocab_matches(tokenizer, t_cfg.vocab_size, where)
+
+  encoder = {k: v for k, v in loaded.params["encoder"].items() if k != "pooler"}
+  params = {"encoder": encoder, "mlm_head": loaded.params["mlm_head"]}
+  run_cfg = dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype)
+  arch = {k: v for k, v in t_cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
+  identity = dict(path=os.path.realpath(source), kind=loaded.kind, arch=loaded.arch,
+                  step=loaded.step, model=arch, params_sha256=params_digest(loaded.params))
+  return Teacher(cfg=run_cfg, params=params, full_params=loaded.params, source_cfg=t_cfg,
+                 tokenizer=tokenizer, identity=identity)
+
+
+def check_same_teacher(workdir: str, identity: dict) -> None:
+  """Refuses to resume a workdir whose checkpoints were distilled from another teacher."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return
+  checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=None, save_every_steps=1,
+                                             async_save=False)
+  try:
+    for step in reversed(checkpointer.all_steps()):
+      try:
+        saved = checkpointer.read_meta(step).get("teacher")
+      except checkpoint_lib.CorruptCheckpointError:
+        continue  # the loop walks past it too
+      if saved is None:
+        raise UserError(f"checkpoint step {step} in {directory} was not written by a "
+                        f"distillation run; use a new --workdir")
+      differences = [k for k in ("model", "params_sha256") if saved.get(k) != identity[k]]
+      if differences:
+        why = ("a different architecture" if "model" in differences else
+               "different weights")
+        raise UserError(
+            f"{directory} was distilled from teacher {saved.get('path')} (step "
+            f"{saved.get('step')}); --config.distill.teacher={identity['path']} (step "
+            f"{identity['step']}) has {why}. Resume with the same teacher (e.g. "
+            f"--config.distill.teacher_step={saved.get('step')}) or use a new --workdir")
+      return
+  finally:
+    checkpointer.close()
+
+
+def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> None:
+  """Copies the shared tokenizer into DIR/tokenizer/ so the student's workdir is self-contained.
+
+  A SentencePiece model becomes DIR/tokenizer/spm.model (what `pretrained.load`
+  looks for); a WordPiece file keeps its name, with the tokenizer_config.json /
+  special_tokens_map.json next to it. A resumed run must find the same files.
+  """
+  src = tokenizer.source
+  folder = os.path.join(workdir, "tokenizer")
+  name = "spm.model" if src.endswith(".model") else os.path.basename(src)
+  files = [(src, name)] + [
+      (os.path.join(os.path.dirname(src), extra), extra)
+      for extra in ("tokenizer_config.json", "special_tokens_map.json")
+      if os.path.isfile(os.path.join(os.path.dirname(src), extra))]
+  os.makedirs(folder, exist_ok=True)
+  for path, target_name in files:
+    target = os.path.join(folder, target_name)
+    if os.path.realpath(path) == os.path.realpath(target):
+      continue
+    with open(path, "rb") as f:
+      data = f.read()
+    if os.path.exists(target):
+      with open(target, "rb") as f:
+        if f.read() != data:
+          raise UserError(f"{target} differs from the teacher's tokenizer file {path}: "
+                          f"this workdir was made with another vocabulary; use a new --workdir")
+      continue
+    shutil.copyfile(path, target + ".tmp")
+    os.replace(target + ".tmp", target)
+
+
+# ------------------------------------------------------------------- student
+
+
+def fold_token_type_row(student_params: dict, teacher_params: dict) -> dict:
+  """Adds the teacher's token-type-0 embedding to the student's position table.
+
+  The teacher embeds LN(word + position + type[0]) for a single segment; a
+  student without token types embeds LN(word + position'). With position' =
+  position + type[0] the two are the same function, so the initialised
+  student is exactly the teacher's layer subset (up to float rounding of the
+  sum). A new array: the teacher's tables are not modified.
+  """
+  t_emb = teacher_params["encoder"]["embeddings"]
+  if "token_type_embeddings" not in t_emb:
+    return student_params
+  s_emb = student_params["encoder"]["embeddings"]
+  if "token_type_embeddings" in s_emb:
+    return student_params  # the student has token types: copied as they are
+  row = np.asarray(t_emb["token_type_embeddings"]["embedding"])[0]
+  table = np.asarray(s_emb["position_embeddings"]["embedding"])
+  s_emb["position_embeddings"] = {"embedding": (table + row[None, :]).astype(table.dtype)}
+  return student_params
+
+
+def init_student_from_teacher(teacher_params: dict, teacher_cfg: EncoderConfig,
+                              student_cfg: EncoderConfig, layers: Optional[tuple[int, ...]],
+                              student_params: dict, *, fold_token_type: bool) -> dict:
+  """`student_params_from_teacher`, then (optionally) `fold_token_type_row`."""
+  params = student_lib.student_params_from_teacher(teacher_params, teacher_cfg, student_cfg,
+                                                   layers, student_params)
+  if fold_token_type:
+    params = fold_token_type_row(params, teacher_params)
+  return params
+
+
+# ---------------------------------------------------------------------- job
+
+
+def make_loss_fn(student_model: PretrainingModel, teacher_model: PretrainingModel,
+                 options: dict):
+  """loss_fn(params, frozen, batch, rng, deterministic) -> (loss, metric sums)."""
+
+  def loss_fn(params, frozen, batch, rng, deterministic):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    token_types = batch.get("token_type_ids")
+    if token_types is None:
+      token_types = jnp.zeros_like(ids)
+    teacher_out = teacher_model.apply({"params": frozen}, ids, mask, token_types, None,
+                                      deterministic=True)
+    teacher_out = jax.lax.stop_gradient(
+        {k: teacher_out[k] for k in ("mlm_logits", "last_hidden_state")})
+    student_out = student_model.apply(
+        {"params": params}, ids, mask, None, None, deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng})
+    return objectives.distillation_loss(student_out, teacher_out, batch, **options)
+
+  return loss_fn
+
+
+def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, options: dict):
+  """(params, frozen, to_global) -> the student's held-out numbers (+ the teacher's, once)."""
+  student_eval = pretrain.make_evaluate(loss_fn, eval_batches)
+  teacher_mlm = objectives.pretraining_loss_fn(teacher_model, pair_weight=0.0)
+
+  @jax.jit
+  def teacher_step(frozen, batch):
+    batch = dict(batch)
+    if "token_type_ids" not in batch:
+      batch["token_type_ids"] = jnp.zeros_like(batch["input_ids"])
+    return teacher_mlm(frozen, batch, None, True)[1]
+
+  teacher_numbers = {}
+
+  def evaluate(params, frozen, to_global):
+    numbers = student_eval(params, frozen, to_global)
+    numbers["distill_loss"] = (
+        options["alpha_ce"] * numbers["kl"] + options["alpha_mlm"] * numbers["mlm_loss"]
+        + options["alpha_cos"] * numbers["cosine_loss"]
+        + options["alpha_mse"] * numbers["logit_mse"])
+    if not teacher_numbers:  # the teacher is frozen: its numbers never change
+      totals = {}
+      for batch in eval_batches:
+        for key, value in jax.device_get(teacher_step(frozen, to_global(batch))).items():
+          totals[key] = totals.get(key, 0.0) + float(value)
+      summary = objectives.summarize(totals)
+      teacher_numbers.update({f"teacher_{k}": summary[k]
+                              for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")})
+    numbers.update(teacher_numbers)
+    return numbers
+
+  return evaluate
+
+
+def build_job(config, workdir: str) -> loop.Job:
+  if "distill" not in config:
+    raise UserError(f"{config.name} has no distill section; distill mode needs a student "
+                    f"config such as configs/distilbert.py")
+  options = loss_options(config)
+  layers = layer_ids(config)
+  cfg = setup.encoder_config(config)
+  if config.pair_head or config.data.pair_objective != "none":
+    raise UserError("the distilled student has no pair head: set pair_head=False and "
+                    "data.pair_objective=none (configs/distilbert.py does)")
+  teacher = load_teacher(config, cfg)
+  tokenizers.check_vocab_matches(teacher.tokenizer, cfg.vocab_size, "config.model.vocab_size")
+  if config.distill.init_from_teacher:  # refuse a misfit before any data work
+    student_lib.check_student_fits(
+        teacher.source_cfg, cfg,
+        layers or student_lib.default_layer_ids(teacher.source_cfg.num_layers, cfg.num_layers))
+  check_same_teacher(workdir, teacher.identity)
+  if jax.process_index() == 0:
+    keep_tokenizer(teacher.tokenizer, workdir)
+
+  batch_options = pretrain.batch_options(config)
+  train_docs, eval_docs = pretrain.split_corpus(config)
+  student_model = PretrainingModel(cfg, pair_head=False)
+  teacher_model = PretrainingModel(teacher.cfg, pair_head=False)
+  seq = config.data.max_seq_length
+
+  def init_params(rng):
+    ids = jnp.zeros((1, seq), jnp.int32)
+    return student_model.init(rng, ids, masked_positions=ids[:, :1])["params"]
+
+  load_params = None
+  if config.distill.init_from_teacher:
+    load_params = lambda random_params: init_student_from_teacher(
+        teacher.full_params, teacher.source_cfg, cfg, layers, random_params,
+        fold_token_type=bool(config.distill.fold_token_type))
+
+  loss_fn = make_loss_fn(student_model, teacher_model, options)
+  eval_batches = pipeline.eval_batches(
+      eval_docs, teacher.tokenizer, num_batches=config.data.eval_batches, seed=config.seed + 1,
+      corpus_name=config.data.eval_corpus or f"held-out part of {config.data.corpus}",
+      **batch_options)
+  evaluate = make_evaluate(loss_fn, teacher_model, eval_batches, options)
+
+  def make_train_iter(state):
+    return pipeline.pretraining_batches(train_docs, teacher.tokenizer, seed=config.seed,
+                                        state=state, corpus_name=config.data.corpus,
+                                        **batch_options)
+
+  meta = setup.model_meta(cfg, pair_head=False, job="distill", teacher=teacher.identity)
+  return loop.Job(name=f"distill {config.name}", init_params=init_params, loss_fn=loss_fn,
+                  make_train_iter=make_train_iter, evaluate=evaluate, meta=meta,
+                  load_params=load_params, frozen=teacher.params)
+
+
+def run(config, workdir: str) -> dict:
+  return loop.train(config, workdir, build_job(config, workdir))

