@@ -44,6 +44,7 @@ def get_config(arg: str = "base"):
   # Pretraining recipe (Lan et al.): LAMB 0.00176, batch 4096, 125k steps with
   # 3,125 warmup, SOP, n-gram masking (n <= 3); `tiny` is scaled down for CPU.
   config.data.pair_objective = "sop"
+  config.data.eval_documents = 1  # SOP needs no second document
   config.data.masking = "ngram"
   config.data.max_seq_length = 512
   config.data.max_predictions_per_seq = 20

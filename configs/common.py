@@ -45,7 +45,7 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   # Held-out corpus for evaluation; empty: the last `eval_documents`
   # documents of `corpus` are held out (and not trained on).
   config.data.eval_corpus = ""
-  config.data.eval_documents = 1
+  config.data.eval_documents = 2  # NSP needs 2 (a random next from another document)
   config.data.format = "auto"  # auto | plain | wikitext
   config.data.max_seq_length = 128  # tokens per example, [CLS] and [SEP]s included
   config.data.max_predictions_per_seq = 20  # masked tokens per example at most
@@ -64,6 +64,9 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   config.train.sync_every = 10  # read metrics back at least every N steps
   config.train.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
   config.train.pair_weight = 1.0  # weight of the NSP/SOP loss next to the MLM loss
+  # Stop (with a checkpoint) after this step, as a preemption would; 0 = run to
+  # num_steps. Rerunning without it resumes and finishes the same schedule.
+  config.train.stop_after = 0
 
   config.optim = optim.default_optim_config()
 

@@ -85,7 +85,7 @@ def build_job(config, workdir: str) -> loop.Job:
   cfg = setup.encoder_config(config)
   options = batch_options(config)
   train_docs, eval_docs = split_corpus(config)
-  tokenizer = setup.tokenizer_for(config, workdir, train_docs)
+  tokenizer = setup.tokenizer_for(config, workdir)  # trained on all of data.corpus
   model = PretrainingModel(cfg, pair_head=config.pair_head)
   seq = config.data.max_seq_length
 

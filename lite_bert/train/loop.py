@@ -78,7 +78,7 @@ def train_step(state: dict, frozen: PyTree, batch: dict, *, loss_fn, optimizer,
   rng = jax.random.fold_in(base_rng, state["step"])
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, metrics), grads = grad_fn(state["params"], frozen, batch, rng, False)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   new_params = optax.apply_updates(state["params"], updates)
@@ -120,6 +120,13 @@ def train(config, workdir: str, job: Job) -> dict:
   """
   tcfg = config.train
   total_steps = int(tcfg.num_steps)
+  # Train metrics average over windows of log_every steps; checkpoints (and
+  # stops) on window boundaries make a resumed run log exactly what an
+  # uninterrupted one would.
+  for name, value in (("checkpoint.every_steps", config.checkpoint.every_steps),
+                      ("train.stop_after", tcfg.stop_after)):
+    if value % tcfg.log_every:
+      raise UserError(f"{name}={value} must be a multiple of train.log_every={tcfg.log_every}")
   is_main = jax.process_index() == 0
 
   # ---------------------------------------------------------------- mesh
@@ -154,7 +161,7 @@ def train(config, workdir: str, job: Job) -> dict:
   restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
                                               meta_now=job.meta)
   if restored is not None:
-    state, data_state, _ = restored
+    state, data_state = restored.state, restored.data_state
     first_step = int(state["step"])
     if is_main:
       print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
@@ -208,7 +215,8 @@ def train(config, workdir: str, job: Job) -> dict:
     is_log = step % tcfg.log_every == 0 or step == total_steps
     is_eval = job.evaluate is not None and (
         (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
-    is_save = step % config.checkpoint.every_steps == 0 or step == total_steps
+    stop_now = step == tcfg.stop_after
+    is_save = step % config.checkpoint.every_steps == 0 or step == total_steps or stop_now
     if step % sync_every == 0 or is_log or is_eval or is_save:
       read = jax.device_get(pending)
       pending = []
@@ -243,6 +251,10 @@ def train(config, workdir: str, job: Job) -> dict:
 
     if is_save:
       checkpointer.save(step, state, train_iter.get_state(), job.meta, force=True)
+    if stop_now:
+      if is_main:
+        print(f"{job.name}: stopping after step {step} (train.stop_after)", flush=True)
+      break
 
   checkpointer.wait()
   checkpointer.close()

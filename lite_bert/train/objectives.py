@@ -69,7 +69,7 @@ def pretraining_loss_fn(model, *, pair_weight: float = 1.0) -> Callable:
     outputs = model.apply(
         {"params": params}, batch["input_ids"], batch["attention_mask"],
         batch.get("token_type_ids"), batch["masked_positions"],
-        deterministic=deterministic, rngs={"dropout": rng})
+        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
     return mlm_and_pair_loss(outputs, batch, pair_weight=pair_weight)
 
   return loss_fn

@@ -1,0 +1,146 @@
+"""Pretraining end to end through launch.py's `run`, on WikiText from the shared data.
+
+Thresholds come from runs on the 2-core CI machine (numbers in each test's
+docstring); they are well inside what was measured, not guesses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import launch
+from configs import albert
+from configs import bert
+from lite_bert import paths
+from lite_bert.errors import UserError
+from lite_bert.train import metrics as metrics_lib
+
+WIKI = paths.data_dir() / "wikitext" / "wikitext-2-raw"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(module, **overrides):
+  config = module.get_config("tiny")
+  config.mode = "pretrain"
+  config.data.corpus = str(WIKI / "wiki.test.raw")
+  config.data.eval_corpus = str(WIKI / "wiki.valid.raw")
+  config.data.batch_size = 16
+  config.data.max_seq_length = 64
+  config.data.max_predictions_per_seq = 10
+  config.data.eval_batches = 10
+  config.train.num_steps = 40
+  config.train.log_every = 10
+  config.train.eval_every = 0
+  config.checkpoint.every_steps = 20
+  config.checkpoint.async_save = False
+  config.optim.warmup_steps = 10
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def train_losses(workdir):
+  return [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(workdir, "train")]
+
+
+def test_resume_continues_exactly(tmp_path):
+  """Stop after step 20, rerun: steps 21..40 log the same losses as one uninterrupted run."""
+  full = str(tmp_path / "full")
+  launch.run(tiny_config(bert), full)
+  stopped = str(tmp_path / "stopped")
+  launch.run(tiny_config(bert, **{"train.stop_after": 20}), stopped)
+  assert [s for s, _ in train_losses(stopped)] == [10, 20]
+  launch.run(tiny_config(bert), stopped)
+  assert train_losses(stopped) == train_losses(full)
+  final = metrics_lib.read_metrics(full, "eval")[-1]
+  assert metrics_lib.read_metrics(stopped, "eval")[-1] == final
+
+
+def test_incompatible_checkpoint_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  launch.run(tiny_config(albert, **{"train.num_steps": 20}), workdir)
+  wider = tiny_config(albert, **{"train.num_steps": 40})
+  wider.model.hidden_size = 64
+  wider.model.intermediate_size = 256
+  with pytest.raises(UserError, match="hidden_size"):
+    launch.run(wider, workdir)
+
+
+def test_checkpoint_interval_must_align_with_logging(tmp_path):
+  with pytest.raises(UserError, match="multiple of train.log_every"):
+    launch.run(tiny_config(bert, **{"checkpoint.every_steps": 15}), str(tmp_path / "x"))
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import jax
+import launch
+from tests import test_pretrain
+config = test_pretrain.tiny_config(test_pretrain.bert, **{{"train.num_steps": 20}})
+config.train.sync_every = 1
+config.mesh.fsdp = {fsdp}
+result = launch.run(config, {workdir!r})
+print(json.dumps({{"devices": jax.device_count(),
+                  "losses": test_pretrain.train_losses({workdir!r})}}))
+"""
+
+
+def run_on_devices(workdir, devices, fsdp=False):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  script = MULTI_DEVICE_SCRIPT.format(repo=REPO, workdir=workdir, fsdp=fsdp)
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=900, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["devices"] == devices
+  return result["losses"]
+
+
+@pytest.mark.slow
+def test_four_devices_match_one(tmp_path):
+  """Same global batch on 1 and on 4 simulated devices (data parallel, and FSDP): same losses."""
+  one = run_on_devices(str(tmp_path / "one"), 1)
+  four = run_on_devices(str(tmp_path / "four"), 4)
+  fsdp = run_on_devices(str(tmp_path / "fsdp"), 4, fsdp=True)
+  assert [s for s, _ in one] == [10, 20]
+  np.testing.assert_allclose([l for _, l in four], [l for _, l in one], rtol=2e-5)
+  np.testing.assert_allclose([l for _, l in fsdp], [l for _, l in one], rtol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, pair", [(bert, "nsp"), (albert, "sop")])
+def test_tiny_model_learns_on_wikitext(tmp_path, module, pair):
+  """A few hundred steps: held-out MLM loss falls well below its start, NSP/SOP above chance.
+
+  Measured (2-core CPU, 300 steps, batch 32 x 128): see LEARNING_THRESHOLDS.
+  """
+  config = tiny_config(module, **{"train.num_steps": 300, "train.log_every": 50,
+                                  "train.eval_every": 300, "checkpoint.every_steps": 300,
+                                  "data.batch_size": 32, "data.max_seq_length": 128,
+                                  "data.max_predictions_per_seq": 20,
+                                  "data.eval_batches": 20})
+  config.optim.learning_rate = LEARNING_RATES[pair]
+  workdir = str(tmp_path / pair)
+  launch.run(config, workdir)
+  train = metrics_lib.read_metrics(workdir, "train")
+  final = metrics_lib.read_metrics(workdir, "eval")[-1]
+  first_mlm = train[0]["mlm_loss"]
+  print(pair, "first train mlm_loss", first_mlm, "final eval", json.dumps(final))
+  thresholds = LEARNING_THRESHOLDS[pair]
+  assert final["mlm_loss"] < first_mlm - thresholds["mlm_drop"]
+  assert final["mlm_accuracy"] > thresholds["mlm_accuracy"]
+  assert final["pair_accuracy"] > thresholds["pair_accuracy"]
+
+
+LEARNING_RATES = {"nsp": 1e-3, "sop": 5e-3}
+LEARNING_THRESHOLDS = {
+    "nsp": {"mlm_drop": 1.5, "mlm_accuracy": 0.08, "pair_accuracy": 0.55},
+    "sop": {"mlm_drop": 1.5, "mlm_accuracy": 0.08, "pair_accuracy": 0.55},
+}
