@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from lite_bert.errors import UserError
 from lite_bert.modes import setup
+from lite_bert.train import guards
 
 MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate")
 
@@ -43,8 +44,10 @@ def run(config, workdir: str):
   if not os.access(workdir, os.W_OK):
     raise UserError(f"workdir {workdir} is not writable")
   module = importlib.import_module(f"lite_bert.modes.{mode}")
-  setup.write_config(config, workdir)
-  return module.run(config, workdir)
+  if mode not in setup.TRAINING_MODES:
+    return module.run(config, workdir)
+  with guards.WorkdirLock(workdir):  # one run per workdir; a killed run leaves no stale lock
+    return module.run(config, workdir)
 
 
 def _one_line(text: str) -> str:

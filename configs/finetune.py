@@ -72,6 +72,10 @@ def get_config(arg: str = "sst2"):
   config.finetune.alpha_soft = 0.5
   config.finetune.temperature = 2.0
 
+  config.evaluate = config_dict.ConfigDict()  # mode=evaluate on a fine-tuned workdir
+  config.evaluate.split = "validation"  # any split of the task
+  config.evaluate.checkpoint = "best"  # best (by dev metric) | latest
+
   config.data.max_seq_length = recipe["max_seq_length"]
   config.data.batch_size = 32
   config.train.log_every = 50

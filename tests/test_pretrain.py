@@ -49,12 +49,12 @@ def train_losses(workdir):
 
 
 def test_resume_continues_exactly(tmp_path):
-  """Stop after step 20, rerun: steps 21..40 log the same losses as one uninterrupted run."""
+  """Stop after step 15, rerun: steps 16..40 log the same losses as one uninterrupted run."""
   full = str(tmp_path / "full")
   launch.run(tiny_config(bert), full)
   stopped = str(tmp_path / "stopped")
-  launch.run(tiny_config(bert, **{"train.stop_after": 20}), stopped)
-  assert [s for s, _ in train_losses(stopped)] == [10, 20]
+  launch.run(tiny_config(bert, **{"train.stop_after": 15}), stopped)  # mid log window
+  assert [s for s, _ in train_losses(stopped)] == [10]
   launch.run(tiny_config(bert), stopped)
   assert train_losses(stopped) == train_losses(full)
   final = metrics_lib.read_metrics(full, "eval")[-1]
@@ -69,11 +69,6 @@ def test_incompatible_checkpoint_refused(tmp_path):
   wider.model.intermediate_size = 256
   with pytest.raises(UserError, match="hidden_size"):
     launch.run(wider, workdir)
-
-
-def test_checkpoint_interval_must_align_with_logging(tmp_path):
-  with pytest.raises(UserError, match="multiple of train.log_every"):
-    launch.run(tiny_config(bert, **{"checkpoint.every_steps": 15}), str(tmp_path / "x"))
 
 
 MULTI_DEVICE_SCRIPT = r"""

@@ -108,7 +108,15 @@ def model_and_tokenizer(config, workdir: str):
     where = f"--config.tokenizer.path={config.tokenizer.path}"
   cfg = setup.encoder_config(config)
   tokenizers.check_vocab_matches(tokenizer, cfg.vocab_size, where)
+  config.tokenizer.path = tokenizer.source  # so evaluate can find it from config.json
   return cfg, tokenizer, source
+
+
+def tokenizer_of_run(run_config, workdir: str):
+  """The tokenizer a finished fine-tuning run used (recorded in its config.json)."""
+  if not run_config.tokenizer.path:
+    raise UserError(f"{workdir}/config.json names no tokenizer.path")
+  return tokenizers.load_tokenizer(run_config.tokenizer.path)
 
 
 def predict(apply_fn, params, batches, to_global) -> np.ndarray:
@@ -142,8 +150,11 @@ def write_json(path: str, value: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
+EVAL_FILES = ("eval_{split}.json", "predictions_{split}.tsv")
+
+
 def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, *,
-                prefix: str = ""):
+                files: tuple[str, str] = EVAL_FILES):
   """(params, frozen, to_global) -> metrics per eval split; writes metrics and predictions."""
   apply_fn = jax.jit(lambda params, batch: model.apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"],
@@ -163,9 +174,9 @@ def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, 
       predictions = predictions_from_logits(spec, logits)
       metrics = task_metrics.compute(spec.metrics, predictions, labels)
       if jax.process_index() == 0:
-        write_json(os.path.join(workdir, f"{prefix}eval_{split}.json"),
+        write_json(os.path.join(workdir, files[0].format(split=split)),
                    dict(metrics, task=spec.name, split=split, examples=len(rows)))
-        write_predictions(os.path.join(workdir, f"{prefix}predictions_{split}.tsv"),
+        write_predictions(os.path.join(workdir, files[1].format(split=split)),
                           spec, rows, predictions)
       numbers.update({f"{split}_{name}": value for name, value in metrics.items()})
     return numbers
@@ -194,7 +205,7 @@ def keep_best(config, spec, workdir: str):
       checkpointer.save(os.path.abspath(os.path.join(tmp, "params")), params)
     if jax.process_index() == 0:
       for split in config.finetune.eval_splits:
-        for name in (f"eval_{split}.json", f"predictions_{split}.tsv"):
+        for name in (pattern.format(split=split) for pattern in EVAL_FILES):
           shutil.copy(os.path.join(workdir, name), os.path.join(tmp, name))
       write_json(os.path.join(tmp, "best.json"), {"step": step, "metric": key,
                                                   "value": numbers[key]})

@@ -23,6 +23,7 @@ import optax
 
 from lite_bert.errors import UserError
 from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import guards
 from lite_bert.train import mesh as mesh_lib
 from lite_bert.train import metrics as metrics_lib
 from lite_bert.train import objectives
@@ -120,13 +121,6 @@ def train(config, workdir: str, job: Job) -> dict:
   """
   tcfg = config.train
   total_steps = int(tcfg.num_steps)
-  # Train metrics average over windows of log_every steps; checkpoints (and
-  # stops) on window boundaries make a resumed run log exactly what an
-  # uninterrupted one would.
-  for name, value in (("checkpoint.every_steps", config.checkpoint.every_steps),
-                      ("train.stop_after", tcfg.stop_after)):
-    if value % tcfg.log_every:
-      raise UserError(f"{name}={value} must be a multiple of train.log_every={tcfg.log_every}")
   is_main = jax.process_index() == 0
 
   # ---------------------------------------------------------------- mesh
@@ -160,8 +154,12 @@ def train(config, workdir: str, job: Job) -> dict:
       async_save=config.checkpoint.async_save)
   restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
                                               meta_now=job.meta)
+  window: list = []  # per-step host metrics since the last log line
   if restored is not None:
-    state, data_state = restored.state, restored.data_state
+    state = restored.state
+    # The checkpoint carries the data position and the unlogged metric window,
+    # so a resumed run reads and logs exactly what an uninterrupted one would.
+    data_state, window = restored.data_state["iterator"], restored.data_state["window"]
     first_step = int(state["step"])
     if is_main:
       print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
@@ -196,65 +194,67 @@ def train(config, workdir: str, job: Job) -> dict:
   writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
   progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main)
   pending: list = []  # device metrics not yet read back
-  window: list = []  # host metrics since the last log line
   last_good_step = first_step
   train_numbers, eval_numbers = {}, {}
   step = first_step
   sync_every = max(1, min(int(tcfg.sync_every), int(tcfg.log_every)))
-  while step < total_steps:
-    try:
-      host_batch = next(train_iter)
-    except StopIteration:
-      raise UserError(f"{job.name}: the training data ran out at step {step}") from None
-    progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
-    batch = to_global(host_batch)
-    state, step_metrics = step_fn(state, frozen, batch)
-    pending.append(step_metrics)
-    step += 1
+  with guards.SigtermFlag() as sigterm:  # preemption: save at the next step, exit 0
+    while step < total_steps:
+      try:
+        host_batch = next(train_iter)
+      except StopIteration:
+        raise UserError(f"{job.name}: the training data ran out at step {step}") from None
+      progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
+      batch = to_global(host_batch)
+      state, step_metrics = step_fn(state, frozen, batch)
+      pending.append(step_metrics)
+      step += 1
 
-    is_log = step % tcfg.log_every == 0 or step == total_steps
-    is_eval = job.evaluate is not None and (
-        (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
-    stop_now = step == tcfg.stop_after
-    is_save = step % config.checkpoint.every_steps == 0 or step == total_steps or stop_now
-    if step % sync_every == 0 or is_log or is_eval or is_save:
-      read = jax.device_get(pending)
-      pending = []
-      window.extend(read)
-      bad = [step - len(read) + i + 1 for i, m in enumerate(read) if m["nonfinite"] > 0]
-      if bad and tcfg.on_nonfinite == "stop":
-        raise UserError(
-            f"{job.name}: non-finite loss or gradient at step {bad[0]} (steps "
-            f"{last_good_step + 1}..{step} ran since the last check; no checkpoint was "
-            f"written after step {last_good_step}). Lower the learning rate, or set "
-            f"--config.train.on_nonfinite=skip")
-      last_good_step = step
+      is_log = step % tcfg.log_every == 0 or step == total_steps
+      is_eval = job.evaluate is not None and (
+          (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
+      stop_now = step == tcfg.stop_after or sigterm.received
+      is_save = step % config.checkpoint.every_steps == 0 or step == total_steps or stop_now
+      if step % sync_every == 0 or is_log or is_eval or is_save:
+        read = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+        pending = []
+        window.extend(read)
+        bad = [step - len(read) + i + 1 for i, m in enumerate(read) if m["nonfinite"] > 0]
+        if bad and tcfg.on_nonfinite == "stop":
+          raise UserError(
+              f"{job.name}: non-finite loss or gradient at step {bad[0]} (steps "
+              f"{last_good_step + 1}..{step} ran since the last check; no checkpoint was "
+              f"written after step {last_good_step}). Lower the learning rate, or set "
+              f"--config.train.on_nonfinite=skip")
+        last_good_step = step
 
-    if is_log:
-      lr = float(schedule((step - 1) // accumulation))
-      train_numbers = train_summary(sum_metrics(window), len(window), lr)
-      train_numbers.update(progress.rates(step))
-      writer.write(step, "train", train_numbers)
-      progress.line(step, {k: train_numbers[k] for k in train_numbers
-                           if k in ("loss", "mlm_accuracy", "pair_accuracy", "accuracy",
-                                    "learning_rate")})
-      window = []
+      if is_log:
+        lr = float(schedule((step - 1) // accumulation))
+        train_numbers = train_summary(sum_metrics(window), len(window), lr)
+        train_numbers.update(progress.rates(step))
+        writer.write(step, "train", train_numbers)
+        progress.line(step, {k: train_numbers[k] for k in train_numbers
+                             if k in ("loss", "mlm_accuracy", "pair_accuracy", "accuracy",
+                                      "learning_rate")})
+        window = []
 
-    if is_eval:
-      eval_numbers = job.evaluate(state["params"], frozen, to_global)
-      writer.write(step, "eval", eval_numbers)
-      if is_main:
-        print(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items()),
-              flush=True)
-      if job.on_eval is not None:
-        job.on_eval(step, state["params"], eval_numbers)
+      if is_eval:
+        eval_numbers = job.evaluate(state["params"], frozen, to_global)
+        writer.write(step, "eval", eval_numbers)
+        if is_main:
+          print(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items()),
+                flush=True)
+        if job.on_eval is not None:
+          job.on_eval(step, state["params"], eval_numbers)
 
-    if is_save:
-      checkpointer.save(step, state, train_iter.get_state(), job.meta, force=True)
-    if stop_now:
-      if is_main:
-        print(f"{job.name}: stopping after step {step} (train.stop_after)", flush=True)
-      break
+      if is_save:
+        checkpointer.save(step, state, {"iterator": train_iter.get_state(), "window": window},
+                          job.meta, force=True)
+      if stop_now:
+        if is_main:
+          why = "SIGTERM" if sigterm.received else "train.stop_after"
+          print(f"{job.name}: saved and stopping after step {step} ({why})", flush=True)
+        break
 
   checkpointer.wait()
   checkpointer.close()
