@@ -20,6 +20,7 @@ Everything returned is numpy (float32); the forward passes are jitted once per
 architecture and batch shape.
 """
 
+import dataclasses
 import functools
 from typing import Optional, Sequence, Union
 
@@ -157,6 +158,14 @@ def _mlm_fn(cfg: EncoderConfig):
   return run
 
 
+def _model_cfg(loaded: Loaded) -> EncoderConfig:
+  """The config to run: without the pooler when the source has none (BertForMaskedLM)."""
+  cfg = loaded.cfg
+  if cfg.pooler and "pooler" not in loaded.params["encoder"]:
+    cfg = dataclasses.replace(cfg, pooler=False)
+  return cfg
+
+
 def _token_types(loaded: Loaded, batch: dict):
   return batch["token_type_ids"] if loaded.cfg.type_vocab_size else None
 
@@ -165,11 +174,11 @@ def forward(loaded: Loaded, batch: dict, *, output_hidden_states: bool = False,
             output_attentions: bool = False) -> dict:
   """Runs the encoder (no heads, no dropout) on an `encode` batch; numpy float32 out.
 
-  Returns the Encoder's dict: last_hidden_state, pooled (if the model has a
+  Returns the Encoder's dict: last_hidden_state, pooled (if the source has a
   pooler), hidden_states [L+1, batch, seq, H] and attentions
   [L, batch, heads, seq, seq] when asked.
   """
-  fn = _encoder_fn(loaded.cfg, output_hidden_states, output_attentions)
+  fn = _encoder_fn(_model_cfg(loaded), output_hidden_states, output_attentions)
   out = fn(loaded.params["encoder"], batch["input_ids"], batch["attention_mask"],
            _token_types(loaded, batch))
   return jax.tree_util.tree_map(np.asarray, out)
@@ -215,7 +224,7 @@ def mask_probabilities(loaded: Loaded, text: str) -> np.ndarray:
   if positions.size == 0:  # every [MASK] was truncated away
     raise UserError(f"no {MASK} left in the first {ids.size} tokens of {text!r}")
   params = {"encoder": loaded.params["encoder"], "mlm_head": loaded.params["mlm_head"]}
-  probs = _mlm_fn(loaded.cfg)(params, batch["input_ids"], batch["attention_mask"],
+  probs = _mlm_fn(_model_cfg(loaded))(params, batch["input_ids"], batch["attention_mask"],
                               _token_types(loaded, batch), positions[None])
   return np.asarray(probs[0])
 

@@ -218,7 +218,7 @@ def hf_config(cfg: EncoderConfig, family: str, arch_class: str,
   common = dict(architectures=[arch_class], model_type=family, vocab_size=cfg.vocab_size,
                 max_position_embeddings=cfg.max_position_embeddings,
                 initializer_range=cfg.initializer_range, pad_token_id=pad_id,
-                tie_word_embeddings=True, torch_dtype="float32")
+                tie_word_embeddings=True)
   if family == "distilbert":
     config = dict(common, dim=cfg.hidden_size, n_layers=cfg.num_layers,
                   n_heads=cfg.num_heads, hidden_dim=cfg.intermediate_size,
@@ -293,22 +293,31 @@ def write_wordpiece_tokenizer(tokenizer: tokenizers_lib.WordPieceTokenizer, out_
   cls_name = "DistilBertTokenizer" if family == "distilbert" else "BertTokenizer"
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
               dict(special, tokenizer_class=cls_name, model_max_length=max_length,
-                   clean_up_tokenization_spaces=False, **options))
+                   clean_up_tokenization_spaces=False, **options, **_model_inputs(family)))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
+def _model_inputs(family: str) -> dict:
+  """DistilBERT's forward takes no token_type_ids: its tokenizer must not make them."""
+  if family == "distilbert":
+    return {"model_input_names": ["input_ids", "attention_mask"]}
+  return {}
+
+
 def write_sentencepiece_tokenizer(tokenizer: tokenizers_lib.SentencePieceTokenizer,
-                                  out_dir: str, max_length: int) -> list[str]:
+                                  out_dir: str, family: str, max_length: int) -> list[str]:
   """spiece.model, tokenizer_config.json (AlbertTokenizer), special_tokens_map.json."""
   shutil.copyfile(tokenizer.source, os.path.join(out_dir, "spiece.model"))
   special = _special_tokens(tokenizer)
   special.update(bos_token=special["cls_token"], eos_token=special["sep_token"])
+  # lite_bert's own models fold case in the sentencepiece normalizer; ALBERT's
+  # released ones are loaded with do_lower_case=True (SentencePieceTokenizer).
   do_lower_case = bool(getattr(tokenizer, "_do_lower_case", False))
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
               dict(special, tokenizer_class="AlbertTokenizer", do_lower_case=do_lower_case,
                    keep_accents=True, remove_space=True, model_max_length=max_length,
-                   clean_up_tokenization_spaces=False))
+                   clean_up_tokenization_spaces=False, **_model_inputs(family)))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["spiece.model", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -382,7 +391,8 @@ def export_huggingface(model: Union["lite_bert.pretrained.Loaded", Sequence[Any]
   if isinstance(tokenizer, tokenizers_lib.WordPieceTokenizer):
     files += write_wordpiece_tokenizer(tokenizer, out_dir, family, cfg.max_position_embeddings)
   elif isinstance(tokenizer, tokenizers_lib.SentencePieceTokenizer):
-    files += write_sentencepiece_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
+    files += write_sentencepiece_tokenizer(tokenizer, out_dir, family,
+                                           cfg.max_position_embeddings)
   not_exported = sorted(k for k in params if k not in ("encoder", "mlm_head", "pair_head"))
   return dict(out_dir=out_dir, model_type=family, architecture=arch_class, files=files,
               not_exported=not_exported, tensors=len(state))
