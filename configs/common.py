@@ -97,5 +97,4 @@ def scale_down_for_cpu(config: config_dict.ConfigDict) -> None:
   config.train.log_every = 25
   config.train.eval_every = 100
   config.checkpoint.every_steps = 100
-  config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 30
