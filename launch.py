@@ -5,13 +5,15 @@ r"""The one entry point: flags -> config -> modes[config.mode](config, workdir).
 
 `--config.a.b=value` overrides any field; an unknown field or a value of the
 wrong type is one clear error. The resolved config is written to
-`<workdir>/config.json` before a training job starts (`config_<mode>.json`
-for summary and evaluate, which must not overwrite a run's config). Problems with the input are
-printed as one line (`error: ...`) with exit status 2; `--debug` (or
-LITE_BERT_DEBUG=1) shows the traceback instead.
+`<workdir>/config.json` once the inputs are validated, before a training job
+starts (`config_<mode>.json` after a summary or evaluate run, which must not
+overwrite a run's config); a refused run leaves the workdir as it was.
+Problems with the input are printed as one line (`error: ...`) with exit
+status 2; `--debug` (or LITE_BERT_DEBUG=1) shows the traceback instead.
 """
 
 import importlib
+import logging as py_logging
 import os
 import sys
 
@@ -44,9 +46,17 @@ def run(config, workdir: str):
   if not os.access(workdir, os.W_OK):
     raise UserError(f"workdir {workdir} is not writable")
   module = importlib.import_module(f"lite_bert.modes.{mode}")
+  if mode in ("pretrain", "distill"):  # the loop's fields, before the mode writes anything
+    from lite_bert.train import loop  # pylint: disable=import-outside-toplevel  # jax
+    loop.check_config(config)
   if mode not in setup.TRAINING_MODES:
-    return module.run(config, workdir)
-  with guards.WorkdirLock(workdir):  # one run per workdir; a killed run leaves no stale lock
+    result = module.run(config, workdir)
+    setup.write_config(config, workdir)  # config_<mode>.json: only for a run that worked
+    return result
+  # One run per workdir; a killed run leaves no stale lock. The mode writes
+  # config.json once its inputs are validated (the loop: after the restore
+  # check), so a refused run leaves the workdir as it found it.
+  with guards.WorkdirLock(workdir):
     return module.run(config, workdir)
 
 
@@ -61,10 +71,21 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a field that does not exist.
+    # ml_collections raises these for an override of a field that does not exist:
+    # the field's name, then (KeyError) a 'Did you mean ...' line.
+    text = e
+    while isinstance(text, BaseException):  # e.g. AttributeError(KeyError(text))
+      text = text.args[0] if text.args else str(text)
+    text = str(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["?"]
+    field = lines[0].strip(chr(34) + chr(39))
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    print(f"error: unknown config field in {' '.join(overrides)}: {_one_line(e).strip(chr(34) + chr(39))}",
-          file=sys.stderr)
+    named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+    hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
+    print(f"error: unknown config field {field!r} in {' '.join(named)}{hint}", file=sys.stderr)
+  except OSError as e:
+    # A config file that cannot be read, reported while applying the overrides.
+    print(f"error: cannot load --config: {_one_line(e)}", file=sys.stderr)
   except flags.Error as e:
     flag = str(e).splitlines()[0].split(":")[0]
     detail = _one_line(e)
@@ -73,7 +94,44 @@ def parse_flags(argv):
   sys.exit(2)
 
 
+class _AbandonedReads(py_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned reads."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved")
+                and "orbax/checkpoint" in message)
+
+
+def _quiet_abandoned_checkpoint_reads() -> None:
+  """Keeps the noise of a failed checkpoint read off stderr (the CLI's one-line errors).
+
+  When Orbax fails to read one array of a damaged checkpoint it stops waiting
+  for the reads of the other arrays: those that fail too are logged by asyncio
+  as "Task exception was never retrieved", and those that finish after Orbax
+  closed its event loop make tensorstore report "Event loop is closed" as an
+  unraisable exception (a bare traceback). The failure itself is already
+  reported by the checkpointer (which then tries an older step), so both kinds
+  are dropped here; every other message and exception passes through.
+  """
+  py_logging.getLogger("asyncio").addFilter(_AbandonedReads())
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    last = unraisable.exc_traceback
+    while last is not None and last.tb_next is not None:
+      last = last.tb_next
+    if (unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed" and last is not None
+        and last.tb_frame.f_code.co_name in ("_check_closed", "call_soon_threadsafe")):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = unraisablehook
+
+
 def main(argv):
+  _quiet_abandoned_checkpoint_reads()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:

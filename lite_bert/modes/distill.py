@@ -7,7 +7,10 @@ TEACHER is a lite_bert pretraining workdir or a Hugging Face BERT folder with
 MLM head weights (`pretrained.load`). The student is `config.model`; it uses
 the teacher's tokenizer (copied to DIR/tokenizer/, so DIR later loads like any
 workdir) and, with `distill.init_from_teacher`, starts as the teacher's layers
-`distill.layers` (`models/student.py`) plus its embeddings and MLM head.
+`distill.layers` (`models/student.py`) plus its embeddings and MLM head; with
+`distill.fold_token_type` the teacher's token-type-0 row is added to the
+position table, so the initialised student computes exactly the teacher's
+layer subset on single-segment input.
 
 One jitted step runs the teacher (deterministic, params in `Job.frozen`, never
 trained) and the student (with dropout) on the same masked batch and trains
@@ -23,7 +26,6 @@ resume with a different teacher is refused before anything is restored.
 """
 
 import dataclasses
-import hashlib
 import os
 import shutil
 from typing import Optional
@@ -44,6 +46,7 @@ from lite_bert.modes import setup
 from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import loop
 from lite_bert.train import objectives
+from lite_bert.train import task_distillation
 
 WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")
 
@@ -93,25 +96,21 @@ class Teacher:
   identity: dict          # JSON: what the checkpoint meta records
 
 
-def params_digest(params) -> str:
-  """sha256 over every leaf's path, shape, dtype and bytes (order-independent of dict order)."""
-  digest = hashlib.sha256()
-  for path, leaf in sorted(checkpoint_lib.leaf_paths(params), key=lambda item: item[0]):
-    value = np.ascontiguousarray(np.asarray(leaf))
-    digest.update(f"{path}:{value.dtype}:{value.shape};".encode())
-    digest.update(checkpoint_lib.array_sha256(value).encode())
-  return digest.hexdigest()
-
-
 def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
   """Loads `distill.teacher` and checks it can teach `student_cfg`."""
   source = config.distill.teacher
   if not source:
     raise UserError("distill mode needs a teacher: set --config.distill.teacher to a lite_bert "
                     "pretraining workdir or a Hugging Face BERT folder")
+  if not os.path.exists(source):
+    raise UserError(f"--config.distill.teacher={source} does not exist (expected a lite_bert "
+                    f"pretraining workdir or a Hugging Face BERT folder)")
   step = int(config.distill.teacher_step) or None
   loaded = pretrained.load(source, step=step)
   where = f"teacher {source}"
+  if step is not None and loaded.kind != "workdir":
+    raise UserError(f"distill.teacher_step={step} is for lite_bert workdirs; {source} is a "
+                    f"{loaded.kind} folder with one set of weights")
   if "mlm_head" not in loaded.params:
     raise UserError(f"{where} has no MLM head weights (a fine-tuned or encoder-only "
                     f"checkpoint?); distillation needs the teacher's masked-LM predictions")
@@ -141,13 +140,23 @@ def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
   run_cfg = dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype)
   arch = {k: v for k, v in t_cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
   identity = dict(path=os.path.realpath(source), kind=loaded.kind, arch=loaded.arch,
-                  step=loaded.step, model=arch, params_sha256=params_digest(loaded.params))
+                  step=loaded.step, model=arch,
+                  params_sha256=task_distillation.params_digest(loaded.params))
   return Teacher(cfg=run_cfg, params=params, full_params=loaded.params, source_cfg=t_cfg,
                  tokenizer=tokenizer, identity=identity)
 
 
-def check_same_teacher(workdir: str, identity: dict) -> None:
-  """Refuses to resume a workdir whose checkpoints were distilled from another teacher."""
+def check_same_teacher(workdir: str, identity: dict, *, field: str = "distill.teacher",
+                       hint: str = "") -> None:
+  """Refuses to resume a workdir whose checkpoints were trained with another teacher.
+
+  Compares the newest readable checkpoint meta's `teacher` entry with
+  `identity` (both with `model`, the architecture, and `params_sha256`); the
+  teacher's path may differ (a moved copy is the same teacher). `field` names
+  the config field in the message; `hint` is appended to "resume with the same
+  teacher" ({step} in it becomes the saved teacher's step). Fine-tuning with a
+  task teacher can call it too.
+  """
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return
@@ -160,28 +169,31 @@ def check_same_teacher(workdir: str, identity: dict) -> None:
       except checkpoint_lib.CorruptCheckpointError:
         continue  # the loop walks past it too
       if saved is None:
-        raise UserError(f"checkpoint step {step} in {directory} was not written by a "
-                        f"distillation run; use a new --workdir")
+        raise UserError(f"checkpoint step {step} in {directory} was written without a "
+                        f"teacher; use a new --workdir")
       differences = [k for k in ("model", "params_sha256") if saved.get(k) != identity[k]]
       if differences:
         why = ("a different architecture" if "model" in differences else
                "different weights")
         raise UserError(
-            f"{directory} was distilled from teacher {saved.get('path')} (step "
-            f"{saved.get('step')}); --config.distill.teacher={identity['path']} (step "
-            f"{identity['step']}) has {why}. Resume with the same teacher (e.g. "
-            f"--config.distill.teacher_step={saved.get('step')}) or use a new --workdir")
+            f"{directory} was trained with teacher {saved.get('path')} (step "
+            f"{saved.get('step')}); --config.{field}={identity['path']} (step "
+            f"{identity['step']}) has {why}. Resume with the same teacher"
+            f"{hint.format(step=saved.get('step'))} or use a "
+            f"new --workdir")
       return
   finally:
     checkpointer.close()
 
 
-def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> None:
+def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> str:
   """Copies the shared tokenizer into DIR/tokenizer/ so the student's workdir is self-contained.
 
-  A SentencePiece model becomes DIR/tokenizer/spm.model (what `pretrained.load`
-  looks for); a WordPiece file keeps its name, with the tokenizer_config.json /
-  special_tokens_map.json next to it. A resumed run must find the same files.
+  A SentencePiece model becomes DIR/tokenizer/spm.model (where `pretrained.load`
+  looks); a WordPiece file keeps its name. The tokenizer_config.json /
+  special_tokens_map.json next to it come along (they hold do_lower_case and the
+  special tokens). A resumed run must find the same files. Returns the path of
+  the copied tokenizer file.
   """
   src = tokenizer.source
   folder = os.path.join(workdir, "tokenizer")
@@ -205,6 +217,18 @@ def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> None:
       continue
     shutil.copyfile(path, target + ".tmp")
     os.replace(target + ".tmp", target)
+  return os.path.join(folder, name)
+
+
+def record_tokenizer(config, copied: str) -> None:
+  """Points `config.tokenizer.path` at a copied tokenizer `pretrained.load` would not find.
+
+  Loading a workdir looks for tokenizer.path, else tokenizer/spm.model; a
+  WordPiece teacher's vocabulary (tokenizer.json / vocab.txt) needs the path.
+  The loop writes the config (config.json) once the run is accepted.
+  """
+  if os.path.basename(copied) != "spm.model" and not config.tokenizer.path:
+    config.tokenizer.path = os.path.abspath(copied)
 
 
 # ------------------------------------------------------------------- student
@@ -316,9 +340,8 @@ def build_job(config, workdir: str) -> loop.Job:
     student_lib.check_student_fits(
         teacher.source_cfg, cfg,
         layers or student_lib.default_layer_ids(teacher.source_cfg.num_layers, cfg.num_layers))
-  check_same_teacher(workdir, teacher.identity)
-  if jax.process_index() == 0:
-    keep_tokenizer(teacher.tokenizer, workdir)
+  check_same_teacher(workdir, teacher.identity,
+                     hint=" (e.g. --config.distill.teacher_step={step})")
 
   batch_options = pretrain.batch_options(config)
   train_docs, eval_docs = pretrain.split_corpus(config)
@@ -348,6 +371,9 @@ def build_job(config, workdir: str) -> loop.Job:
                                         state=state, corpus_name=config.data.corpus,
                                         **batch_options)
 
+  # Everything is validated: only now write into the workdir.
+  if jax.process_index() == 0:
+    record_tokenizer(config, keep_tokenizer(teacher.tokenizer, workdir))
   meta = setup.model_meta(cfg, pair_head=False, job="distill", teacher=teacher.identity)
   return loop.Job(name=f"distill {config.name}", init_params=init_params, loss_fn=loss_fn,
                   make_train_iter=make_train_iter, evaluate=evaluate, meta=meta,

@@ -14,12 +14,14 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lite_bert import pretrained
 from lite_bert.errors import UserError
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.modes import finetune
+from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import mesh as mesh_lib
 
 
@@ -29,6 +31,17 @@ def restore_best(workdir: str) -> dict:
     raise UserError(f"{workdir} has no best/ params (was it fine-tuned with an evaluation?)")
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(path)
+
+
+def check_params_fit(model, params, run_config, workdir: str, choice: str) -> None:
+  """Refuses params whose tree differs from the model its config.json describes."""
+  ids = jax.ShapeDtypeStruct((1, run_config.data.max_seq_length), jnp.int32)
+  expected = jax.eval_shape(lambda i: model.init(jax.random.key(0), i)["params"], ids)
+  difference = checkpoint_lib.first_tree_difference(checkpoint_lib.tree_fingerprint(params),
+                                                    checkpoint_lib.tree_fingerprint(expected))
+  if difference:
+    raise UserError(f"the {choice} params in {workdir} do not fit the model its config.json "
+                    f"describes: parameter {difference}")
 
 
 def run(config, workdir: str) -> dict:
@@ -55,6 +68,7 @@ def run(config, workdir: str) -> dict:
   tokenizer = finetune.tokenizer_of_run(run_config, workdir)
   data = finetune.load_task_data(run_config, spec, tokenizer, with_train=False)
   model = ClassificationModel(cfg, num_labels=spec.num_labels)
+  check_params_fit(model, params, run_config, workdir, choice)
   score = finetune.make_scorer(run_config, spec, data, model, workdir, tokenizer.pad_id,
                                files=("evaluate_{split}.json",
                                       "evaluate_predictions_{split}.tsv"))

@@ -229,7 +229,9 @@ def build_job(config, workdir: str) -> loop.Job:
   cfg, tokenizer, source = model_and_tokenizer(config, workdir)
   data = load_task_data(config, spec, tokenizer)
   steps_for_epochs(config, len(data.train))
-  setup.write_config(config, workdir)  # now with the real model and step count
+  # The loop writes config.json (now with the real model and step count) once
+  # the checkpoint check passed; its own fields are checked here, before any work.
+  loop.check_config(config)
   model = ClassificationModel(cfg, num_labels=spec.num_labels)
 
   def init_params(rng):

@@ -37,13 +37,30 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
     if not os.path.exists(path):
       if documents is None:
         documents = corpora.open_corpus(config.data.corpus, format=config.data.format)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
+      folder = os.path.dirname(path)
+      created = not os.path.isdir(folder)
+      os.makedirs(folder, exist_ok=True)
       print(f"training a sentencepiece tokenizer of {config.model.vocab_size} pieces "
             f"on {config.data.corpus} -> {path}", flush=True)
-      tokenizers.train_sentencepiece_on_documents(
-          documents, vocab_size=config.model.vocab_size, model_path=path,
-          lower_case=config.tokenizer.lower_case,
-          max_sentences=config.tokenizer.max_sentences, seed=config.seed)
+      # Trained under a temporary name and renamed (.vocab first, .model last):
+      # a run killed meanwhile leaves no half-written spm.model for the restart,
+      # and a failed training leaves nothing.
+      partial = os.path.join(folder, "spm.incomplete.model")
+      partial_vocab = partial[:-len(".model")] + ".vocab"
+      try:
+        tokenizers.train_sentencepiece_on_documents(
+            documents, vocab_size=config.model.vocab_size, model_path=partial,
+            lower_case=config.tokenizer.lower_case,
+            max_sentences=config.tokenizer.max_sentences, seed=config.seed)
+      except BaseException:
+        for leftover in (partial, partial_vocab):
+          if os.path.exists(leftover):
+            os.remove(leftover)
+        if created and not os.listdir(folder):
+          os.rmdir(folder)
+        raise
+      os.replace(partial_vocab, path[:-len(".model")] + ".vocab")
+      os.replace(partial, path)
   tokenizer = tokenizers.load_tokenizer(path)
   tokenizers.check_vocab_matches(tokenizer, config.model.vocab_size, where)
   return tokenizer

@@ -17,6 +17,7 @@ import numpy as np
 from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
+from lite_bert.modes import setup
 
 
 def _held_out_paragraphs(documents, count: int, seed: int) -> set:
@@ -79,6 +80,7 @@ def run(config, workdir: str) -> None:
     report.update(_held_out_report(tokenizer, held_out_text))
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(report, f, indent=1)
+  setup.write_config(config, workdir)  # a failed run leaves no config.json behind
 
 
 def _held_out_report(tokenizer, paragraphs) -> dict:

@@ -3,7 +3,8 @@
 `WorkdirLock` takes an exclusive `flock` on `<workdir>/.lock`. The kernel drops
 the lock when its process dies, so a run killed with SIGKILL leaves no stale
 lock: the next run simply takes it. A second live run on the same workdir is
-refused with one clear error instead of interleaving checkpoints.
+refused with one clear error instead of interleaving checkpoints. The file
+holds the owner's pid while it runs and is empty otherwise.
 
 `SigtermFlag` turns SIGTERM (how Slurm, Kubernetes and TPU/GPU schedulers
 preempt) into a flag the train loop reads at each step boundary: it saves a
@@ -43,6 +44,10 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     # The file stays: removing it would let a waiting process lock a dead inode.
+    # Emptied while still held, so a run that ends (or is refused) leaves it as an
+    # earlier finished run did: a failed run changes no byte of the workdir.
+    self._file.truncate(0)
+    self._file.flush()
     fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
     self._file.close()
 

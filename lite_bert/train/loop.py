@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from lite_bert.errors import UserError
+from lite_bert.modes import setup
 from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import guards
 from lite_bert.train import mesh as mesh_lib
@@ -67,13 +68,63 @@ class Job:
   on_eval: Optional[Callable[[int, PyTree, dict], None]] = None
 
 
+def all_finite(tree) -> jax.Array:
+  """True (a traced bool) when every floating-point leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+ON_NONFINITE = ("stop", "skip")
+
+
+def check_config(config, *, check_schedule: bool = True) -> None:
+  """Refuses a bad `train` / `optim` / `checkpoint` section before any work is done.
+
+  `train()` calls it first; the modes call it before they write anything
+  into the workdir (a trained tokenizer, a copied one), so a config error
+  leaves the workdir as it was. `check_schedule=False` skips what depends on
+  `train.num_steps` (fine-tuning sets it from `finetune.epochs` later).
+
+  Raises:
+    UserError: naming the field.
+  """
+  tcfg = config.train
+
+  def integer(section, name, low):
+    value = config[section][name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"{section}.{name} must be an integer >= {low}, got {value!r}")
+
+  for name, low in (("num_steps", 1), ("log_every", 1), ("sync_every", 1),
+                    ("eval_every", 0), ("stop_after", 0)):
+    integer("train", name, low)
+  if tcfg.on_nonfinite not in ON_NONFINITE:
+    raise UserError(f"train.on_nonfinite must be one of {ON_NONFINITE}, got "
+                    f"{tcfg.on_nonfinite!r}")
+  integer("checkpoint", "every_steps", 1)
+  max_to_keep = config.checkpoint.max_to_keep
+  if max_to_keep is not None:
+    integer("checkpoint", "max_to_keep", 1)
+  accumulation = config.optim.get("accumulation_steps", 1)
+  if (isinstance(accumulation, bool) or not isinstance(accumulation, int)
+      or accumulation < 1):
+    raise UserError(f"optim.accumulation_steps must be an integer >= 1, got {accumulation!r}")
+  if check_schedule:
+    if tcfg.num_steps < accumulation:
+      raise UserError(f"train.num_steps={tcfg.num_steps} is fewer than "
+                      f"optim.accumulation_steps={accumulation}: no update would be made")
+    optim.make_optimizer(config.optim, int(tcfg.num_steps) // accumulation)
+
+
 def train_step(state: dict, frozen: PyTree, batch: dict, *, loss_fn, optimizer,
                base_rng: jax.Array):
   """One update. Pure: (state, frozen, global batch) -> (new state, step metrics).
 
-  A non-finite loss or gradient leaves params and optimizer state unchanged
-  and sets `nonfinite` = 1; whether that stops the run is decided on the
-  host at the next sync (`config.train.on_nonfinite`). Either way no
+  A non-finite loss, gradient or new state (params, optimizer moments) leaves
+  params and optimizer state unchanged and sets `nonfinite` = 1; whether that
+  stops the run is decided on the host at the next sync
+  (`config.train.on_nonfinite`). Either way no
   non-finite value ever enters the state, hence never a checkpoint.
   """
   rng = jax.random.fold_in(base_rng, state["step"])
@@ -83,6 +134,9 @@ def train_step(state: dict, frozen: PyTree, batch: dict, *, loss_fn, optimizer,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   new_params = optax.apply_updates(state["params"], updates)
+  # A finite loss and gradient can still overflow the update (a huge learning
+  # rate, Adam's second moment): the new state is checked too, in the graph.
+  finite = finite & all_finite(new_params) & all_finite(new_opt_state)
   keep = lambda new, old: jax.tree_util.tree_map(
       lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = {
@@ -119,6 +173,7 @@ def train(config, workdir: str, job: Job) -> dict:
 
   Returns the last train and eval numbers.
   """
+  check_config(config)
   tcfg = config.train
   total_steps = int(tcfg.num_steps)
   is_main = jax.process_index() == 0
@@ -152,111 +207,125 @@ def train(config, workdir: str, job: Job) -> dict:
       os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
       save_every_steps=config.checkpoint.every_steps,
       async_save=config.checkpoint.async_save)
-  restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
-                                              meta_now=job.meta)
-  window: list = []  # per-step host metrics since the last log line
-  if restored is not None:
-    state = restored.state
-    # The checkpoint carries the data position and the unlogged metric window,
-    # so a resumed run reads and logs exactly what an uninterrupted one would.
-    data_state, window = restored.data_state["iterator"], restored.data_state["window"]
-    first_step = int(state["step"])
-    if is_main:
-      print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
-  else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-    if job.load_params is not None:
-      params = job.load_params(jax.device_get(state["params"]))
-      params = jax.device_put(params, state_shardings["params"])
-      state = {"step": state["step"], "params": params,
-               "opt_state": jax.jit(optimizer.init,
-                                    out_shardings=state_shardings["opt_state"])(params)}
-    data_state, first_step = None, 0
+  # Closed on any error too: an open manager's background threads would print
+  # tracebacks at exit after the one-line error (and a save in flight commits).
+  try:
+    restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
+                                                meta_now=job.meta)
+    window: list = []  # per-step host metrics since the last log line
+    if restored is not None:
+      state = restored.state
+      # The checkpoint carries the data position and the unlogged metric window,
+      # so a resumed run reads and logs exactly what an uninterrupted one would.
+      data_state, window = restored.data_state["iterator"], restored.data_state["window"]
+      first_step = int(state["step"])
+      if is_main:
+        print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
+    else:
+      state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+      if job.load_params is not None:
+        params = job.load_params(jax.device_get(state["params"]))
+        params = jax.device_put(params, state_shardings["params"])
+        state = {"step": state["step"], "params": params,
+                 "opt_state": jax.jit(optimizer.init,
+                                      out_shardings=state_shardings["opt_state"])(params)}
+      data_state, first_step = None, 0
+    if is_main:  # only now: a refused checkpoint leaves the run's config.json as it was
+      setup.write_config(config, workdir)
 
-  frozen = job.frozen
-  if frozen is not None:
-    frozen_shardings = mesh_lib.param_shardings(
-        mesh, jax.eval_shape(lambda: frozen), config.mesh.fsdp)
-    frozen = jax.device_put(frozen, frozen_shardings)
+    frozen = job.frozen
+    if frozen is not None:
+      frozen_shardings = mesh_lib.param_shardings(
+          mesh, jax.eval_shape(lambda: frozen), config.mesh.fsdp)
+      frozen = jax.device_put(frozen, frozen_shardings)
 
-  # -------------------------------------------------------------- input
-  train_iter = job.make_train_iter(data_state)
-  to_global = functools.partial(mesh_lib.host_batch_to_global, mesh=mesh)
+    # -------------------------------------------------------------- input
+    train_iter = job.make_train_iter(data_state)
+    to_global = functools.partial(mesh_lib.host_batch_to_global, mesh=mesh)
 
-  # -------------------------------------------------------- update step
-  step_fn = jax.jit(
-      functools.partial(train_step, loss_fn=job.loss_fn, optimizer=optimizer,
-                        base_rng=step_rng),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
+    # -------------------------------------------------------- update step
+    step_fn = jax.jit(
+        functools.partial(train_step, loss_fn=job.loss_fn, optimizer=optimizer,
+                          base_rng=step_rng),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0)
 
-  # ---------------------------------------------------------------- loop
-  writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
-  progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main)
-  pending: list = []  # device metrics not yet read back
-  last_good_step = first_step
-  train_numbers, eval_numbers = {}, {}
-  step = first_step
-  sync_every = max(1, min(int(tcfg.sync_every), int(tcfg.log_every)))
-  with guards.SigtermFlag() as sigterm:  # preemption: save at the next step, exit 0
-    while step < total_steps:
-      try:
-        host_batch = next(train_iter)
-      except StopIteration:
-        raise UserError(f"{job.name}: the training data ran out at step {step}") from None
-      progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
-      batch = to_global(host_batch)
-      state, step_metrics = step_fn(state, frozen, batch)
-      pending.append(step_metrics)
-      step += 1
+    # ---------------------------------------------------------------- loop
+    writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
+    progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main)
+    pending: list = []  # device metrics not yet read back
+    skipped: list = []  # steps whose update was skipped (on_nonfinite=skip)
+    last_good_step = first_step
+    train_numbers, eval_numbers = {}, {}
+    step = first_step
+    sync_every = max(1, min(int(tcfg.sync_every), int(tcfg.log_every)))
+    with guards.SigtermFlag() as sigterm:  # preemption: save at the next step, exit 0
+      while step < total_steps:
+        try:
+          host_batch = next(train_iter)
+        except StopIteration:
+          raise UserError(f"{job.name}: the training data ran out at step {step}") from None
+        progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
+        batch = to_global(host_batch)
+        state, step_metrics = step_fn(state, frozen, batch)
+        pending.append(step_metrics)
+        step += 1
 
-      is_log = step % tcfg.log_every == 0 or step == total_steps
-      is_eval = job.evaluate is not None and (
-          (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
-      stop_now = step == tcfg.stop_after or sigterm.received
-      is_save = step % config.checkpoint.every_steps == 0 or step == total_steps or stop_now
-      if step % sync_every == 0 or is_log or is_eval or is_save:
-        read = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
-        pending = []
-        window.extend(read)
-        bad = [step - len(read) + i + 1 for i, m in enumerate(read) if m["nonfinite"] > 0]
-        if bad and tcfg.on_nonfinite == "stop":
-          raise UserError(
-              f"{job.name}: non-finite loss or gradient at step {bad[0]} (steps "
-              f"{last_good_step + 1}..{step} ran since the last check; no checkpoint was "
-              f"written after step {last_good_step}). Lower the learning rate, or set "
-              f"--config.train.on_nonfinite=skip")
-        last_good_step = step
+        is_log = step % tcfg.log_every == 0 or step == total_steps
+        is_eval = job.evaluate is not None and (
+            (tcfg.eval_every and step % tcfg.eval_every == 0) or step == total_steps)
+        stop_now = step == tcfg.stop_after or sigterm.received
+        is_save = step % config.checkpoint.every_steps == 0 or step == total_steps or stop_now
+        if step % sync_every == 0 or is_log or is_eval or is_save:
+          read = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+          pending = []
+          window.extend(read)
+          bad = [step - len(read) + i + 1 for i, m in enumerate(read) if m["nonfinite"] > 0]
+          if bad and tcfg.on_nonfinite == "stop":
+            raise UserError(
+                f"{job.name}: non-finite loss, gradient or update at step {bad[0]} (steps "
+                f"{last_good_step + 1}..{step} ran since the last check; no checkpoint was "
+                f"written after step {last_good_step}). Lower the learning rate, or set "
+                f"--config.train.on_nonfinite=skip")
+          skipped.extend(bad)
+          last_good_step = step
 
-      if is_log:
-        lr = float(schedule((step - 1) // accumulation))
-        train_numbers = train_summary(sum_metrics(window), len(window), lr)
-        train_numbers.update(progress.rates(step))
-        writer.write(step, "train", train_numbers)
-        progress.line(step, {k: train_numbers[k] for k in train_numbers
-                             if k in ("loss", "mlm_accuracy", "pair_accuracy", "accuracy",
-                                      "learning_rate")})
-        window = []
+        if is_log:
+          lr = float(schedule((step - 1) // accumulation))
+          train_numbers = train_summary(sum_metrics(window), len(window), lr)
+          train_numbers.update(progress.rates(step))
+          writer.write(step, "train", train_numbers)
+          progress.line(step, {k: train_numbers[k] for k in train_numbers
+                               if k in ("loss", "mlm_accuracy", "pair_accuracy", "accuracy",
+                                        "learning_rate")})
+          window = []
 
-      if is_eval:
-        eval_numbers = job.evaluate(state["params"], frozen, to_global)
-        writer.write(step, "eval", eval_numbers)
-        if is_main:
-          print(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items()),
-                flush=True)
-        if job.on_eval is not None:
-          job.on_eval(step, state["params"], eval_numbers)
+        if is_eval:
+          eval_numbers = job.evaluate(state["params"], frozen, to_global)
+          writer.write(step, "eval", eval_numbers)
+          if is_main:
+            print(f"eval @ {step}: " + " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items()),
+                  flush=True)
+          if job.on_eval is not None:
+            job.on_eval(step, state["params"], eval_numbers)
 
-      if is_save:
-        checkpointer.save(step, state, {"iterator": train_iter.get_state(), "window": window},
-                          job.meta, force=True)
-      if stop_now:
-        if is_main:
-          why = "SIGTERM" if sigterm.received else "train.stop_after"
-          print(f"{job.name}: saved and stopping after step {step} ({why})", flush=True)
-        break
+        if is_save:
+          checkpointer.save(step, state, {"iterator": train_iter.get_state(), "window": window},
+                            job.meta, force=True)
+        if stop_now:
+          if is_main:
+            why = "SIGTERM" if sigterm.received else "train.stop_after"
+            print(f"{job.name}: saved and stopping after step {step} ({why})", flush=True)
+          break
+  except BaseException:
+    checkpointer.close()
+    raise
 
   checkpointer.wait()
   checkpointer.close()
   writer.close()
+  if skipped and is_main:
+    shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+    print(f"{job.name}: skipped {len(skipped)} update(s) with a non-finite loss, gradient "
+          f"or update (train.on_nonfinite=skip): step(s) {shown}", flush=True)
   return {"train": train_numbers, "eval": eval_numbers, "step": step, "params": state["params"]}

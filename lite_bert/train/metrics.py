@@ -12,11 +12,6 @@ import sys
 import time
 from typing import Optional
 
-try:  # TensorBoard event files without TensorFlow.
-  import tensorboardX
-except ImportError:  # pragma: no cover - tensorboardX is an install requirement
-  tensorboardX = None
-
 
 def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
   """All records of `workdir/metrics.jsonl` (optionally of one split)."""
@@ -38,8 +33,10 @@ class MetricWriter:
     if not enabled:
       return
     self._truncate_after(resume_step)
-    if tensorboardX is not None:
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # TensorBoard event files without TensorFlow; imported here because it
+    # pulls in torch when present (~1 s), which every CLI start would pay.
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def _truncate_after(self, step: int) -> None:
     if not os.path.exists(self.path):

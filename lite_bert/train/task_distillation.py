@@ -1,4 +1,4 @@
-"""Task-specific distillation: a student fine-tunes on hard labels and a fine-tuned teacher's soft ones.
+"""Task-specific distillation: fine-tuning on hard labels and a fine-tuned teacher's soft ones.
 
   teacher = task_distillation.load_task_teacher(config.finetune.teacher,
                                                 num_labels=spec.num_labels,
@@ -21,20 +21,22 @@ alpha_soft * MSE(teacher prediction); `temperature` is not used.
 """
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lite_bert import pretrained
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
+from lite_bert.modes import setup
+from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import objectives
-
-RUNTIME_FIELDS = ("dtype", "remat", "dropout_rate", "attention_dropout_rate")
 
 
 @dataclasses.dataclass
@@ -45,13 +47,28 @@ class TaskTeacher:
     model: its ClassificationModel (apply with {'params': params}).
     params: numpy params: `encoder` and `classifier_head` (put in Job.frozen).
     cfg: its encoder architecture.
-    identity: JSON for the checkpoint meta (path, step, architecture).
+    identity: JSON for the checkpoint meta (path, step, architecture, weights digest);
+      `distill.check_same_teacher` compares it on resume.
   """
 
   model: ClassificationModel
   params: dict
   cfg: EncoderConfig
   identity: dict
+
+
+def params_digest(params) -> str:
+  """sha256 over every leaf's path, dtype, shape and bytes, leaves sorted by path.
+
+  A teacher's identity in checkpoint meta: the same weights give the same
+  digest wherever they are loaded from (a workdir, its copy, its HF export).
+  """
+  digest = hashlib.sha256()
+  for path, leaf in sorted(checkpoint_lib.leaf_paths(params), key=lambda item: item[0]):
+    value = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{path}:{value.dtype}:{value.shape};".encode())
+    digest.update(checkpoint_lib.array_sha256(value).encode())
+  return digest.hexdigest()
 
 
 def check_options(alpha_soft: float, temperature: float) -> None:
@@ -63,7 +80,7 @@ def check_options(alpha_soft: float, temperature: float) -> None:
 
 def check_same_vocabulary(student: tokenizers.Tokenizer, teacher: tokenizers.Tokenizer,
                           where: str) -> None:
-  """UserError unless both tokenizers map ids to the same tokens (the teacher reads the student's ids)."""
+  """UserError unless both map every id to the same token (the teacher reads the student's ids)."""
   if student.vocab_size != teacher.vocab_size:
     raise UserError(f"{where} has a vocabulary of {teacher.vocab_size} tokens "
                     f"({teacher.source}), the student's has {student.vocab_size} "
@@ -106,9 +123,9 @@ def load_task_teacher(source: str, *, num_labels: int,
       check_same_vocabulary(tokenizer, loaded.tokenizer, where)
   cfg = loaded.cfg if dtype is None else dataclasses.replace(loaded.cfg, dtype=dtype)
   params = {"encoder": loaded.params["encoder"], "classifier_head": head}
-  arch = {k: v for k, v in loaded.cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+  arch = {k: v for k, v in loaded.cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
   identity = dict(path=os.path.realpath(source), kind=loaded.kind, step=loaded.step,
-                  model=arch, num_labels=teacher_labels)
+                  model=arch, num_labels=teacher_labels, params_sha256=params_digest(params))
   return TaskTeacher(model=ClassificationModel(cfg, num_labels=num_labels), params=params,
                      cfg=loaded.cfg, identity=identity)
 
