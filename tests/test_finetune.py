@@ -204,3 +204,21 @@ def test_checkpoint_with_other_vocab_is_refused(tmp_path):
   config = tiny_config(**{"finetune.init": workdir})
   with pytest.raises(UserError):
     launch.run(config, str(tmp_path / "ft"))
+
+
+def test_task_distillation_from_finetuned_teacher(tmp_path):
+  """A student fine-tuned on hard labels mixed with a fine-tuned teacher's soft labels."""
+  teacher = str(tmp_path / "teacher")
+  launch.run(tiny_config(), teacher)
+  student = str(tmp_path / "student")
+  config = tiny_config(**{"finetune.teacher": teacher, "finetune.alpha_soft": 0.5})
+  config.seed = 1
+  launch.run(config, student)
+  train = metrics_lib.read_metrics(student, "train")
+  assert all(r["soft_kl"] > 0 for r in train)  # the soft term is in the objective
+  assert "soft_kl" not in metrics_lib.read_metrics(teacher, "train")[0]
+  with open(os.path.join(student, "eval_validation.json")) as f:
+    assert json.load(f)["examples"] == 872
+  wrong = tiny_config("mrpc", **{"finetune.teacher": str(tmp_path / "nothing")})
+  with pytest.raises(UserError, match="does not exist"):
+    launch.run(wrong, str(tmp_path / "refused"))

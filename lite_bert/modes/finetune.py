@@ -32,9 +32,11 @@ from lite_bert.errors import UserError
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
+from lite_bert.modes import distill
 from lite_bert.modes import setup
 from lite_bert.train import loop
 from lite_bert.train import objectives
+from lite_bert.train import task_distillation
 from lite_bert.train import task_metrics
 
 
@@ -246,6 +248,17 @@ def build_job(config, workdir: str) -> loop.Job:
     return objectives.classification_loss(logits, batch["labels"], batch["weights"],
                                           regression=spec.is_regression)
 
+  # Task-specific distillation: a fine-tuned teacher's soft labels, frozen in the step.
+  frozen, teacher_meta = None, {}
+  if config.finetune.teacher:
+    teacher = task_distillation.load_task_teacher(
+        config.finetune.teacher, num_labels=spec.num_labels, tokenizer=tokenizer, dtype=cfg.dtype)
+    distill.check_same_teacher(workdir, teacher.identity, field="finetune.teacher")
+    loss_fn = task_distillation.make_loss_fn(
+        model, teacher.model, alpha_soft=config.finetune.alpha_soft,
+        temperature=config.finetune.temperature, regression=spec.is_regression)
+    frozen, teacher_meta = teacher.params, {"teacher": teacher.identity}
+
   load_params = None
   if source is not None:
     load_params = lambda fresh: convert.fill_missing({"encoder": source.params["encoder"]},
@@ -258,9 +271,11 @@ def build_job(config, workdir: str) -> loop.Job:
         max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
         process_index=jax.process_index(), process_count=jax.process_count(), state=state)
 
-  meta = setup.model_meta(cfg, job="finetune", task=spec.name, num_labels=spec.num_labels)
+  meta = setup.model_meta(cfg, job="finetune", task=spec.name, num_labels=spec.num_labels,
+                          **teacher_meta)
   return loop.Job(name=f"finetune {spec.name}", init_params=init_params, loss_fn=loss_fn,
                   make_train_iter=make_train_iter, meta=meta, load_params=load_params,
+                  frozen=frozen,
                   evaluate=make_scorer(config, spec, data, model, workdir, tokenizer.pad_id),
                   on_eval=keep_best(config, spec, workdir))
 
