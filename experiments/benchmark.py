@@ -1,0 +1,1799 @@
+"""Speed and memory of the lite_bert encoders, against Hugging Face, in ONE run.
+
+  python -m experiments.benchmark --out=experiments/results/benchmark --reference
+  python -m experiments.benchmark --out=/tmp/b --quick --no-reference      # ~1 min
+  python -m experiments.benchmark --out=/tmp/b --quick --size=tiny --no-reference  # tests
+  python -m experiments.benchmark --out=/tmp/b --xla-flag-probe   # XLA CPU flags vs bf16/fp32
+
+What one run measures (all on the same machine, in the same process, the
+implementations interleaved repeat by repeat so that drift and other load hit
+them alike):
+
+1. Roofline: a large fp32 (and the run's dtype) matmul through XLA (2048^2 and
+   4096^2; the best median is this machine's "peak"), plus matmuls of the
+   shapes the model runs, and the same in torch when references are on.
+   On a GPU the peak is a datasheet number keyed by `device_kind` instead.
+2. Inference: encoder forward (embeddings, the scanned layers, pooler) of
+   BERT-base, DistilBERT-base and ALBERT-base over batch x sequence length;
+   median latency over timed repeats after one warm-up call (XLA compilation
+   is done before, and timed apart). Memory: XLA's compiled memory analysis
+   (arguments + outputs + temporaries - aliased; exact for what XLA
+   allocates) and the process's peak-RSS growth during the timed calls (VmHWM
+   reset through /proc/self/clear_refs; includes allocator behaviour).
+3. Training step: one jitted `lite_bert.train.loop.train_step` (the step the
+   train loop runs, incl. the non-finite guard) with each model's objective
+   and optimizer from its config: BERT MLM+NSP with AdamW, ALBERT MLM+SOP with
+   LAMB (MLM at `P = 20 * seq / 128` gathered positions), DistilBERT's triple
+   loss (student + frozen BERT-base teacher forward, MLM logits at every
+   position, alpha_ce=5, alpha_mlm=2, alpha_cos=1, T=2) with AdamW.
+4. References (`--reference`): Hugging Face transformers PyTorch models with
+   the same weights (converted by `lite_bert.models.convert`), 2 threads,
+   eval + inference_mode for inference, and a training step with the
+   equivalent objective (gathered MLM positions, NSP/SOP, the same triple
+   loss) + torch AdamW + grad clipping; and HF's Flax models (jitted forward)
+   in their own virtualenv through the `experiments/reference_flax.py`
+   worker.
+
+Model FLOPs are counted analytically (matmuls only, 2 FLOPs per
+multiply-add), per sequence of length s (batch b multiplies everything):
+
+  F_enc  = L * (s * (8 H^2 + 4 H I) + 4 s^2 H)    qkv 6H^2 + out 2H^2 + FFN 4HI
+                                                   per token; QK^T and AV 2*2 s^2 H
+           + s * 2 E H   if E != H (ALBERT's E->H projection)
+           + 2 H^2       if the model has a pooler
+  F_mlm  = P * (2 H E + 2 E V)                     transform + tied decoder at P positions
+  F_pair = 2 * H * 2                               NSP / SOP classifier
+  train step = 3 * (F_enc + F_mlm + F_pair)        forward + backward (2x forward)
+  DistilBERT step = 3 * (F_enc_student + F_mlm_student(P=s))
+                    + F_enc_teacher(no pooler) + F_mlm_teacher(P=s)
+
+and cross-checked against XLA's `compiled.cost_analysis()['flops']`. XLA
+counts a while loop's body once, whatever its trip count, and the layers are
+an `nn.scan` (a while loop); so the XLA figure printed is
+`counted + (L - 1) * flops(one Block)` per scanned stack, the Block's flops
+taken from XLA's cost analysis of one standalone Block (forward, or forward +
+backward for training) at the same shapes. The raw counted value is kept in
+the JSON too. XLA also counts element-wise work (LayerNorm, softmax, GELU,
+optimizer), which the analytic matmul count leaves out.
+
+Utilisation = analytic FLOPs / median time / peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from lite_bert.models import convert
+from lite_bert.models.config import EncoderConfig
+from lite_bert.models.encoder import Block, Encoder
+from lite_bert.models.heads import PretrainingModel
+from lite_bert.train import loop as loop_lib
+from lite_bert.train import objectives
+from lite_bert.train import optim
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("bert", "distilbert", "albert")
+REFERENCE_VENV_PYTHON = os.path.join(REPO, "experiments", ".venv-reference", "bin", "python")
+
+# What the papers / the study claim, as latency ratios to BERT-base.
+CLAIMS = {
+    "distilbert": dict(
+        ratio=410.0 / 668.0,
+        text="DistilBERT '60% faster' than BERT-base (Sanh et al. 2019, Table 3: 410 s vs "
+             "668 s CPU inference on STS-B, batch 1) -> latency ratio 0.61"),
+    "albert": dict(
+        ratio=1.0,
+        text="ALBERT-base 'not faster' than BERT-base: sharing removes parameters, not "
+             "FLOPs -> latency ratio ~1.0"),
+}
+TARGETS_TEXT = {
+    "roofline_8x512": "encoder forward >= 95% of the measured XLA GEMM roofline at 8x512 (fp32)",
+    "inference_vs_torch": "inference >= 1.0x HF torch (every model, every grid point)",
+    "inference_vs_flax": "inference >= 1.3x HF Flax (every model, every grid point)",
+    "training_vs_torch": "training step >= 1.3x HF torch's equivalent step",
+    "distil_ratio": "DistilBERT/BERT latency within +-0.03 of the FLOP ratio at every point",
+    "albert_ratio": "ALBERT/BERT latency within 0.95-1.05 at every point",
+}
+
+# Dense (no sparsity) datasheet peaks in TFLOP/s, by device kind substring.
+# 'float32' on these GPUs is what XLA runs an fp32 matmul as by default (TF32
+# tensor cores); 'float32_cuda_cores' is the non-tensor-core rate.
+GPU_PEAK_TFLOPS = (
+    ("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0,
+                   "float32_cuda_cores": 51.0}),
+    ("H100", {"bfloat16": 989.0, "float16": 989.0, "float32": 494.5,
+              "float32_cuda_cores": 67.0}),
+    ("H200", {"bfloat16": 989.0, "float16": 989.0, "float32": 494.5,
+              "float32_cuda_cores": 67.0}),
+    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0,
+              "float32_cuda_cores": 19.5}),
+)
+
+GRIDS = {
+    # (batches, seqs, training points, repeats policy)
+    "full": dict(batches=(1, 8, 32), seqs=(128, 256, 512),
+                 train=((8, 128), (32, 128), (8, 512))),
+    "quick": dict(batches=(1, 8), seqs=(64, 128), train=((8, 128),)),
+}
+# Timed repeats after the warm-up: enough to fill `budget_s`, within [min, max];
+# points whose warm-up took more than `long_s` get `min_long` repeats.
+REPEATS = {
+    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=2),
+    "quick": dict(budget_s=0.3, min=2, max=3, long_s=1.0, min_long=1),
+}
+
+
+# ----------------------------------------------------------------- configs
+
+def model_config(name: str, size: str, dtype: str) -> EncoderConfig:
+  """`configs/<name>.py:<size>`'s model, computing in `dtype`."""
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  fields = module.get_config(size).model.to_dict()
+  fields["dtype"] = dtype
+  return EncoderConfig.from_dict(fields)
+
+
+def optim_config(name: str, size: str):
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  return module.get_config(size).optim
+
+
+def masked_positions_per_seq(seq: int) -> int:
+  """BERT's 20 predictions at 128 tokens, scaled with the length."""
+  return max(1, round(20 * seq / 128))
+
+
+# ---------------------------------------------------------- analytic FLOPs
+
+def encoder_flops(cfg: EncoderConfig, batch: int, seq: int, pooler: Optional[bool] = None
+                  ) -> int:
+  """Forward matmul FLOPs of the encoder (see the module docstring)."""
+  h, i, e = cfg.hidden_size, cfg.intermediate_size, cfg.embedding_dim
+  per_seq = cfg.num_layers * (seq * (8 * h * h + 4 * h * i) + 4 * seq * seq * h)
+  if e != h:
+    per_seq += seq * 2 * e * h
+  if cfg.pooler if pooler is None else pooler:
+    per_seq += 2 * h * h
+  return batch * per_seq
+
+
+def mlm_head_flops(cfg: EncoderConfig, batch: int, positions: int) -> int:
+  h, e, v = cfg.hidden_size, cfg.embedding_dim, cfg.vocab_size
+  return batch * positions * (2 * h * e + 2 * e * v)
+
+
+def pair_head_flops(cfg: EncoderConfig, batch: int) -> int:
+  return batch * 2 * cfg.hidden_size * 2
+
+
+def train_step_flops(name: str, cfg: EncoderConfig, batch: int, seq: int,
+                     teacher: Optional[EncoderConfig] = None) -> int:
+  """Analytic model FLOPs of one training step (forward + backward = 3x forward)."""
+  if name == "distilbert":
+    student = encoder_flops(cfg, batch, seq) + mlm_head_flops(cfg, batch, seq)
+    frozen = encoder_flops(teacher, batch, seq, pooler=False) + mlm_head_flops(
+        teacher, batch, seq)
+    return 3 * student + frozen
+  forward = (encoder_flops(cfg, batch, seq)
+             + mlm_head_flops(cfg, batch, masked_positions_per_seq(seq))
+             + pair_head_flops(cfg, batch))
+  return 3 * forward
+
+
+# ------------------------------------------------------------- XLA helpers
+
+def xla_flops(compiled) -> Optional[float]:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def xla_memory(compiled) -> dict:
+  """Bytes XLA allocates for one call: arguments, outputs, temporaries."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return {}
+  if m is None:
+    return {}
+  out = {k: int(getattr(m, k + "_in_bytes")) for k in
+         ("argument_size", "output_size", "alias_size", "temp_size")}
+  out["peak_estimate"] = (out["argument_size"] + out["output_size"] + out["temp_size"]
+                          - out["alias_size"])
+  return out
+
+
+_BLOCK_FLOPS: dict = {}
+
+
+def block_flops(cfg: EncoderConfig, batch: int, seq: int, train: bool) -> Optional[float]:
+  """XLA-counted FLOPs of ONE Block (forward, or forward+backward) at these shapes."""
+  key = (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.activation, cfg.dtype,
+         cfg.dropout_rate if train else 0.0, cfg.attention_dropout_rate if train else 0.0,
+         batch, seq, train)
+  if key in _BLOCK_FLOPS:
+    return _BLOCK_FLOPS[key]
+  dtype = jnp.dtype(cfg.dtype)
+  x = jax.ShapeDtypeStruct((batch, seq, cfg.hidden_size), dtype)
+  mask = jax.ShapeDtypeStruct((batch, 1, 1, seq), jnp.bool_)
+  params = jax.eval_shape(
+      lambda: Block(cfg, None, True).init(jax.random.key(0), jnp.zeros(x.shape, dtype),
+                                          jnp.ones(mask.shape, bool), None))["params"]
+  if not train:
+    block = Block(cfg, None, True)
+    fn = jax.jit(lambda p, x, m: block.apply({"params": p}, x, m, None)[0])
+    args = (params, x, mask)
+  else:
+    block = Block(cfg, None, False)
+
+    def loss(p, x, m, rng):
+      y = block.apply({"params": p}, x, m, None, rngs={"dropout": rng})[0]
+      return jnp.sum(y.astype(jnp.float32))
+
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    args = (params, x, mask, jax.random.key(0))
+  flops = xla_flops(fn.lower(*args).compile())
+  _BLOCK_FLOPS[key] = flops
+  return flops
+
+
+def corrected_xla_flops(counted: Optional[float], stacks) -> Optional[float]:
+  """counted + (L - 1) * block flops for each scanned stack (cfg, batch, seq, train)."""
+  if counted is None:
+    return None
+  total = counted
+  for cfg, batch, seq, train in stacks:
+    if cfg.num_layers > 1:
+      one = block_flops(cfg, batch, seq, train)
+      if one is None:
+        return None
+      total += (cfg.num_layers - 1) * one
+  return total
+
+
+# --------------------------------------------------- process measurements
+
+def _status(field: str) -> Optional[int]:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def _reset_peak_rss() -> bool:
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def timed_call(fn: Callable[[], Any]) -> tuple[float, Optional[int], float]:
+  """(wall s, peak-RSS growth in bytes or None, process CPU s) of one call of fn."""
+  base = _status("VmRSS")
+  reset = _reset_peak_rss()
+  cpu = time.process_time()
+  start = time.perf_counter()
+  fn()
+  seconds = time.perf_counter() - start
+  cpu = time.process_time() - cpu
+  peak = _status("VmHWM")
+  if reset and base is not None and peak is not None:
+    return seconds, max(0, peak - base), cpu
+  return seconds, None, cpu
+
+
+class CpuMonitor:
+  """How much CPU other processes used while we measured (interference)."""
+
+  def __init__(self, pids_fn: Callable[[], list]):
+    self.pids_fn = pids_fn
+    self.tick = os.sysconf("SC_CLK_TCK")
+    self.ncpu = os.cpu_count() or 1
+
+  @staticmethod
+  def _machine_busy() -> Optional[int]:
+    try:
+      with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+      return None
+    user, nice, system, idle, iowait, irq, softirq = parts[:7]
+    steal = parts[7] if len(parts) > 7 else 0
+    return user + nice + system + irq + softirq + steal
+
+  @staticmethod
+  def _pid_ticks(pid: int) -> int:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      return sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    except (OSError, IndexError, ValueError):
+      return 0
+
+  def snapshot(self):
+    return (time.monotonic(), self._machine_busy(),
+            sum(self._pid_ticks(p) for p in self.pids_fn()))
+
+  def since(self, snap) -> dict:
+    t0, busy0, ours0 = snap
+    t1, busy1, ours1 = self.snapshot()
+    if busy0 is None or busy1 is None or t1 <= t0:
+      return {}
+    capacity = (t1 - t0) * self.tick * self.ncpu
+    others = max(0, (busy1 - busy0) - (ours1 - ours0))
+    return {"seconds": t1 - t0, "ours_cpu_fraction": (ours1 - ours0) / capacity,
+            "others_cpu_fraction": others / capacity}
+
+
+def wait_for_idle(monitor: "CpuMonitor", max_wait_s: float, log=print) -> dict:
+  """Waits (up to max_wait_s) until other processes use < 10% of the CPUs over 2 s."""
+  if max_wait_s <= 0:
+    return {}
+  start = time.time()
+  while True:
+    snap = monitor.snapshot()
+    time.sleep(2.0)
+    others = monitor.since(snap).get("others_cpu_fraction", 0.0)
+    waited = time.time() - start
+    if others < 0.10 or waited > max_wait_s:
+      if waited > 5:
+        log(f"waited {waited:.0f} s for other processes to go idle "
+            f"(now {others:.0%} of the CPUs)")
+      return {"waited_s": waited, "others_before": others}
+    time.sleep(8.0)
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def cpu_flags() -> list:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = line.split(":", 1)[1].split()
+          return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "fma")))
+  except OSError:
+    pass
+  return []
+
+
+def git_info() -> dict:
+  def run(*args):
+    try:
+      return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return ""
+  status = run("status", "--porcelain")
+  return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status)}
+
+
+# ----------------------------------------------------------------- roofline
+
+def xla_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal((m, k), np.float32), dtype)
+  b = jnp.asarray(rng.standard_normal((k, n), np.float32), dtype)
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  jax.block_until_ready(compiled(a, b))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(a, b))
+    times.append(time.perf_counter() - start)
+  t = statistics.median(times)
+  return {"m": m, "k": k, "n": n, "dtype": dtype, "median_s": t, "repeats": repeats,
+          "gflops": 2 * m * k * n / t / 1e9}
+
+
+def torch_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
+  import torch
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  gen = torch.Generator().manual_seed(0)
+  a = torch.randn(m, k, generator=gen).to(tdtype)
+  b = torch.randn(k, n, generator=gen).to(tdtype)
+  a @ b
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - start)
+  t = statistics.median(times)
+  return {"m": m, "k": k, "n": n, "dtype": dtype, "median_s": t, "repeats": repeats,
+          "gflops": 2 * m * k * n / t / 1e9}
+
+
+def gpu_peak(device_kind: str, dtype: str) -> Optional[float]:
+  for key, table in GPU_PEAK_TFLOPS:
+    if key.lower() in device_kind.lower():
+      return table.get(dtype, table["float32"]) * 1e3
+  return None
+
+
+def measure_roofline(args, dtypes: tuple, hidden: int, inter: int) -> dict:
+  """The machine's peak GFLOP/s for each dtype (CPU: measured XLA GEMM)."""
+  device = jax.devices()[0]
+  out = {"device_kind": device.device_kind, "platform": device.platform}
+  if device.platform == "gpu":
+    out["source"] = "datasheet (GPU_PEAK_TFLOPS, dense)"
+    out["peak_gflops"] = {d: gpu_peak(device.device_kind, d) for d in dtypes}
+    return out
+  sizes = (2048,) if args.quick else (2048, 4096)
+  repeats = 3 if args.quick else 5
+  square = [xla_gemm_gflops(n, n, n, d, repeats) for d in dtypes for n in sizes]
+  model_shaped = []
+  for d in dtypes:
+    for tokens in ((1024,) if args.quick else (1024, 4096)):
+      model_shaped.append(xla_gemm_gflops(tokens, hidden, inter, d, repeats))
+      model_shaped.append(xla_gemm_gflops(tokens, inter, hidden, d, repeats))
+  out.update(source="measured: XLA matmul of n x n fp matrices, best median over n",
+             square=square, model_shaped=model_shaped,
+             peak_gflops={d: max(r["gflops"] for r in square if r["dtype"] == d)
+                          for d in dtypes})
+  if args.reference:
+    out["torch_square"] = [torch_gemm_gflops(n, n, n, d, repeats)
+                           for d in dtypes for n in sizes]
+    out["torch_model_shaped"] = [torch_gemm_gflops(1024, hidden, inter, d, repeats)
+                                 for d in dtypes]
+  return out
+
+
+# ------------------------------------------------------------------- inputs
+
+def make_inputs(cfg: EncoderConfig, batch: int, seq: int, seed: int = 0) -> dict:
+  """Random token ids (no padding), segments 0/1 halves when the model has them."""
+  rng = np.random.default_rng(seed + 1000 * batch + seq)
+  ids = rng.integers(5, cfg.vocab_size, size=(batch, seq), dtype=np.int32)
+  out = {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int32)}
+  if cfg.type_vocab_size:
+    types = np.zeros((batch, seq), np.int32)
+    types[:, seq // 2:] = 1
+    out["token_type_ids"] = types
+  return out
+
+
+def make_pretraining_batch(cfg: EncoderConfig, batch: int, seq: int, seed: int = 0) -> dict:
+  out = make_inputs(cfg, batch, seq, seed)
+  rng = np.random.default_rng(seed + 7)
+  p = masked_positions_per_seq(seq)
+  positions = np.stack([np.sort(rng.choice(np.arange(1, seq), p, replace=False))
+                        for _ in range(batch)]).astype(np.int32)
+  out.update(masked_positions=positions,
+             masked_ids=rng.integers(5, cfg.vocab_size, size=(batch, p), dtype=np.int32),
+             masked_weights=np.ones((batch, p), np.float32),
+             pair_labels=rng.integers(0, 2, size=(batch,), dtype=np.int32))
+  return out
+
+
+# ----------------------------------------------------- reference: HF torch
+
+def hf_config_kwargs(cfg: EncoderConfig, arch: str) -> dict:
+  """Hugging Face config kwargs describing the same architecture as `cfg`."""
+  if arch == "distilbert":
+    return dict(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_position_embeddings,
+                n_layers=cfg.num_layers, n_heads=cfg.num_heads, dim=cfg.hidden_size,
+                hidden_dim=cfg.intermediate_size, dropout=cfg.dropout_rate,
+                attention_dropout=cfg.attention_dropout_rate, activation=cfg.activation,
+                initializer_range=cfg.initializer_range, sinusoidal_pos_embds=False,
+                pad_token_id=0)
+  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size, hidden_act=cfg.activation,
+                hidden_dropout_prob=cfg.dropout_rate,
+                attention_probs_dropout_prob=cfg.attention_dropout_rate,
+                max_position_embeddings=cfg.max_position_embeddings,
+                type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
+                initializer_range=cfg.initializer_range, pad_token_id=0)
+  if arch == "albert":
+    common.update(embedding_size=cfg.embedding_dim, num_hidden_groups=1, inner_group_num=1,
+                  classifier_dropout_prob=0.0)
+  return common
+
+
+def torch_model(arch: str, cfg: EncoderConfig, state: dict, kind: str):
+  """A HF torch model (kind: 'base', 'pretraining', 'mlm') holding `state`."""
+  import torch
+  import transformers as tf
+  config_cls = {"bert": tf.BertConfig, "albert": tf.AlbertConfig,
+                "distilbert": tf.DistilBertConfig}[arch]
+  cls = {
+      ("bert", "base"): tf.BertModel, ("bert", "pretraining"): tf.BertForPreTraining,
+      ("bert", "mlm"): tf.BertForMaskedLM,
+      ("albert", "base"): tf.AlbertModel, ("albert", "pretraining"): tf.AlbertForPreTraining,
+      ("distilbert", "base"): tf.DistilBertModel, ("distilbert", "mlm"): tf.DistilBertForMaskedLM,
+  }[(arch, kind)]
+  config = config_cls(**hf_config_kwargs(cfg, arch))
+  model = cls._from_config(config, attn_implementation="sdpa")
+  tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
+  result = model.load_state_dict(tensors, strict=False)
+  missing = [k for k in result.missing_keys
+             if not k.endswith(("position_ids", "token_type_ids", "decoder.weight",
+                                "decoder.bias", "vocab_projector.weight"))]
+  unexpected = list(result.unexpected_keys)
+  if missing or unexpected:
+    raise RuntimeError(f"{cls.__name__}: weights did not load: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+  model.tie_weights()
+  return model
+
+
+def torch_autocast(dtype: str):
+  import contextlib
+  import torch
+  if dtype == "float32":
+    return contextlib.nullcontext()
+  return torch.autocast("cpu", dtype={"bfloat16": torch.bfloat16,
+                                      "float16": torch.float16}[dtype])
+
+
+def torch_tensors(arrays: dict) -> dict:
+  import torch
+  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def torch_pretraining_loss(model, arch: str, batch: dict):
+  """MLM at the gathered positions + NSP/SOP, as `objectives.mlm_and_pair_loss`."""
+  import torch
+  import torch.nn.functional as F
+  base = model.bert if arch == "bert" else model.albert
+  out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+             token_type_ids=batch.get("token_type_ids"))
+  hidden, pooled = out[0], out[1]
+  index = batch["masked_positions"].long()[..., None].expand(-1, -1, hidden.shape[-1])
+  gathered = hidden.gather(1, index)
+  if arch == "bert":
+    scores, pair = model.cls.predictions(gathered), model.cls.seq_relationship(pooled)
+  else:
+    scores, pair = model.predictions(gathered), model.sop_classifier(pooled)
+  weights = batch["masked_weights"].reshape(-1)
+  mlm = F.cross_entropy(scores.float().reshape(-1, scores.shape[-1]),
+                        batch["masked_ids"].long().reshape(-1), reduction="none")
+  mlm = (mlm * weights).sum() / torch.clamp(weights.sum(), min=1.0)
+  return mlm + F.cross_entropy(pair.float(), batch["pair_labels"].long())
+
+
+def torch_distillation_loss(student, teacher, batch: dict, *, alpha_ce=5.0, alpha_mlm=2.0,
+                            alpha_cos=1.0, temperature=2.0):
+  """DistilBERT's triple loss, as `objectives.distillation_loss` (same weights)."""
+  import torch
+  import torch.nn.functional as F
+  t = temperature
+  s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=True)
+  with torch.no_grad():
+    t_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True)
+  s_logits, t_logits = s_out.logits.float(), t_out.logits.float()
+  weights = batch["attention_mask"].float()
+  count = torch.clamp(weights.sum(), min=1.0)
+  kl = F.kl_div(F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1),
+                reduction="none", log_target=True).sum(-1)
+  kl = t * t * (kl * weights).sum() / count
+  index = batch["masked_positions"].long()[..., None].expand(-1, -1, s_logits.shape[-1])
+  masked = s_logits.gather(1, index)
+  mw = batch["masked_weights"].reshape(-1)
+  mlm = F.cross_entropy(masked.reshape(-1, masked.shape[-1]),
+                        batch["masked_ids"].long().reshape(-1), reduction="none")
+  mlm = (mlm * mw).sum() / torch.clamp(mw.sum(), min=1.0)
+  s_hidden, t_hidden = s_out.hidden_states[-1].float(), t_out.hidden_states[-1].float()
+  cos = 1.0 - F.cosine_similarity(s_hidden, t_hidden, dim=-1, eps=1e-8)
+  cos = (cos * weights).sum() / count
+  return alpha_ce * kl + alpha_mlm * mlm + alpha_cos * cos
+
+
+def torch_adamw(model, optim_cfg):
+  """torch AdamW with the config's hyper-parameters and BERT's no-decay groups."""
+  import torch
+  decay, no_decay = [], []
+  for name, p in model.named_parameters():
+    if not p.requires_grad:
+      continue
+    (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+     else decay).append(p)
+  return torch.optim.AdamW(
+      [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
+       {"params": no_decay, "weight_decay": 0.0}],
+      lr=float(optim_cfg.learning_rate), betas=(float(optim_cfg.b1), float(optim_cfg.b2)),
+      eps=float(optim_cfg.eps))
+
+
+# ---------------------------------------------------- reference: HF Flax
+
+class FlaxReference:
+  """The `reference_flax.py` worker, run by the reference virtualenv's python."""
+
+  def __init__(self, python: str, log_path: str):
+    self.log = open(log_path, "w")
+    self.proc = subprocess.Popen(
+        [python, os.path.join(REPO, "experiments", "reference_flax.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+        cwd=tempfile.gettempdir(), env=dict(os.environ, PYTHONPATH=""))
+
+  def pid(self) -> Optional[int]:
+    return self.proc.pid if self.proc.poll() is None else None
+
+  def call(self, **req) -> dict:
+    self.proc.stdin.write(json.dumps(req) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"reference_flax worker died (see {self.log.name})")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+      raise RuntimeError(f"reference_flax {req['cmd']}: {reply.get('error')}\n"
+                         f"{reply.get('traceback', '')}")
+    return reply
+
+  def close(self):
+    if self.proc.poll() is None:
+      try:
+        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+      except (OSError, subprocess.TimeoutExpired):
+        self.proc.kill()
+    self.log.close()
+
+
+# -------------------------------------------------------------- candidates
+
+@dataclasses.dataclass
+class Candidate:
+  """One (model, implementation) at one grid point: prepare once, then run."""
+
+  model: str
+  impl: str  # 'ours' | 'hf_torch' | 'hf_flax'
+  prepare: Callable[[], dict]
+  run: Callable[[], tuple]  # -> (seconds, rss delta or None)
+  cleanup: Callable[[], None] = lambda: None
+  info: dict = dataclasses.field(default_factory=dict)
+  times: list = dataclasses.field(default_factory=list)
+  rss: list = dataclasses.field(default_factory=list)
+  cpu: list = dataclasses.field(default_factory=list)
+  target: int = 0
+
+
+def repeats_for(warm_s: float, policy: dict) -> int:
+  if warm_s > policy["long_s"]:
+    return policy["min_long"]
+  return int(min(policy["max"], max(policy["min"], math.ceil(policy["budget_s"] / warm_s))))
+
+
+def time_round_robin(candidates: list) -> None:
+  """Timed calls, one candidate after the other, until each has its `target`."""
+  for c in candidates:
+    c.times, c.rss, c.cpu = [], [], []
+  for _ in range(max(c.target for c in candidates)):
+    for c in candidates:
+      if len(c.times) < c.target:
+        seconds, rss, cpu = c.run()
+        c.times.append(seconds)
+        c.rss.append(rss)
+        c.cpu.append(cpu)
+
+
+def summarize_times(c: Candidate) -> dict:
+  rss = [x for x in c.rss if x is not None]
+  return {"median_s": statistics.median(c.times), "min_s": min(c.times),
+          "times_s": c.times, "repeats": len(c.times), "warmup_runs": 1,
+          "median_cpu_s": statistics.median(c.cpu) if c.cpu else None,
+          "rss_peak_delta_bytes": max(rss) if rss else None}
+
+
+# --------------------------------------------------------------- benchmark
+
+class Benchmark:
+
+  def __init__(self, args):
+    self.args = args
+    self.grid = dict(GRIDS["quick" if args.quick else "full"])
+    if args.batches:
+      self.grid["batches"] = tuple(int(x) for x in args.batches.split(","))
+    if args.seqs:
+      self.grid["seqs"] = tuple(int(x) for x in args.seqs.split(","))
+    if args.train_points:
+      self.grid["train"] = tuple(tuple(int(v) for v in p.split("x"))
+                                 for p in args.train_points.split(","))
+    self.policy = REPEATS["quick" if args.quick else "full"]
+    self.models = tuple(args.models.split(","))
+    self.cfgs = {m: model_config(m, args.size, args.dtype) for m in MODELS}
+    self.flax = None
+    self.monitor = CpuMonitor(lambda: [os.getpid()] + ([self.flax.pid()] if self.flax
+                                                       and self.flax.pid() else []))
+    self.tmp = tempfile.mkdtemp(prefix="lite_bert_bench_")
+    self.results: dict = {}
+    self.started = time.time()
+
+  def wait_for_idle(self) -> dict:
+    return wait_for_idle(self.monitor, self.args.wait_idle, self.log)
+
+  def measure(self, candidates: list) -> dict:
+    """Prepare every candidate (compile + one warm-up), then time them interleaved.
+
+    With --wait-idle, waits for other processes to go quiet first; with
+    --retries, a point during which other processes used more than 25% of the
+    CPUs is timed again (after waiting again), and the attempt with the least
+    interference is kept. Returns that attempt's interference numbers.
+    """
+    self.wait_for_idle()  # so that the warm-up, which sets the repeats, is not slowed
+    for c in candidates:
+      c.info.update(c.prepare())
+      c.target = repeats_for(c.info["warmup_s"], self.policy)
+    attempts = []
+    for attempt in range(1 + self.args.retries):
+      idle = self.wait_for_idle()
+      snap = self.monitor.snapshot()
+      time_round_robin(candidates)
+      load = dict(self.monitor.since(snap), **idle)
+      attempts.append((load.get("others_cpu_fraction", 0.0), load,
+                       [(c.times, c.rss, c.cpu) for c in candidates]))
+      if load.get("others_cpu_fraction", 0.0) <= 0.25:
+        break
+      self.log(f"other processes used {load['others_cpu_fraction']:.0%} of the CPUs; "
+               f"{'timing again' if attempt < self.args.retries else 'keeping the least busy'}")
+    best = min(attempts, key=lambda a: a[0])
+    for c, (times, rss, cpu) in zip(candidates, best[2]):
+      c.times, c.rss, c.cpu = times, rss, cpu
+    for c in candidates:
+      c.cleanup()
+    return dict(best[1], attempts_others_cpu_fraction=[a[0] for a in attempts])
+
+  def log(self, msg: str) -> None:
+    print(f"[{time.time() - self.started:7.1f}s] {msg}", flush=True)
+
+  # ---- setup
+
+  def meta(self) -> dict:
+    import flax
+    import optax
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m experiments.benchmark " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]),
+        "argv": sys.argv,
+        "git": git_info(),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "device_count": jax.device_count(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
+        "python": platform.python_version(),
+        "jax": jax.__version__, "jaxlib": None, "flax": flax.__version__, "optax": optax.__version__,
+        "numpy": np.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "dtype": self.args.dtype, "size": self.args.size, "quick": self.args.quick,
+        "reference": self.args.reference, "models": list(self.models),
+        "grid": {"batches": list(self.grid["batches"]), "seqs": list(self.grid["seqs"]),
+                 "train": [list(p) for p in self.grid["train"]]},
+        "repeat_policy": self.policy, "retries": self.args.retries,
+        "wait_idle_s": self.args.wait_idle,
+    }
+    try:
+      import jaxlib
+      info["jaxlib"] = jaxlib.__version__
+    except ImportError:
+      pass
+    if self.args.reference:
+      import torch
+      import transformers
+      info.update(torch=torch.__version__, transformers=transformers.__version__,
+                  torch_threads=torch.get_num_threads())
+    return info
+
+  def init_params(self) -> dict:
+    """PretrainingModel params per model (the encoder part drives inference)."""
+    params = {}
+    for m in MODELS:
+      cfg = self.cfgs[m]
+      model = PretrainingModel(cfg, pair_head=m != "distilbert")
+      ids = jnp.ones((1, 8), jnp.int32)
+      params[m] = jax.jit(lambda rng, model=model, ids=ids: model.init(rng, ids)["params"])(
+          jax.random.key({"bert": 0, "distilbert": 1, "albert": 2}[m]))
+    return params
+
+  # ---- inference
+
+  def our_inference(self, m: str, params, batch: int, seq: int) -> Candidate:
+    cfg = self.cfgs[m]
+    enc = Encoder(cfg)
+    inputs = {k: jnp.asarray(v) for k, v in make_inputs(cfg, batch, seq).items()}
+    state = {}
+
+    def forward(p, ids, mask, types):
+      return enc.apply({"params": p}, ids, mask, types, deterministic=True)
+
+    def prepare():
+      args = (params, inputs["input_ids"], inputs["attention_mask"],
+              inputs.get("token_type_ids"))
+      start = time.perf_counter()
+      compiled = jax.jit(forward).lower(*args).compile()
+      compile_s = time.perf_counter() - start
+      state["call"] = lambda: jax.block_until_ready(compiled(*args))
+      start = time.perf_counter()
+      state["call"]()
+      warm = time.perf_counter() - start
+      counted = xla_flops(compiled)
+      return {"compile_s": compile_s, "warmup_s": warm, "xla_memory": xla_memory(compiled),
+              "xla_flops_counted": counted,
+              "xla_flops": corrected_xla_flops(counted, [(cfg, batch, seq, False)])}
+
+    def cleanup():
+      state.clear()
+
+    return Candidate(m, "ours", prepare, lambda: timed_call(state["call"]), cleanup)
+
+  def torch_inference(self, m: str, tmodel, batch: int, seq: int) -> Candidate:
+    import torch
+    cfg = self.cfgs[m]
+    inputs = torch_tensors(make_inputs(cfg, batch, seq))
+
+    def call():
+      with torch.inference_mode(), torch_autocast(self.args.dtype):
+        tmodel(**inputs)
+
+    def prepare():
+      start = time.perf_counter()
+      call()
+      return {"warmup_s": time.perf_counter() - start, "compile_s": 0.0,
+              "attn_implementation": tmodel.config._attn_implementation}
+
+    return Candidate(m, "hf_torch", prepare, lambda: timed_call(call))
+
+  def flax_inference(self, m: str, batch: int, seq: int) -> Candidate:
+    cfg = self.cfgs[m]
+    key = f"{batch}x{seq}"
+    path = os.path.join(self.tmp, f"{m}_{key}.npz")
+    np.savez(path, **make_inputs(cfg, batch, seq))
+
+    def prepare():
+      return self.flax.call(cmd="prepare", name=m, key=key, ids=path)
+
+    def run():
+      r = self.flax.call(cmd="time", name=m, key=key)
+      return r["seconds"], r["rss_peak_delta_bytes"], r["cpu_s"]
+
+    return Candidate(m, "hf_flax", prepare, run,
+                     lambda: self.flax.call(cmd="drop", name=m, key=key))
+
+  def start_references(self, params) -> dict:
+    """Torch models and the Flax worker, loaded with our weights; parity checked."""
+    import torch
+    torch.set_num_threads(2 if jax.devices()[0].platform == "cpu" else os.cpu_count())
+    refs = {"torch": {}, "flax_loaded": set(), "parity": {}, "flax_versions": None}
+    python = self.args.reference_python
+    if not os.path.exists(python):
+      self.log(f"no reference venv at {python}: run experiments/reference_env.sh; "
+               "HF Flax rows are skipped")
+      refs["flax_error"] = f"reference python {python} not found"
+    else:
+      self.flax = FlaxReference(python, os.path.join(self.args.out, "reference_flax.log"))
+      try:
+        refs["flax_versions"] = self.flax.call(cmd="versions")
+      except RuntimeError as e:
+        refs["flax_error"] = str(e)
+        self.flax.close()
+        self.flax = None
+    if jax.devices()[0].platform != "cpu":
+      # The venv's torch is a CPU build: timing it against a GPU would mean nothing.
+      refs["torch_skipped"] = "jax runs on a GPU and torch has no CUDA here"
+    for m in self.models:
+      cfg = self.cfgs[m]
+      state = convert.hf_state_dict_from_params({"encoder": params[m]["encoder"]}, cfg, m,
+                                                prefix="")
+      refs["torch"][m] = torch_model(m, cfg, state, "base").eval()
+      if self.flax is not None:
+        path = os.path.join(self.tmp, f"{m}_weights.npz")
+        np.savez(path, **state)
+        try:
+          self.flax.call(cmd="load", name=m, arch=m, config=hf_config_kwargs(cfg, m),
+                         weights=path, dtype=self.args.dtype)
+          refs["flax_loaded"].add(m)
+        except RuntimeError as e:
+          refs.setdefault("flax_load_errors", {})[m] = str(e)
+          self.log(f"HF Flax {m} failed to load: {e}")
+        os.remove(path)
+      refs["parity"][m] = self.parity(m, params[m], refs)
+      self.log(f"parity {m}: {refs['parity'][m]}")
+    return refs
+
+  def parity(self, m: str, params, refs) -> dict:
+    """Max |difference| of last_hidden_state, ours vs each reference, same weights."""
+    import torch
+    cfg = self.cfgs[m]
+    inputs = make_inputs(cfg, 2, 16, seed=123)
+    ours = Encoder(cfg).apply({"params": params["encoder"]}, *(
+        jnp.asarray(inputs[k]) if k in inputs else None
+        for k in ("input_ids", "attention_mask", "token_type_ids")))["last_hidden_state"]
+    ours = np.asarray(ours, np.float32)
+    out = {}
+    with torch.inference_mode(), torch_autocast(self.args.dtype):
+      theirs = refs["torch"][m](**torch_tensors(inputs))[0].float().numpy()
+    out["hf_torch_max_abs_diff"] = float(np.max(np.abs(ours - theirs)))
+    if m in refs["flax_loaded"]:
+      path = os.path.join(self.tmp, f"parity_{m}.npz")
+      np.savez(path, **inputs)
+      self.flax.call(cmd="prepare", name=m, key="parity", ids=path)
+      npy = os.path.join(self.tmp, f"parity_{m}.npy")
+      self.flax.call(cmd="output", name=m, key="parity", path=npy)
+      self.flax.call(cmd="drop", name=m, key="parity")
+      out["hf_flax_max_abs_diff"] = float(np.max(np.abs(ours - np.load(npy))))
+    return out
+
+  def save_partial(self) -> None:
+    """Everything measured so far, so that --resume can carry on after an interruption."""
+    path = os.path.join(self.args.out, "partial.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(self.res, f, default=str)
+    os.replace(path + ".tmp", path)
+
+  def load_partial(self) -> Optional[dict]:
+    path = os.path.join(self.args.out, "partial.json")
+    if not (self.args.resume and os.path.exists(path)):
+      return None
+    with open(path) as f:
+      old = json.load(f)
+    keys = ("dtype", "size", "quick", "reference", "models", "grid", "XLA_FLAGS")
+    if any(old["meta"].get(k) != self.res["meta"].get(k) for k in keys):
+      raise SystemExit(f"--resume: {path} is from a run with other settings "
+                       f"({ {k: old['meta'].get(k) for k in keys} })")
+    return old
+
+  def inference(self, params, refs) -> list:
+    rows = self.res["inference"]
+    done = {(r["batch"], r["seq"]) for r in rows}
+    # The headline points first (8x128, then 1x128 and 8x512), so that an
+    # interrupted run (see --resume) has the ones that matter most.
+    points = sorted(((b, s) for s in self.grid["seqs"] for b in self.grid["batches"]),
+                    key=lambda p: (p != (8, 128), p != (1, 128), p != (8, 512), p[0] * p[1]))
+    for batch, seq in points:
+      if (batch, seq) in done:
+        continue
+      candidates = []
+      for m in self.models:
+        candidates.append(self.our_inference(m, params[m]["encoder"], batch, seq))
+        if refs and "torch_skipped" not in refs:
+          candidates.append(self.torch_inference(m, refs["torch"][m], batch, seq))
+          if m in refs["flax_loaded"]:
+            candidates.append(self.flax_inference(m, batch, seq))
+      load = self.measure(candidates)
+      for c in candidates:
+        cfg = self.cfgs[c.model]
+        flops = encoder_flops(cfg, batch, seq)
+        row = {"model": c.model, "impl": c.impl, "batch": batch, "seq": seq,
+               "tokens": batch * seq, **summarize_times(c), **c.info,
+               "analytic_flops": flops, "interference": load}
+        row["tokens_per_s"] = batch * seq / row["median_s"]
+        row["gflops_per_s"] = flops / row["median_s"] / 1e9
+        row["roofline_fraction"] = row["gflops_per_s"] / self.peak
+        rows.append(row)
+        self.log(f"infer {c.model:10s} {c.impl:8s} {batch:3d}x{seq:<4d} "
+                 f"{row['median_s'] * 1e3:9.1f} ms  ({row['repeats']} reps)  "
+                 f"{row['gflops_per_s']:6.1f} GFLOP/s = {row['roofline_fraction']:.0%} of peak"
+                 f"  [others {load.get('others_cpu_fraction', 0):.0%}]"
+                 + (f"  xla {row['xla_flops'] / flops:.3f}x analytic"
+                    if row.get("xla_flops") else ""))
+      self.save_partial()
+      gc.collect()
+    return rows
+
+  # ---- training
+
+  def our_training(self, m: str, params, batch: int, seq: int) -> Candidate:
+    cfg = self.cfgs[m]
+    size = self.args.size
+    model = PretrainingModel(cfg, pair_head=m != "distilbert")
+    data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, batch, seq).items()}
+    frozen = None
+    stacks = [(cfg, batch, seq, True)]
+    if m == "distilbert":
+      tcfg = self.cfgs["bert"]
+      teacher = PretrainingModel(tcfg, pair_head=False)
+      frozen = self._teacher_params
+      stacks.append((tcfg, batch, seq, False))
+
+      def loss_fn(p, frozen, batch_, rng, deterministic):
+        s = model.apply({"params": p}, batch_["input_ids"], batch_["attention_mask"], None,
+                        None, deterministic=deterministic, rngs={"dropout": rng})
+        t = teacher.apply({"params": frozen}, batch_["input_ids"], batch_["attention_mask"],
+                          None, None, deterministic=True)
+        return objectives.distillation_loss(s, t, batch_, alpha_ce=5.0, alpha_mlm=2.0,
+                                            alpha_cos=1.0, temperature=2.0)
+      objective = "distillation: 5*T^2*KL(T=2) + 2*MLM + 1*cosine, teacher BERT-" + size
+    else:
+      inner = objectives.pretraining_loss_fn(model)
+      loss_fn = lambda p, frozen, b, rng, det: inner(p, b, rng, det)
+      objective = ("MLM (gathered, P=%d) + %s" % (masked_positions_per_seq(seq),
+                                                  "NSP" if m == "bert" else "SOP"))
+    ocfg = optim_config(m, size)
+    optimizer, _ = optim.make_optimizer(ocfg, total_steps=1_000_000)
+    st = {}
+
+    def prepare():
+      state = {"step": jnp.zeros((), jnp.int32),
+               "params": jax.tree_util.tree_map(jnp.array, params),
+               "opt_state": optimizer.init(params)}
+      step = jax.jit(functools.partial(loop_lib.train_step, loss_fn=loss_fn,
+                                       optimizer=optimizer, base_rng=jax.random.key(0)),
+                     donate_argnums=0)
+      start = time.perf_counter()
+      compiled = step.lower(state, frozen, data).compile()
+      compile_s = time.perf_counter() - start
+      st["state"] = state
+
+      def call():
+        st["state"], metrics = compiled(st["state"], frozen, data)
+        jax.block_until_ready((st["state"], metrics))
+        st["loss"] = metrics["loss"]
+
+      st["call"] = call
+      start = time.perf_counter()
+      call()
+      warm = time.perf_counter() - start
+      counted = xla_flops(compiled)
+      info = {}
+      if self.args.reference:  # the loss without dropout, to compare with HF torch's
+        info["deterministic_loss"] = float(jax.jit(
+            lambda p, f, d: loss_fn(p, f, d, jax.random.key(1), True)[0])(params, frozen, data))
+      return {**info, "compile_s": compile_s, "warmup_s": warm, "xla_memory": xla_memory(compiled),
+              "xla_flops_counted": counted, "xla_flops": corrected_xla_flops(counted, stacks),
+              "objective": objective, "optimizer": ocfg.name}
+
+    def cleanup():
+      st["final_loss"] = float(st["loss"])
+      st.clear()
+
+    return Candidate(m, "ours", prepare, lambda: timed_call(st["call"]), cleanup)
+
+  def torch_training(self, m: str, params, batch: int, seq: int) -> Candidate:
+    import torch
+    cfg = self.cfgs[m]
+    data = torch_tensors(make_pretraining_batch(cfg, batch, seq))
+    if m != "distilbert":
+      data_ = dict(data)
+    else:
+      data_ = {k: v for k, v in data.items() if k != "token_type_ids"}
+    st = {}
+
+    def prepare():
+      state = convert.hf_state_dict_from_params(params, cfg, m)
+      if m == "distilbert":
+        student = torch_model(m, cfg, state, "mlm")
+        tstate = convert.hf_state_dict_from_params(self._teacher_params, self.cfgs["bert"],
+                                                   "bert")
+        # BertForMaskedLM has no pooler (ours computes it and XLA drops it, unused).
+        tstate = {k: v for k, v in tstate.items() if not k.startswith("bert.pooler.")}
+        teacher = torch_model("bert", self.cfgs["bert"], tstate, "mlm").eval()
+        for p in teacher.parameters():
+          p.requires_grad_(False)
+        loss = lambda: torch_distillation_loss(student, teacher, data_)
+        model = student
+      else:
+        model = torch_model(m, cfg, state, "pretraining")
+        loss = lambda: torch_pretraining_loss(model, m, data_)
+      model.eval()
+      with torch.no_grad(), torch_autocast(self.args.dtype):
+        loss_det = float(loss())
+      model.train()
+      opt = torch_adamw(model, optim_config(m, self.args.size))
+      clip = float(optim_config(m, self.args.size).clip_norm or 0.0)
+
+      def call():
+        opt.zero_grad(set_to_none=True)
+        with torch_autocast(self.args.dtype):
+          value = loss()
+        value.backward()
+        if clip > 0:
+          torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        st["loss"] = value
+
+      st["call"] = call
+      start = time.perf_counter()
+      call()
+      return {"warmup_s": time.perf_counter() - start, "compile_s": 0.0,
+              "optimizer": "torch AdamW" + (" + clip" if clip else ""),
+              "deterministic_loss": loss_det,
+              "attn_implementation": model.config._attn_implementation}
+
+    def cleanup():
+      st.clear()
+
+    return Candidate(m, "hf_torch", prepare, lambda: timed_call(st["call"]), cleanup)
+
+  def training(self, params, with_torch: bool) -> list:
+    rows = self.res["training"]
+    done = {(r["model"], r["batch"], r["seq"]) for r in rows}
+    # The teacher: BERT's encoder + MLM head (no NSP head), frozen.
+    self._teacher_params = {k: v for k, v in params["bert"].items() if k != "pair_head"}
+    for batch, seq in self.grid["train"]:
+      for m in self.models:  # one model at a time: optimizer states are large
+        if (m, batch, seq) in done:
+          continue
+        candidates = [self.our_training(m, params[m], batch, seq)]
+        if with_torch:
+          candidates.append(self.torch_training(m, params[m], batch, seq))
+        load = self.measure(candidates)
+        cfg = self.cfgs[m]
+        flops = train_step_flops(m, cfg, batch, seq, self.cfgs["bert"])
+        for c in candidates:
+          row = {"model": m, "impl": c.impl, "batch": batch, "seq": seq,
+                 "tokens": batch * seq, **summarize_times(c), **c.info,
+                 "analytic_flops": flops, "interference": load}
+          row["sequences_per_s"] = batch / row["median_s"]
+          row["tokens_per_s"] = batch * seq / row["median_s"]
+          row["gflops_per_s"] = flops / row["median_s"] / 1e9
+          row["mfu"] = row["gflops_per_s"] / self.peak
+          rows.append(row)
+          self.log(f"train {m:10s} {c.impl:8s} {batch:3d}x{seq:<4d} "
+                   f"{row['median_s'] * 1e3:9.1f} ms  {row['sequences_per_s']:7.2f} seq/s  "
+                   f"MFU {row['mfu']:.0%}"
+                   + (f"  xla {row['xla_flops'] / flops:.3f}x analytic"
+                      if row.get("xla_flops") else ""))
+        del candidates
+        self.save_partial()
+        gc.collect()
+    return rows
+
+  # ---- run
+
+  def run(self) -> dict:
+    args = self.args
+    os.makedirs(args.out, exist_ok=True)
+    total = self.monitor.snapshot()
+    res = self.res = {"meta": self.meta(), "inference": [], "training": []}
+    self.log(f"device {res['meta']['device_kind']}, jax {jax.__version__}, dtype {args.dtype}, "
+             f"size {args.size}, {'quick' if args.quick else 'full'} grid {self.grid}")
+    dtypes = ("float32",) if args.dtype == "float32" else ("float32", args.dtype)
+    bert = self.cfgs["bert"]
+    old = self.load_partial()
+    if args.report_only and old is None and os.path.exists(os.path.join(args.out, "partial.json")):
+      args.resume = True
+      old = self.load_partial()
+    if old is not None:
+      res["roofline"] = old["roofline"]
+      res["inference"], res["training"] = old["inference"], old["training"]
+      res["meta"]["resumed"] = old["meta"].get("resumed", []) + [
+          {"date": old["meta"]["date"], "git": old["meta"]["git"],
+           "command": old["meta"]["command"], "wall_s": old["meta"].get("wall_s")}]
+      self.log(f"resuming: {len(res['inference'])} inference and {len(res['training'])} "
+               f"training rows from {old['meta']['date']}")
+    else:
+      attempts = []
+      for _ in range(1 + args.retries):
+        self.wait_for_idle()
+        snap = self.monitor.snapshot()
+        roof = measure_roofline(args, dtypes, bert.hidden_size, bert.intermediate_size)
+        roof["interference"] = self.monitor.since(snap)
+        attempts.append(roof)
+        if roof["interference"].get("others_cpu_fraction", 0.0) <= 0.25:
+          break
+      res["roofline"] = min(attempts, key=lambda r: r["interference"].get(
+          "others_cpu_fraction", 0.0))
+    self.peak = res["roofline"]["peak_gflops"][args.dtype]
+    self.log(f"roofline: {json.dumps(res['roofline']['peak_gflops'])} GFLOP/s")
+
+    if args.report_only:
+      if old is None:
+        raise SystemExit(f"--report-only: no {args.out}/partial.json to report")
+      for k in ("reference",):
+        if k in old:
+          res[k] = old[k]
+      res["meta"]["report_only"] = True
+      return self.finish(res, total, dtypes, measure=False)
+
+    params = self.init_params()
+    refs = None
+    if args.reference:
+      refs = self.start_references(params)
+      res["reference"] = {k: refs[k] for k in ("parity", "flax_versions")}
+      res["reference"]["flax_python"] = args.reference_python
+      res["reference"]["flax_loaded"] = sorted(refs["flax_loaded"])
+      for k in ("flax_error", "flax_load_errors", "torch_skipped"):
+        if k in refs:
+          res["reference"][k] = refs[k]
+    self.save_partial()
+    self.inference(params, refs)
+    if refs:
+      refs["torch"].clear()
+    if self.flax is not None:
+      self.flax.close()
+      self.flax = None
+    gc.collect()
+    if not args.skip_training:
+      self.training(params,
+                    with_torch=args.reference and not (refs and "torch_skipped" in refs))
+    return self.finish(res, total, dtypes, measure=True)
+
+  def finish(self, res, total, dtypes, measure: bool) -> dict:
+    if measure and jax.devices()[0].platform == "cpu" and not self.args.quick:
+      self.wait_for_idle()
+      res["roofline"]["end_of_run"] = [
+          xla_gemm_gflops(2048, 2048, 2048, d, 5) for d in dtypes]
+    res["flops_formula"] = __doc__[__doc__.index("  F_enc"):__doc__.index("and cross-checked")]
+    res["claims"] = CLAIMS
+    res["ratios"] = compute_ratios(res, self.models)
+    res["targets"] = evaluate_targets(res)
+    res["interference"] = self.monitor.since(total)
+    res["meta"]["wall_s"] = time.time() - self.started
+    return res
+
+
+# ------------------------------------------------------------------ ratios
+
+def _index(rows: list) -> dict:
+  return {(r["model"], r["impl"], r["batch"], r["seq"]): r for r in rows}
+
+
+def compute_ratios(res: dict, models) -> dict:
+  """Every ratio is computed here from the rows' medians and analytic FLOPs."""
+  out = {"model_vs_bert": [], "ours_vs_reference": [], "training_vs_reference": [],
+         "training_model_vs_bert": []}
+  inf = _index(res["inference"])
+  impls = sorted({r["impl"] for r in res["inference"]})
+  points = sorted({(r["batch"], r["seq"]) for r in res["inference"]})
+  for impl in impls:
+    for b, s in points:
+      bert = inf.get(("bert", impl, b, s))
+      if bert is None:
+        continue
+      for m in ("distilbert", "albert"):
+        other = inf.get((m, impl, b, s))
+        if other is None:
+          continue
+        ratio = other["median_s"] / bert["median_s"]
+        flop_ratio = other["analytic_flops"] / bert["analytic_flops"]
+        entry = {"impl": impl, "batch": b, "seq": s, "model": m, "latency_ratio": ratio,
+                 "flop_ratio": flop_ratio, "delta_vs_flop_ratio": ratio - flop_ratio,
+                 "claim_ratio": CLAIMS[m]["ratio"]}
+        if m == "distilbert":
+          entry["within_target"] = abs(ratio - flop_ratio) <= 0.03
+        else:
+          entry["within_target"] = 0.95 <= ratio <= 1.05
+        out["model_vs_bert"].append(entry)
+  for (m, impl, b, s), r in sorted(inf.items()):
+    if impl != "ours":
+      continue
+    entry = {"model": m, "batch": b, "seq": s, "ours_s": r["median_s"]}
+    for ref in ("hf_torch", "hf_flax"):
+      other = inf.get((m, ref, b, s))
+      if other is not None:
+        entry[f"{ref}_s"] = other["median_s"]
+        entry[f"speedup_vs_{ref}"] = other["median_s"] / r["median_s"]
+    out["ours_vs_reference"].append(entry)
+  tr = _index(res.get("training", []))
+  for (m, impl, b, s), r in sorted(tr.items()):
+    if impl != "ours":
+      continue
+    other = tr.get((m, "hf_torch", b, s))
+    if other is not None:
+      out["training_vs_reference"].append(
+          {"model": m, "batch": b, "seq": s, "ours_s": r["median_s"],
+           "hf_torch_s": other["median_s"],
+           "speedup_vs_hf_torch": other["median_s"] / r["median_s"]})
+    bert = tr.get(("bert", "ours", b, s))
+    if bert is not None and m != "bert":
+      out["training_model_vs_bert"].append(
+          {"model": m, "batch": b, "seq": s, "step_ratio": r["median_s"] / bert["median_s"],
+           "flop_ratio": r["analytic_flops"] / bert["analytic_flops"]})
+  return out
+
+
+def evaluate_targets(res: dict) -> list:
+  targets = []
+  dtype = res["meta"]["dtype"]
+  ours = [r for r in res["inference"] if r["impl"] == "ours"]
+  at = [r for r in ours if r["batch"] == 8 and r["seq"] == 512]
+  if at:
+    worst = min(r["roofline_fraction"] for r in at)
+    targets.append({"target": "roofline_8x512", "text": TARGETS_TEXT["roofline_8x512"],
+                    "value": {r["model"]: r["roofline_fraction"] for r in at},
+                    "met": worst >= 0.95 if dtype == "float32" else None})
+  vs = res["ratios"]["ours_vs_reference"]
+  for ref, key, need in (("hf_torch", "inference_vs_torch", 1.0),
+                         ("hf_flax", "inference_vs_flax", 1.3)):
+    values = [e[f"speedup_vs_{ref}"] for e in vs if f"speedup_vs_{ref}" in e]
+    if values:
+      targets.append({"target": key, "text": TARGETS_TEXT[key],
+                      "value": {"min": min(values), "median": statistics.median(values),
+                                "max": max(values)},
+                      "met": min(values) >= need})
+  tv = res["ratios"]["training_vs_reference"]
+  if tv:
+    values = [e["speedup_vs_hf_torch"] for e in tv]
+    targets.append({"target": "training_vs_torch", "text": TARGETS_TEXT["training_vs_torch"],
+                    "value": {f"{e['model']} {e['batch']}x{e['seq']}": e["speedup_vs_hf_torch"]
+                              for e in tv},
+                    "met": min(values) >= 1.3})
+  for m, key in (("distilbert", "distil_ratio"), ("albert", "albert_ratio")):
+    entries = [e for e in res["ratios"]["model_vs_bert"]
+               if e["impl"] == "ours" and e["model"] == m]
+    if entries:
+      targets.append({"target": key, "text": TARGETS_TEXT[key],
+                      "value": {f"{e['batch']}x{e['seq']}": e["latency_ratio"] for e in entries},
+                      "met": all(e["within_target"] for e in entries)})
+  return targets
+
+
+# ----------------------------------------------------------------- outputs
+
+def _mb(x) -> str:
+  return "-" if x is None else f"{x / 2**20:,.0f}"
+
+
+def _ms(x) -> str:
+  return "-" if x is None else (f"{x * 1e3:,.1f}" if x < 10 else f"{x * 1e3:,.0f}")
+
+
+def _x(x) -> str:
+  return "-" if x is None else f"{x:.2f}"
+
+
+def write_plots(res: dict, out: str) -> list:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  paths = []
+  colors = {"bert": "tab:blue", "distilbert": "tab:orange", "albert": "tab:green"}
+  styles = {"ours": "-", "hf_torch": "--", "hf_flax": ":"}
+  rows = res["inference"]
+  batches = sorted({r["batch"] for r in rows})
+  seqs = sorted({r["seq"] for r in rows})
+
+  def memory(r):
+    return (r.get("xla_memory") or {}).get("peak_estimate") or r.get("rss_peak_delta_bytes")
+
+  fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+  b_fix = 8 if 8 in batches else batches[-1]
+  s_fix = seqs[-1]
+  for (m, impl) in sorted({(r["model"], r["impl"]) for r in rows}):
+    sel = sorted((r for r in rows if r["model"] == m and r["impl"] == impl
+                  and r["batch"] == b_fix), key=lambda r: r["seq"])
+    label = f"{m} {impl}"
+    if sel:
+      axes[0, 0].plot([r["seq"] for r in sel], [r["median_s"] * 1e3 for r in sel],
+                      styles[impl], marker="o", color=colors[m], label=label)
+      axes[1, 0].plot([r["seq"] for r in sel], [(memory(r) or 0) / 2**20 for r in sel],
+                      styles[impl], marker="o", color=colors[m], label=label)
+    sel = sorted((r for r in rows if r["model"] == m and r["impl"] == impl
+                  and r["seq"] == s_fix), key=lambda r: r["batch"])
+    if sel:
+      axes[0, 1].plot([r["batch"] for r in sel], [r["median_s"] * 1e3 for r in sel],
+                      styles[impl], marker="o", color=colors[m], label=label)
+      axes[1, 1].plot([r["batch"] for r in sel], [(memory(r) or 0) / 2**20 for r in sel],
+                      styles[impl], marker="o", color=colors[m], label=label)
+  axes[0, 0].set(title=f"inference latency vs sequence length (batch {b_fix})",
+                 xlabel="sequence length", ylabel="ms")
+  axes[0, 1].set(title=f"inference latency vs batch (seq {s_fix})", xlabel="batch",
+                 ylabel="ms")
+  axes[1, 0].set(title=f"memory vs sequence length (batch {b_fix})", xlabel="sequence length",
+                 ylabel="MiB (ours: XLA args+out+temp; HF: peak RSS growth)")
+  axes[1, 1].set(title=f"memory vs batch (seq {s_fix})", xlabel="batch",
+                 ylabel="MiB (ours: XLA args+out+temp; HF: peak RSS growth)")
+  for ax in axes.flat:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle(f"lite_bert inference scaling, {res['meta']['device_kind']}, "
+               f"{res['meta']['dtype']}")
+  fig.tight_layout()
+  path = os.path.join(out, "inference_scaling.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  paths.append(path)
+
+  ratios = [e for e in res["ratios"]["model_vs_bert"]]
+  if ratios:
+    fig, ax = plt.subplots(figsize=(10, 5))
+    labels = [f"{b}x{s}" for b, s in sorted({(e["batch"], e["seq"]) for e in ratios})]
+    xs = {lab: i for i, lab in enumerate(labels)}
+    for m, marker in (("distilbert", "o"), ("albert", "s")):
+      for impl in sorted({e["impl"] for e in ratios}):
+        sel = [e for e in ratios if e["model"] == m and e["impl"] == impl]
+        if sel:
+          ax.plot([xs[f"{e['batch']}x{e['seq']}"] for e in sel],
+                  [e["latency_ratio"] for e in sel], styles[impl], marker=marker,
+                  color=colors[m], label=f"{m}/bert {impl}")
+      sel = [e for e in ratios if e["model"] == m and e["impl"] == "ours"]
+      ax.plot([xs[f"{e['batch']}x{e['seq']}"] for e in sel], [e["flop_ratio"] for e in sel],
+              color=colors[m], alpha=0.4, lw=6, label=f"{m}/bert FLOP ratio")
+      ax.axhline(CLAIMS[m]["ratio"], color=colors[m], ls="-.", lw=1,
+                 label=f"{m} claim {CLAIMS[m]['ratio']:.2f}")
+    ax.set_xticks(range(len(labels)), labels, rotation=45)
+    ax.set(ylabel="latency / BERT-base latency", xlabel="batch x seq",
+           title="DistilBERT/BERT and ALBERT/BERT latency ratios vs FLOP ratio and claims")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = os.path.join(out, "ratios.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+  train = res.get("training") or []
+  if train:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (m, impl) in sorted({(r["model"], r["impl"]) for r in train}):
+      sel = sorted((r for r in train if r["model"] == m and r["impl"] == impl),
+                   key=lambda r: (r["seq"], r["batch"]))
+      labels = [f"{r['batch']}x{r['seq']}" for r in sel]
+      axes[0].plot(labels, [r["median_s"] * 1e3 for r in sel], styles[impl], marker="o",
+                   color=colors[m], label=f"{m} {impl}")
+      axes[1].plot(labels, [(memory(r) or 0) / 2**20 for r in sel], styles[impl],
+                   marker="o", color=colors[m], label=f"{m} {impl}")
+    axes[0].set(title="training step time", xlabel="batch x seq", ylabel="ms")
+    axes[1].set(title="training step memory", xlabel="batch x seq",
+                ylabel="MiB (ours: XLA; HF: peak RSS growth)")
+    for ax in axes:
+      ax.set_yscale("log")
+      ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out, "training_scaling.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def markdown(res: dict) -> str:
+  meta = res["meta"]
+  lines = [f"# lite_bert benchmark ({meta['dtype']}, {meta['size']}"
+           f"{', quick' if meta['quick'] else ''})", ""]
+  lines += [f"- device: {meta['device_kind']} ({meta['cpu_model']}, {meta['cpu_count']} cores;"
+            f" flags {' '.join(meta['cpu_flags'])})",
+            f"- date: {meta['date']}; git commit {meta['git']['commit'][:12]}"
+            f"{' (dirty tree)' if meta['git']['dirty'] else ''}",
+            f"- jax {meta['jax']}, jaxlib {meta.get('jaxlib')}, flax {meta['flax']}, optax "
+            f"{meta['optax']}" + (f", torch {meta['torch']} ({meta['torch_threads']} threads), "
+                                  f"transformers {meta['transformers']}"
+                                  if meta.get("torch") else ""),
+            f"- command: `{meta['command']}` (wall {meta.get('wall_s', 0) / 60:.1f} min)",
+            f"- XLA_FLAGS: `{meta['XLA_FLAGS'] or '(none)'}`"] + [
+            f"- rows carried over (--resume) from the session of {r['date']} (commit "
+            f"{r['git']['commit'][:12]})" for r in meta.get("resumed", [])] + [
+            f"- repeats: 1 warm-up call after compilation, then timed calls filling "
+            f"~{res['meta']['repeat_policy']['budget_s']} s per candidate "
+            f"(min {res['meta']['repeat_policy']['min']}, max {res['meta']['repeat_policy']['max']};"
+            f" {res['meta']['repeat_policy']['min_long']} when a call takes > "
+            f"{res['meta']['repeat_policy']['long_s']} s), implementations interleaved call by "
+            f"call; medians reported. A point during which other processes used > 25% of the "
+            f"CPUs is timed again (up to --retries={res['meta']['retries']} times; the least "
+            f"busy attempt is kept).",
+            f"- interference: other processes used "
+            f"{res['interference'].get('others_cpu_fraction', float('nan')):.0%} of the CPUs "
+            f"during the run (per-point values in the JSON).", ""]
+  roof = res["roofline"]
+  lines += ["## Roofline", "", f"Source: {roof['source']}.", ""]
+  if "square" in roof:
+    lines += ["| GEMM (m x k x n) | dtype | XLA GFLOP/s | torch GFLOP/s |", "|---|---|---|---|"]
+    torch_rows = {(r["m"], r["k"], r["n"], r["dtype"]): r for r in
+                  roof.get("torch_square", []) + roof.get("torch_model_shaped", [])}
+    for r in roof["square"] + roof["model_shaped"]:
+      t = torch_rows.get((r["m"], r["k"], r["n"], r["dtype"]))
+      lines.append(f"| {r['m']} x {r['k']} x {r['n']} | {r['dtype']} | {r['gflops']:.0f} | "
+                   f"{t['gflops']:.0f} |" if t else
+                   f"| {r['m']} x {r['k']} x {r['n']} | {r['dtype']} | {r['gflops']:.0f} | - |")
+    for r in roof.get("end_of_run", []):
+      lines.append(f"| {r['m']} x {r['k']} x {r['n']} (end of run) | {r['dtype']} | "
+                   f"{r['gflops']:.0f} | - |")
+  lines += ["", "Peak used for utilisation: " + ", ".join(
+      f"{d} {v:.0f} GFLOP/s" for d, v in roof["peak_gflops"].items() if v), ""]
+  if res.get("reference"):
+    ref = res["reference"]
+    lines += ["## References", "",
+              f"- HF Flax worker python: `{ref['flax_python']}`; versions "
+              f"{json.dumps(ref.get('flax_versions'))}; loaded: {ref['flax_loaded']}"
+              + (f"; error: {ref['flax_error']}" if ref.get("flax_error") else ""),
+              "- same weights (our params converted with `hf_state_dict_from_params`): max |diff|"
+              " of last_hidden_state, 2x16 input: " + "; ".join(
+                  f"{m}: " + ", ".join(f"{k.replace('_max_abs_diff', '')} {v:.1e}"
+                                       for k, v in d.items())
+                  for m, d in ref["parity"].items()), ""]
+  lines += ["## Inference (encoder forward)", "",
+            "| model | batch x seq | ours ms | HF torch ms | HF Flax ms | ours vs torch | "
+            "ours vs Flax | ours GFLOP/s | % of peak | XLA/analytic FLOPs | ours XLA MiB "
+            "(temp) | RSS growth MiB ours / torch / Flax | others' CPU % |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  inf = _index(res["inference"])
+  for (m, impl, b, s), r in sorted(inf.items(), key=lambda kv: (MODELS.index(kv[0][0]),
+                                                                kv[0][3], kv[0][2])):
+    if impl != "ours":
+      continue
+    t, f = inf.get((m, "hf_torch", b, s)), inf.get((m, "hf_flax", b, s))
+    mem = r.get("xla_memory") or {}
+    lines.append(
+        f"| {m} | {b}x{s} | {_ms(r['median_s'])} | {_ms(t and t['median_s'])} | "
+        f"{_ms(f and f['median_s'])} | {_x(t and t['median_s'] / r['median_s'])} | "
+        f"{_x(f and f['median_s'] / r['median_s'])} | {r['gflops_per_s']:.0f} | "
+        f"{r['roofline_fraction']:.0%} | "
+        f"{_x(r.get('xla_flops') and r['xla_flops'] / r['analytic_flops'])} | "
+        f"{_mb(mem.get('peak_estimate'))} ({_mb(mem.get('temp_size'))}) | "
+        f"{_mb(r.get('rss_peak_delta_bytes'))} / {_mb(t and t.get('rss_peak_delta_bytes'))} / "
+        f"{_mb(f and f.get('rss_peak_delta_bytes'))} | "
+        f"{r['interference'].get('others_cpu_fraction', float('nan')):.0%} |")
+  lines += ["", "'ours vs X' = X's median latency / ours (> 1: ours faster). 'others' CPU %': "
+            "share of the 2 CPUs other processes used while the point was timed.", ""]
+  lines += ["## Model ratios (latency / BERT-base latency, same implementation)", "",
+            "| impl | batch x seq | DistilBERT/BERT | FLOP ratio | delta | ALBERT/BERT | "
+            "FLOP ratio |", "|---|---|---|---|---|---|---|"]
+  by = {}
+  for e in res["ratios"]["model_vs_bert"]:
+    by.setdefault((e["impl"], e["seq"], e["batch"]), {})[e["model"]] = e
+  for (impl, s, b), d in sorted(by.items()):
+    di, al = d.get("distilbert"), d.get("albert")
+    lines.append(
+        f"| {impl} | {b}x{s} | {_x(di and di['latency_ratio'])}"
+        f"{'' if not di or di['within_target'] or impl != 'ours' else ' (!)'} | "
+        f"{_x(di and di['flop_ratio'])} | "
+        f"{'-' if not di else format(di['delta_vs_flop_ratio'], '+.3f')} | "
+        f"{_x(al and al['latency_ratio'])}"
+        f"{'' if not al or al['within_target'] or impl != 'ours' else ' (!)'} | "
+        f"{_x(al and al['flop_ratio'])} |")
+  lines += ["", "Claims: " + " / ".join(c["text"] for c in CLAIMS.values()) + ".",
+            "(!) = outside the target band (ours only).", ""]
+  train = res.get("training") or []
+  if train:
+    lines += ["## Training step", "",
+              "| model | impl | batch x seq | objective / optimizer | step ms | seq/s | "
+              "tokens/s | analytic GFLOP | XLA/analytic | MFU (of peak) | memory MiB | "
+              "loss w/o dropout | others' CPU % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in train:
+      mem = (r.get("xla_memory") or {}).get("peak_estimate") or r.get("rss_peak_delta_bytes")
+      lines.append(
+          f"| {r['model']} | {r['impl']} | {r['batch']}x{r['seq']} | "
+          f"{r.get('objective', 'same objective')} / {r.get('optimizer')} | "
+          f"{_ms(r['median_s'])} | {r['sequences_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+          f"{r['analytic_flops'] / 1e9:,.0f} | "
+          f"{_x(r.get('xla_flops') and r['xla_flops'] / r['analytic_flops'])} | "
+          f"{r['mfu']:.0%} | {_mb(mem)} | "
+          f"{'-' if r.get('deterministic_loss') is None else format(r['deterministic_loss'], '.4f')} | "
+          f"{r['interference'].get('others_cpu_fraction', float('nan')):.0%} |")
+    lines += ["", "Memory: ours = XLA memory analysis (args + outputs + temps - donated); "
+              "hf_torch = peak RSS growth during a step. 'loss w/o dropout': the objective on "
+              "the same batch and weights with dropout off (shows the objectives match).", ""]
+    tv = res["ratios"]["training_vs_reference"]
+    if tv:
+      lines += ["Ours vs HF torch (training, > 1: ours faster): " + ", ".join(
+          f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_vs_hf_torch']:.2f}x" for e in tv),
+          ""]
+  lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
+  for t in res["targets"]:
+    value = ", ".join(f"{k} {v:.2f}" for k, v in t["value"].items())
+    lines.append(f"| {t['text']} | {value} | "
+                 f"{'n/a' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
+  lines += ["", "## FLOP formula", "", "```", res["flops_formula"].rstrip(), "```", ""]
+  for p in res.get("plots", []):
+    lines.append(f"![{os.path.basename(p)}]({os.path.basename(p)})")
+  return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------- XLA flag probe
+
+PROBE_VARIANTS = (
+    # By default jax 0.10.2's XLA:CPU sends dots to YNNPACK ("__ynn_fusion");
+    # a bf16 dot is first converted to f32 (FloatNormalization) in every variant
+    # below, as the optimized HLO shows (`compiled.as_text()`).
+    ("default", {}),
+    ("use_onednn", {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
+    ("onednn_custom_call", {"XLA_FLAGS": "--xla_cpu_experimental_onednn_custom_call=true"}),
+    ("use_onednn+custom_call", {"XLA_FLAGS": "--xla_cpu_use_onednn=true "
+                                             "--xla_cpu_experimental_onednn_custom_call=true"}),
+    ("onednn_fusion_dot", {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot"}),
+    ("no_ynn_dot+onednn_fusion_dot", {
+        "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot "
+                     "--xla_cpu_experimental_onednn_fusion_type=dot"}),
+    ("no_ynn_dot+use_onednn+custom_call+AMX_ISA", {
+        "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot --xla_cpu_use_onednn=true "
+                     "--xla_cpu_experimental_onednn_custom_call=true",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}),
+    ("use_xnnpack", {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
+    ("no_ynn_dot+xnn_fusion_dot", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot "
+                                                "--xla_cpu_experimental_xnn_fusion_type=dot"}),
+    ("xnn_graph_greedy", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_graph_fusion_mode="
+                                       "XNN_GRAPH_FUSION_MODE_GREEDY"}),
+    ("ynn_only_dot", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}),
+    ("no_ynn (Eigen dots)", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}),
+    ("prefer_vector_width_512", {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}),
+    ("max_isa_AVX512", {"XLA_FLAGS": "--xla_cpu_max_isa=AVX512"}),
+)
+
+_PROBE_CHILD = r"""
+import json, statistics, sys, time
+import numpy as np
+import jax, jax.numpy as jnp
+out = {}
+def gemm(m, k, n, dtype, pref=None):
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32), dtype)
+  b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32), dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=pref))
+  c = f.lower(a, b).compile(); jax.block_until_ready(c(a, b))
+  ts = []
+  for _ in range(5):
+    t = time.perf_counter(); jax.block_until_ready(c(a, b)); ts.append(time.perf_counter() - t)
+  return 2 * m * k * n / statistics.median(ts) / 1e9
+try:
+  a = jnp.ones((512, 512), jnp.bfloat16)
+  hlo = jax.jit(jnp.matmul).lower(a, a).compile().as_text()
+  out["bf16_dot_upcast_to_f32"] = any(
+      " convert(" in l and "f32[512,512]" in l.split("=")[1][:20] for l in hlo.splitlines()
+      if "=" in l)
+  out["bf16_dot_hlo"] = [l.strip()[:160] for l in hlo.splitlines()
+                         if ("dot(" in l or "fusion(" in l) and "ENTRY" not in l][:4]
+  out["fp32_2048"] = gemm(2048, 2048, 2048, jnp.float32)
+  out["bf16_2048"] = gemm(2048, 2048, 2048, jnp.bfloat16)
+  out["bf16_2048_f32acc"] = gemm(2048, 2048, 2048, jnp.bfloat16, jnp.float32)
+  out["fp32_1024x768x3072"] = gemm(1024, 768, 3072, jnp.float32)
+  out["bf16_1024x768x3072"] = gemm(1024, 768, 3072, jnp.bfloat16)
+  if "--model" in sys.argv:
+    sys.path.insert(0, sys.argv[-1])
+    from experiments.benchmark import model_config, make_inputs
+    from lite_bert.models.encoder import Encoder
+    for dtype in ("float32", "bfloat16"):
+      cfg = model_config("bert", "base", dtype)
+      enc = Encoder(cfg)
+      x = {k: jnp.asarray(v) for k, v in make_inputs(cfg, 8, 128).items()}
+      p = jax.jit(lambda r: enc.init(r, x["input_ids"])["params"])(jax.random.key(0))
+      f = jax.jit(lambda p, x: enc.apply({"params": p}, x["input_ids"], x["attention_mask"],
+                                         x["token_type_ids"]))
+      jax.block_until_ready(f(p, x))
+      ts = []
+      for _ in range(3):
+        t = time.perf_counter(); jax.block_until_ready(f(p, x)); ts.append(time.perf_counter() - t)
+      out[f"bert_base_8x128_{dtype}_ms"] = statistics.median(ts) * 1e3
+except Exception as e:
+  out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+print("PROBE " + json.dumps(out))
+"""
+
+
+def xla_flag_probe(args) -> dict:
+  """GEMM GFLOP/s (and BERT-base 8x128 forward) under each XLA CPU setting, in subprocesses."""
+  results = []
+  monitor = CpuMonitor(lambda: [os.getpid()])
+  for name, env in PROBE_VARIANTS:
+    idle = wait_for_idle(monitor, args.wait_idle)
+    snap = monitor.snapshot()
+    cmd = [sys.executable, "-c", _PROBE_CHILD] + (["--model", REPO] if args.probe_model else [])
+    start = time.time()
+    proc = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=900)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")]
+    entry = {"variant": name, "env": env, "wall_s": time.time() - start,
+             "returncode": proc.returncode, "interference": dict(monitor.since(snap), **idle)}
+    if line:
+      entry.update(json.loads(line[-1][6:]))
+    else:
+      entry["error"] = proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "no output"
+    print(json.dumps(entry), flush=True)
+    results.append(entry)
+  return {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"), "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+      "jax": jax.__version__, "command": "python -m experiments.benchmark " + " ".join(
+          sys.argv[1:]), "git": git_info()}, "variants": results}
+
+
+def probe_markdown(probe: dict) -> str:
+  keys = ["fp32_2048", "bf16_2048", "bf16_2048_f32acc", "fp32_1024x768x3072",
+          "bf16_1024x768x3072", "bert_base_8x128_float32_ms", "bert_base_8x128_bfloat16_ms"]
+  keys = ["bf16_dot_upcast_to_f32"] + keys
+  lines = ["# XLA CPU settings vs GEMM throughput (GFLOP/s) and BERT-base 8x128 forward (ms)",
+           "", f"{probe['meta']['cpu_model']}; CPU flags: {' '.join(probe['meta']['cpu_flags'])};"
+           f" jax {probe['meta']['jax']}; {probe['meta']['date']}", "",
+           "| variant | env | " + " | ".join(keys) + " | error |",
+           "|---|---|" + "---|" * len(keys) + "---|"]
+  for v in probe["variants"]:
+    env = " ".join(f"{k}={val}" for k, val in v["env"].items())
+    lines.append(f"| {v['variant']} | `{env}` | " + " | ".join(
+        str(v[k]) if isinstance(v.get(k), bool) else
+        f"{v[k]:.0f}" if isinstance(v.get(k), (int, float)) else "-" for k in keys)
+        + f" | {v.get('error', '')} |")
+  return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="folder for benchmark.json, BENCHMARKS.md, PNGs")
+  p.add_argument("--quick", action="store_true",
+                 help="small grid (batch 1,8 x seq 64,128; training 8x128), few repeats")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--size", default="base", choices=("base", "tiny"),
+                 help="configs/<model>.py size (tiny: for tests)")
+  p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=False,
+                 help="also time HF torch and HF Flax (default: off)")
+  p.add_argument("--reference-python", default=REFERENCE_VENV_PYTHON,
+                 help="python of the HF Flax reference venv (experiments/reference_env.sh)")
+  p.add_argument("--models", default=",".join(MODELS))
+  p.add_argument("--batches", default="", help="override the grid's batch sizes, e.g. 1,8")
+  p.add_argument("--seqs", default="", help="override the grid's sequence lengths")
+  p.add_argument("--train-points", default="", help="override training points, e.g. 8x128")
+  p.add_argument("--skip-training", action="store_true")
+  p.add_argument("--resume", action="store_true",
+                 help="carry on from <out>/partial.json (written after every point) of an "
+                      "interrupted run with the same settings")
+  p.add_argument("--report-only", action="store_true",
+                 help="write benchmark.json / BENCHMARKS.md / plots from <out>/partial.json "
+                      "without measuring anything more")
+  p.add_argument("--retries", type=int, default=0,
+                 help="time a point again (up to N times) when other processes used more "
+                      "than 25%% of the CPUs during it; the least busy attempt is kept")
+  p.add_argument("--wait-idle", type=float, default=0.0,
+                 help="before each measured point, wait up to this many seconds for other "
+                      "processes to use < 10%% of the CPUs (0: do not wait)")
+  p.add_argument("--no-plots", action="store_true")
+  p.add_argument("--xla-flag-probe", action="store_true",
+                 help="instead of the benchmark: GEMMs under each XLA CPU setting")
+  p.add_argument("--probe-model", action=argparse.BooleanOptionalAction, default=True,
+                 help="with --xla-flag-probe: also time BERT-base 8x128 per setting")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  if args.xla_flag_probe:
+    probe = xla_flag_probe(args)
+    with open(os.path.join(args.out, "xla_flags_probe.json"), "w") as f:
+      json.dump(probe, f, indent=1)
+    with open(os.path.join(args.out, "XLA_FLAGS_PROBE.md"), "w") as f:
+      f.write(probe_markdown(probe))
+    return 0
+  bench = Benchmark(args)
+  try:
+    res = bench.run()
+  finally:
+    if bench.flax is not None:
+      bench.flax.close()
+  res["plots"] = [] if args.no_plots else write_plots(res, args.out)
+  with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+    json.dump(res, f, indent=1, default=str)
+  text = markdown(res)
+  with open(os.path.join(args.out, "BENCHMARKS.md"), "w") as f:
+    f.write(text)
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

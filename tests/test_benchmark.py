@@ -1,0 +1,155 @@
+"""experiments/benchmark.py: its --quick path at the tiny sizes, without references.
+
+No timing is asserted (speed is never a test criterion); the test checks that
+the run writes every field, that the analytic FLOP count is the formula in the
+module docstring (numbers worked out by hand below), that it agrees with XLA's
+cost analysis, and that every ratio is computed from the rows.
+"""
+
+import json
+import math
+
+import pytest
+
+from experiments import benchmark as bm
+
+# The tiny sizes (configs/*.py:tiny): H=128, I=512, heads=2; BERT L=4 with
+# pooler; DistilBERT L=2, no pooler; ALBERT L=4, E=64, pooler.
+ARGS = ["--quick", "--size=tiny", "--no-reference", "--batches=1,2", "--seqs=32",
+        "--train-points=2x32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("benchmark")
+  assert bm.main(["--out", str(out)] + ARGS) == 0
+  with open(out / "benchmark.json") as f:
+    return json.load(f), out
+
+
+def test_files_and_fields(run):
+  res, out = run
+  for name in ("benchmark.json", "BENCHMARKS.md", "inference_scaling.png", "ratios.png",
+               "training_scaling.png"):
+    assert (out / name).stat().st_size > 0, name
+  meta = res["meta"]
+  for key in ("device_kind", "platform", "jax", "flax", "date", "command", "git", "dtype",
+              "grid", "repeat_policy", "cpu_count", "wall_s"):
+    assert key in meta, key
+  assert meta["command"].startswith("python -m experiments.benchmark ")
+  assert meta["reference"] is False and "reference" not in res
+  assert res["roofline"]["peak_gflops"]["float32"] > 0
+  assert res["roofline"]["square"][0]["m"] == 2048
+
+  rows = res["inference"]
+  assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in rows} == {
+      (m, "ours", b, 32) for m in bm.MODELS for b in (1, 2)}
+  for r in rows:
+    assert r["repeats"] == len(r["times_s"]) >= 1
+    assert r["median_s"] > 0 and r["compile_s"] > 0
+    assert math.isclose(r["tokens_per_s"], r["batch"] * r["seq"] / r["median_s"])
+    assert math.isclose(r["roofline_fraction"],
+                        r["analytic_flops"] / r["median_s"] / 1e9 /
+                        res["roofline"]["peak_gflops"]["float32"])
+    mem = r["xla_memory"]
+    assert mem["peak_estimate"] == (mem["argument_size"] + mem["output_size"] +
+                                    mem["temp_size"] - mem["alias_size"]) > 0
+    assert "others_cpu_fraction" in r["interference"]
+
+  train = res["training"]
+  assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in train} == {
+      (m, "ours", 2, 32) for m in bm.MODELS}
+  for r in train:
+    assert math.isclose(r["sequences_per_s"], 2 / r["median_s"])
+    assert math.isclose(r["mfu"], r["gflops_per_s"] / res["roofline"]["peak_gflops"]["float32"])
+    assert r["optimizer"] == {"bert": "adamw", "distilbert": "adamw", "albert": "lamb"}[r["model"]]
+  assert {t["target"] for t in res["targets"]} >= {"distil_ratio", "albert_ratio"}
+  text = (out / "BENCHMARKS.md").read_text()
+  assert "## Inference" in text and "## Training step" in text and "## Targets" in text
+
+
+def test_analytic_flops_match_the_hand_formula(run):
+  res, _ = run
+  cfg = {m: bm.model_config(m, "tiny", "float32") for m in bm.MODELS}
+  h, i, v = cfg["bert"].hidden_size, cfg["bert"].intermediate_size, cfg["bert"].vocab_size
+  assert (h, i) == (128, 512) and cfg["albert"].embedding_dim == 64
+  assert (cfg["bert"].num_layers, cfg["distilbert"].num_layers) == (4, 2)
+  assert cfg["distilbert"].vocab_size == v and not cfg["distilbert"].pooler
+  by = {(r["model"], r["batch"]): r["analytic_flops"] for r in res["inference"]}
+  # Per token per layer: qkv 2*128*384 + output 2*128*128 + FFN 2*2*128*512 = 393,216.
+  # Per sequence per layer: QK^T and AV 2*2*32*32*128 = 524,288. Pooler 2*128^2 = 32,768.
+  layer = 32 * 393_216 + 524_288
+  bert_seq = 4 * layer + 32_768  # 52,461,568
+  assert bert_seq == 52_461_568
+  assert by[("bert", 1)] == bert_seq
+  assert by[("bert", 2)] == 2 * bert_seq
+  assert by[("distilbert", 2)] == 2 * (2 * layer)  # 2 layers, no pooler
+  projection = 32 * 2 * 64 * 128  # ALBERT's E->H projection, per sequence
+  assert by[("albert", 2)] == 2 * (bert_seq + projection)
+  train = {r["model"]: r["analytic_flops"] for r in res["training"]}
+  positions = 5  # 20 masked positions per 128 tokens, at 32 tokens
+  nsp = 2 * 128 * 2
+  mlm_bert = positions * (2 * 128 * 128 + 2 * 128 * v)  # transform + tied decoder
+  assert train["bert"] == 3 * 2 * (bert_seq + mlm_bert + nsp)
+  mlm_albert = positions * (2 * 128 * 64 + 2 * 64 * cfg["albert"].vocab_size)
+  assert train["albert"] == 3 * 2 * (bert_seq + projection + mlm_albert + nsp)
+  mlm_everywhere = 32 * (2 * 128 * 128 + 2 * 128 * v)
+  student = 2 * layer + mlm_everywhere
+  teacher = 4 * layer + mlm_everywhere  # the teacher's pooler is unused
+  assert train["distilbert"] == 3 * 2 * student + 2 * teacher
+
+
+def test_analytic_flops_agree_with_xla(run):
+  res, _ = run
+  for r in res["inference"]:
+    ratio = r["xla_flops"] / r["analytic_flops"]
+    # XLA also counts element-wise work the matmul count leaves out; exact-erf
+    # GELU (BERT, DistilBERT) is the largest part of it at H=128.
+    assert 1.0 <= ratio <= (1.04 if r["model"] == "albert" else 1.12), (r["model"], ratio)
+    # The scanned layers are one while loop, whose body XLA counts once.
+    assert r["xla_flops_counted"] < r["xla_flops"]
+  for r in res["training"]:
+    # + the optimizer's element-wise updates, large next to a 2x32 batch of a tiny model.
+    assert 1.0 <= r["xla_flops"] / r["analytic_flops"] <= 1.3, r["model"]
+
+
+def test_ratios_are_computed_from_rows(run):
+  res, _ = run
+  rows = {(r["model"], r["impl"], r["batch"], r["seq"]): r for r in res["inference"]}
+  entries = res["ratios"]["model_vs_bert"]
+  assert len(entries) == 4  # (distilbert, albert) x 2 points
+  for e in entries:
+    other, bert = rows[(e["model"], "ours", e["batch"], e["seq"])], rows[
+        ("bert", "ours", e["batch"], e["seq"])]
+    assert e["latency_ratio"] == other["median_s"] / bert["median_s"]
+    assert e["flop_ratio"] == other["analytic_flops"] / bert["analytic_flops"]
+    assert e["delta_vs_flop_ratio"] == e["latency_ratio"] - e["flop_ratio"]
+  # And recomputing from edited rows changes them: nothing is typed in.
+  edited = json.loads(json.dumps(res))
+  for r in edited["inference"]:
+    if r["model"] == "bert":
+      r["median_s"] *= 2
+  again = bm.compute_ratios(edited, bm.MODELS)["model_vs_bert"]
+  for old, new in zip(entries, again):
+    assert math.isclose(new["latency_ratio"], old["latency_ratio"] / 2)
+  targets = {t["target"]: t for t in bm.evaluate_targets(dict(edited, ratios={
+      **bm.compute_ratios(edited, bm.MODELS)}))}
+  assert targets["distil_ratio"]["value"] == {
+      f"{e['batch']}x{e['seq']}": e["latency_ratio"] for e in again
+      if e["model"] == "distilbert"}
+
+
+def test_reference_speedups_are_computed_from_rows():
+  rows = []
+  for impl, seconds in (("ours", 1.0), ("hf_torch", 1.5), ("hf_flax", 2.0)):
+    for m in bm.MODELS:
+      rows.append({"model": m, "impl": impl, "batch": 8, "seq": 128, "median_s": seconds,
+                   "analytic_flops": 10})
+  train = [{"model": "bert", "impl": "ours", "batch": 8, "seq": 128, "median_s": 2.0,
+            "analytic_flops": 30},
+           {"model": "bert", "impl": "hf_torch", "batch": 8, "seq": 128, "median_s": 3.0,
+            "analytic_flops": 30}]
+  ratios = bm.compute_ratios({"inference": rows, "training": train}, bm.MODELS)
+  for e in ratios["ours_vs_reference"]:
+    assert e["speedup_vs_hf_torch"] == 1.5 and e["speedup_vs_hf_flax"] == 2.0
+  assert ratios["training_vs_reference"][0]["speedup_vs_hf_torch"] == 1.5
