@@ -64,7 +64,10 @@ def get_config(arg: str = "sst2"):
   config.finetune.init = ""  # lite_bert workdir, HF folder, or '' = random init
   config.finetune.epochs = 3.0  # sets train.num_steps when > 0
   config.finetune.eval_splits = ("validation",)  # MNLI: validation_matched, ..._mismatched
-  config.finetune.pad_multiple = 32  # dynamic padding: batch length rounded up to this
+  config.finetune.pad_multiple = 8  # dynamic padding: batch length rounded up to this
+  # Length grouping: batches drawn from sorted chunks of this many batches
+  # (1 = plain shuffled batches). See experiments/padding_benchmark.py.
+  config.finetune.bucket_batches = 50
   config.finetune.eval_batch_size = 64
   # Task-specific distillation: a fine-tuned teacher workdir; its soft labels
   # (temperature) are mixed with the hard labels with weight alpha_soft.

@@ -1590,6 +1590,7 @@ def markdown(res: dict) -> str:
     lines += ["", "Memory: ours = XLA memory analysis (args + outputs + temps - donated); "
               "hf_torch = peak RSS growth during a step. 'loss w/o dropout': the objective on "
               "the same batch and weights with dropout off (shows the objectives match).", ""]
+    lines += data_pipeline_lines(train)
     tv = res["ratios"]["training_vs_reference"]
     if tv:
       lines += ["Ours vs HF torch (training, > 1: ours faster): " + ", ".join(
@@ -1604,6 +1605,32 @@ def markdown(res: dict) -> str:
   for p in res.get("plots", []):
     lines.append(f"![{os.path.basename(p)}]({os.path.basename(p)})")
   return "\n".join(lines) + "\n"
+
+
+DATA_BENCHMARK = os.path.join(REPO, "experiments", "results", "data_benchmark.json")
+DATA_RECIPE = {"bert": "bert_wordpiece_nsp_whole_word", "albert": "albert_sentencepiece_sop_ngram3",
+               "distilbert": "distilbert_wordpiece_single_token"}
+
+
+def data_pipeline_lines(train: list, path: str = DATA_BENCHMARK) -> list:
+  """The input pipeline's measured sequences/s (one core, seq 128) next to what each step eats."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    data = json.load(f)
+  lines = [f"Input pipeline vs training step at seq 128 (pipeline: {path.split(REPO + '/')[-1]}, "
+           f"one {data['cpu']} core, {data['date']}; sequences/s):", "",
+           "| model | pipeline recipe | pipeline 1st epoch | pipeline later epochs | "
+           "step consumes (ours) | pipeline / step (1st epoch) |", "|---|---|---|---|---|---|"]
+  for r in train:
+    recipe = data["recipes"].get(DATA_RECIPE.get(r["model"], ""))
+    if r["impl"] != "ours" or r["seq"] != data["max_seq_length"] or recipe is None:
+      continue
+    first = recipe["first_epoch_seq_per_s"]
+    lines.append(f"| {r['model']} {r['batch']}x{r['seq']} | {DATA_RECIPE[r['model']]} | "
+                 f"{first:,.0f} | {recipe['steady_seq_per_s']:,.0f} | "
+                 f"{r['sequences_per_s']:,.1f} | {first / r['sequences_per_s']:,.0f}x |")
+  return lines + [""]
 
 
 # --------------------------------------------------------- XLA flag probe

@@ -4,9 +4,13 @@ Encoding: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, token types 0/1, the
 pair truncated longest-first to `max_seq_length` (as BERT's run_classifier).
 
 Padding: each batch is padded only to its longest row, rounded up to a
-multiple of `pad_multiple` (a few shapes, so few compilations). SST-2
-sentences average ~13 WordPiece tokens, so most batches run at 32 or 64
-instead of 128. `experiments/` measures what this saves.
+multiple of `pad_multiple` (a few shapes, so few compilations). With
+`bucket_batches` > 1 the training order is also grouped by length (as Hugging
+Face's `group_by_length`): each epoch's permutation is cut into chunks of
+`bucket_batches` batches, each chunk sorted by length and cut into batches, and
+the batches shuffled, so a batch holds rows of similar length and pads little.
+SST-2 sentences average ~13 WordPiece tokens; `experiments/padding_benchmark.py`
+measures what each policy saves.
 """
 
 from typing import Iterator, Optional, Sequence
@@ -80,7 +84,8 @@ class TaskBatches:
 
   def __init__(self, encoded, labels, *, batch_size: int, seed: int, pad_id: int,
                pad_multiple: int, max_seq_length: int, regression: bool,
-               process_index: int = 0, process_count: int = 1, state: Optional[dict] = None):
+               bucket_batches: int = 1, process_index: int = 0, process_count: int = 1,
+               state: Optional[dict] = None):
     if not encoded:
       raise UserError("the training split has no rows")
     self.encoded, self.labels = encoded, labels
@@ -88,6 +93,9 @@ class TaskBatches:
     self.options = dict(pad_id=pad_id, pad_multiple=pad_multiple,
                         max_seq_length=max_seq_length, regression=regression)
     self.process_index, self.process_count = process_index, process_count
+    self.bucket_batches = bucket_batches
+    self._lengths = np.array([len(ids) for ids, _ in encoded])
+    self._cached_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))
     state = state or {"epoch": 0, "position": 0}
     self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
@@ -95,7 +103,24 @@ class TaskBatches:
     return {"epoch": self.epoch, "position": self.position}
 
   def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.encoded))
+    """Row indices of epoch `epoch`; consecutive global batches are slices of it."""
+    if self._cached_order[0] == epoch:
+      return self._cached_order[1]
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(len(self.encoded))
+    if self.bucket_batches > 1:
+      global_batch = self.batch_size * self.process_count
+      usable = len(order) // global_batch * global_batch  # the ragged tail is dropped anyway
+      chunk = global_batch * self.bucket_batches
+      batches = []
+      for start in range(0, usable, chunk):
+        rows = order[start:min(start + chunk, usable)]
+        rows = rows[np.argsort(self._lengths[rows], kind="stable")]
+        batches.extend(rows.reshape(-1, global_batch))
+      batches = [batches[i] for i in rng.permutation(len(batches))]
+      order = np.concatenate(batches + [order[usable:]])
+    self._cached_order = (epoch, order)
+    return order
 
   def __iter__(self) -> Iterator[dict]:
     return self

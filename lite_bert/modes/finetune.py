@@ -226,7 +226,16 @@ def steps_for_epochs(config, num_train: int) -> None:
     config.train.eval_every = steps_per_epoch
 
 
+def check_batching(config) -> None:
+  """Refuses a bad padding / length-grouping field before any work is done."""
+  for name in ("pad_multiple", "bucket_batches", "eval_batch_size"):
+    value = config.finetune.get(name, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f"finetune.{name} must be an integer >= 1, got {value!r}")
+
+
 def build_job(config, workdir: str) -> loop.Job:
+  check_batching(config)
   spec = task_spec(config)
   cfg, tokenizer, source = model_and_tokenizer(config, workdir)
   data = load_task_data(config, spec, tokenizer)
@@ -269,7 +278,7 @@ def build_job(config, workdir: str) -> loop.Job:
         data.train, data.train_labels, batch_size=config.data.batch_size // jax.process_count(),
         seed=config.seed, pad_id=tokenizer.pad_id, pad_multiple=config.finetune.pad_multiple,
         max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
-        process_index=jax.process_index(), process_count=jax.process_count(), state=state)
+        bucket_batches=config.finetune.get('bucket_batches', 1), process_index=jax.process_index(), process_count=jax.process_count(), state=state)
 
   meta = setup.model_meta(cfg, job="finetune", task=spec.name, num_labels=spec.num_labels,
                           **teacher_meta)

@@ -1,0 +1,62 @@
+"""Training batches for tasks: shuffling, length grouping, padding, resume."""
+
+import numpy as np
+import pytest
+
+from lite_bert.data import classification
+
+
+def rows(n, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, 60, size=n)
+  encoded = [([101] + [7] * (int(k) - 2) + [102], [0] * int(k)) for k in lengths]
+  return encoded, list(rng.integers(0, 2, size=n))
+
+
+def batches(encoded, labels, count, **kw):
+  options = dict(batch_size=8, seed=3, pad_id=0, pad_multiple=8, max_seq_length=64,
+                 regression=False)
+  options.update(kw)
+  it = classification.TaskBatches(encoded, labels, **options)
+  return [next(it) for _ in range(count)], it
+
+
+@pytest.mark.parametrize("bucket_batches", [1, 5])
+def test_each_epoch_visits_every_row_once(bucket_batches):
+  encoded, labels = rows(203)
+  per_epoch = 203 // 8
+  out, _ = batches(encoded, labels, 2 * per_epoch, bucket_batches=bucket_batches)
+  for epoch in range(2):
+    ids = np.concatenate([b["example_ids"] for b in out[epoch * per_epoch:(epoch + 1) * per_epoch]])
+    assert len(set(ids.tolist())) == len(ids) == per_epoch * 8
+  for b in out:  # labels and ids travel together
+    assert [labels[i] for i in b["example_ids"]] == b["labels"].tolist()
+
+
+def test_length_grouping_pads_less_and_is_shuffled():
+  encoded, labels = rows(2000)
+  plain, _ = batches(encoded, labels, 200, bucket_batches=1)
+  grouped, _ = batches(encoded, labels, 200, bucket_batches=25)
+  padded = lambda bs: sum(b["input_ids"].size for b in bs)
+  real = lambda bs: sum(int(b["attention_mask"].sum()) for b in bs)
+  assert real(plain) > 0.9 * real(grouped)  # same kind of rows
+  assert padded(grouped) < 0.75 * padded(plain)
+  # Not simply sorted: consecutive batch lengths go up and down.
+  seqs = [b["input_ids"].shape[1] for b in grouped]
+  assert any(a > b for a, b in zip(seqs, seqs[1:])) and any(a < b for a, b in zip(seqs, seqs[1:]))
+  # Within a grouped batch the rows have similar lengths.
+  spread = np.mean([np.ptp(b["attention_mask"].sum(1)) for b in grouped])
+  assert spread < 0.5 * np.mean([np.ptp(b["attention_mask"].sum(1)) for b in plain])
+
+
+def test_restored_iterator_continues_exactly():
+  encoded, labels = rows(300)
+  full, _ = batches(encoded, labels, 90, bucket_batches=4)
+  _, it = batches(encoded, labels, 40, bucket_batches=4)
+  resumed = classification.TaskBatches(
+      encoded, labels, batch_size=8, seed=3, pad_id=0, pad_multiple=8, max_seq_length=64,
+      regression=False, bucket_batches=4, state=it.get_state())
+  for expected in full[40:]:
+    got = next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
