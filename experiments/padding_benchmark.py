@@ -136,7 +136,8 @@ def main() -> None:
                    f"--{k}={v}" for k, v in vars(args).items() if v),
                "machine": glue_runs.machine(), "commit": glue_runs.commit(),
                "task": args.task, "init": init, "batch_size": config.data.batch_size,
-               "max_seq_length": config.data.max_seq_length, "repeats": args.repeats},
+               "max_seq_length": config.data.max_seq_length, "repeats": args.repeats,
+               "load_average_1min_at_end": os.getloadavg()[0]},
       "step_s": {str(k): v for k, v in step_s.items()},
       "step_times_s": {str(k): v for k, v in times.items()},
       "compile_s": {str(k): v for k, v in compile_s.items()},
@@ -159,6 +160,9 @@ def markdown(result: dict) -> str:
            f"max_seq_length {meta['max_seq_length']}. Step time measured per padded length "
            f"(median of {meta['repeats']}, after compilation); epoch time = sum over the "
            "epoch's batches.", "",
+           f"Load average (1 min) when the timing ended: {meta.get('load_average_1min_at_end', 'not recorded')} "
+           f"on {meta['machine']['cpu_count']} cores. The lengths are timed interleaved, so other load "
+           "inflates the absolute times but hits every policy alike; the speedups are the result.", "",
            "| policy | pad_multiple | bucket_batches | lengths used | token efficiency | "
            "epoch compute | speedup vs fixed |", "|---|---|---|---|---|---|---|"]
   for name, p in result["policies"].items():

@@ -278,7 +278,8 @@ def build_job(config, workdir: str) -> loop.Job:
         data.train, data.train_labels, batch_size=config.data.batch_size // jax.process_count(),
         seed=config.seed, pad_id=tokenizer.pad_id, pad_multiple=config.finetune.pad_multiple,
         max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
-        bucket_batches=config.finetune.get('bucket_batches', 1), process_index=jax.process_index(), process_count=jax.process_count(), state=state)
+        bucket_batches=config.finetune.get("bucket_batches", 1),
+        process_index=jax.process_index(), process_count=jax.process_count(), state=state)
 
   meta = setup.model_meta(cfg, job="finetune", task=spec.name, num_labels=spec.num_labels,
                           **teacher_meta)
