@@ -68,23 +68,17 @@ def command(run: str, workdir: str, learning_rate: float = 5e-5) -> list[str]:
 
 
 def machine() -> dict:
-  cpu = ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-  except OSError:
-    pass
+  """Where a result was measured (the benchmark's own provenance helpers)."""
   import jax  # pylint: disable=import-outside-toplevel
-  return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+  from experiments import benchmark  # pylint: disable=import-outside-toplevel
+  return {"platform": platform.platform(), "cpu": benchmark.cpu_model(),
+          "cpu_count": os.cpu_count(),
           "jax_devices": [str(d.device_kind) for d in jax.devices()], "jax": jax.__version__}
 
 
 def commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return ""
+  from experiments import benchmark  # pylint: disable=import-outside-toplevel
+  return benchmark.git_info()["commit"]
 
 
 def dev_metrics(workdir: str) -> dict:
