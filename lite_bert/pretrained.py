@@ -67,6 +67,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_params(checkpoint_dir: str, step: Optional[int] = None) -> tuple[dict, int]:
   """(params as numpy, step) of a lite_bert checkpoint (latest if step is None)."""
+  checkpoint_dir = os.path.abspath(checkpoint_dir)  # Orbax restores absolute paths only
   if not os.path.isdir(checkpoint_dir):
     raise UserError(f"no checkpoints in {checkpoint_dir}")
   manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data", "meta"))

@@ -759,7 +759,7 @@ BAD_INPUTS = [
     # evaluate (a finished fine-tuning run)
     ("evaluate/not_a_run", "fresh", lambda c: EVALUATE, r"has no config\.json"),
     ("evaluate/pretraining_run", "pretrained", lambda c: EVALUATE,
-     r"holds a 'pretrain' run, not a fine-tuning run"),
+     r"holds a 'pretrain' run: scoring it needs --config\.data\.eval_corpus"),
     ("evaluate/unknown_split", "finetuned", lambda c: EVALUATE + ["--config.evaluate.split=tset"],
      r"no split 'tset'"),
     ("evaluate/bad_checkpoint_choice", "finetuned",

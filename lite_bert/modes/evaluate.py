@@ -1,4 +1,5 @@
-"""`mode=evaluate`: scores a fine-tuned workdir on any split of its task.
+"""`mode=evaluate`: scores a finished workdir; a fine-tuning run on its task, a
+pretraining or distillation run on held-out text (masked LM).
 
   python launch.py --config=configs/finetune.py:sst2 --config.mode=evaluate \
       --workdir=FINETUNED_DIR --config.evaluate.split=validation
@@ -8,21 +9,41 @@ restores the best-dev params (or the latest checkpoint with
 `--config.evaluate.checkpoint=latest`), and writes `evaluate_<split>.json`
 and `evaluate_predictions_<split>.tsv` next to the run's outputs. The command's
 own config only supplies `evaluate.*`.
+
+  python launch.py --config=configs/bert.py:tiny --config.mode=evaluate \
+      --workdir=PRETRAINED_DIR \
+      --config.data.eval_corpus=../shared/data/wikitext/wikitext-2-raw/wiki.valid.raw
+
+On a pretraining or distillation workdir: masked-LM loss, accuracy and
+perplexity of its latest checkpoint on `data.eval_corpus`, written to
+`evaluate_mlm_<corpus name>.json` (e.g. `evaluate_mlm_wiki.valid.json`). The
+command supplies `data.eval_corpus`, `data.eval_batches`, `data.masking` and
+`data.format`; the tokenizer, sequence length, batch size, predictions per
+sequence and seed are the run's. The examples are single segments (no NSP/SOP
+pairs), so BERT, ALBERT and DistilBERT runs sharing a tokenizer, length, batch
+and seed are scored on exactly the same masked tokens.
 """
 
 import functools
+import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lite_bert import pretrained
+from lite_bert.data import corpora
+from lite_bert.data import pipeline
 from lite_bert.errors import UserError
 from lite_bert.models.heads import ClassificationModel
+from lite_bert.models.heads import PretrainingModel
 from lite_bert.modes import finetune
+from lite_bert.modes import pretrain
 from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import mesh as mesh_lib
+from lite_bert.train import objectives
 
 
 def restore_best(workdir: str) -> dict:
@@ -48,8 +69,11 @@ def run(config, workdir: str) -> dict:
   if not os.path.isfile(os.path.join(workdir, "config.json")):
     raise UserError(f"{workdir} has no config.json: not a fine-tuning workdir")
   run_config = pretrained.read_run_config(workdir)
+  if run_config.get("mode") in MLM_MODES:
+    return evaluate_mlm(config, run_config, workdir)
   if run_config.get("mode") != "finetune":
-    raise UserError(f"{workdir} holds a {run_config.get('mode')!r} run, not a fine-tuning run")
+    raise UserError(f"{workdir} holds a {run_config.get('mode')!r} run, not a fine-tuning, "
+                    f"pretraining or distillation run")
   split = config.evaluate.split
   choice = config.evaluate.checkpoint
   if choice == "best":
@@ -78,3 +102,81 @@ def run(config, workdir: str) -> dict:
     print(f"{spec.name} {split} ({choice} checkpoint): " +
           " ".join(f"{k}={v:.4f}" for k, v in numbers.items()))
   return numbers
+
+
+# ------------------------------------------------- pretraining / distillation
+
+MLM_MODES = ("pretrain", "distill")
+_COMPRESSED = (".xz", ".gz", ".bz2")
+_TEXT = (".txt", ".raw", ".tokens")
+
+
+def corpus_label(spec: str) -> str:
+  """A file-name-safe name for a corpus spec: 'wiki.valid' for .../wiki.valid.raw."""
+  name = spec.rstrip("/")
+  if name.startswith(corpora.TFDS_PREFIX):
+    name = name[len(corpora.TFDS_PREFIX):]
+  else:
+    name = os.path.basename(name)
+    for suffixes in (_COMPRESSED, _TEXT):
+      for suffix in suffixes:
+        if name.endswith(suffix) and len(name) > len(suffix):
+          name = name[:-len(suffix)]
+          break
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "corpus"
+
+
+def mlm_result_path(workdir: str, eval_corpus: str) -> str:
+  """Where `evaluate_mlm` writes its numbers for `eval_corpus`."""
+  return os.path.join(workdir, f"evaluate_mlm_{corpus_label(eval_corpus)}.json")
+
+
+def evaluate_mlm(config, run_config, workdir: str) -> dict:
+  """Masked-LM numbers of a pretraining / distillation workdir on `data.eval_corpus`."""
+  mode = run_config.get("mode")
+  data = config.get("data") or {}
+  corpus = data.get("eval_corpus", "")
+  if not corpus:
+    raise UserError(f"{workdir} holds a {mode!r} run: scoring it needs "
+                    f"--config.data.eval_corpus=FILE (held-out text for the masked LM)")
+  with run_config.unlocked():
+    run_config.data.eval_corpus = corpus
+    run_config.data.eval_batches = data.get("eval_batches", run_config.data.eval_batches)
+    run_config.data.masking = data.get("masking", run_config.data.masking)
+    run_config.data.format = data.get("format", run_config.data.format)
+    run_config.data.pair_objective = "none"  # single segments: the same batches for every model
+  options = pretrain.batch_options(run_config)  # checks masking; refuses before any work
+  loaded = pretrained.load(workdir)
+  if "mlm_head" not in loaded.params:
+    raise UserError(f"{workdir} has no MLM head weights to score")
+  if loaded.tokenizer is None:
+    raise UserError(f"{workdir} has no tokenizer (tokenizer.path in its config.json, or "
+                    f"tokenizer/spm.model)")
+  documents = corpora.open_corpus(corpus, format=run_config.data.format)
+  batches = pipeline.eval_batches(
+      documents, loaded.tokenizer, num_batches=run_config.data.eval_batches,
+      seed=run_config.seed + 1, corpus_name=corpus, **options)
+  model = PretrainingModel(loaded.cfg, pair_head=loaded.pair_head)
+  mlm = objectives.pretraining_loss_fn(model, pair_weight=0.0)
+  score = pretrain.make_evaluate(
+      lambda params, frozen, batch, rng, deterministic: mlm(params, batch, rng, deterministic),
+      batches)
+  mesh = mesh_lib.make_mesh(config.get("mesh"))
+  numbers = score(loaded.params, None,
+                  functools.partial(mesh_lib.host_batch_to_global, mesh=mesh))
+  numbers = {k: numbers[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")}
+  result = dict(numbers, corpus=corpus, step=loaded.step, mode=mode,
+                arch=run_config.get("arch"), masking=run_config.data.masking,
+                batches=len(batches), sequences=int(sum(len(b["input_ids"]) for b in batches)),
+                masked_tokens=int(sum(float(b["masked_weights"].sum()) for b in batches)),
+                batch_size=run_config.data.batch_size,
+                max_seq_length=run_config.data.max_seq_length, seed=run_config.seed + 1)
+  path = mlm_result_path(workdir, corpus)
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    print(f"{run_config.get('name', mode)} step {loaded.step} on {corpus} "
+          f"({result['masked_tokens']} masked tokens, {run_config.data.masking} masking): " +
+          " ".join(f"{k}={v:.4f}" for k, v in numbers.items()) + f" -> {path}")
+  return result

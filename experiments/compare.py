@@ -1,0 +1,1244 @@
+r"""The comparative study in one command: BERT, DistilBERT (distilled from that BERT) and ALBERT.
+
+  python -m experiments.compare --workdir=workdirs/compare_small --scale=small
+  python -m experiments.compare --workdir=workdirs/compare_small --report-only
+
+checks, side by side and in one run, the claims of "A Comparative Analysis of
+DistilBERT and ALBERT" (`STUDY` below: BERT-base 110M parameters, DistilBERT
+66M, ALBERT-base 12M; embeddings 23M vs 3M; DistilBERT 60% faster at 97% of
+BERT's GLUE score; ALBERT not faster). Every stage is one plain command (a
+`python launch.py ...` run, or the benchmark) in its own folder under
+`--workdir`:
+
+  summary_base_<model>     parameter counts at base size (`mode=summary`)
+  summary_trained_<model>  the same for the models as trained at this scale
+  tokenizer                one sentencepiece vocabulary for all three models
+  pretrain_bert, pretrain_albert   MLM+NSP / MLM+SOP on the Gutenberg books
+  distill_distilbert       DistilBERT distilled from pretrain_bert (`mode=distill`)
+  eval_<corpus>_<model>    `mode=evaluate` of each: masked-LM accuracy and
+                           perplexity on held-out Gutenberg books and on
+                           WikiText, one masking, the same masked tokens for all
+                           three (results land in the trained workdir)
+  finetune_<model>_<task>  SST-2 and MRPC, dev scores (`eval_validation.json`)
+  benchmark                `experiments/benchmark.py` at base size: inference
+                           latency and memory over a batch x length grid
+
+A stage whose final outputs exist is skipped; an interrupted one resumes from
+its checkpoint when the command is run again (or just `--workdir=DIR`: the
+settings DIR was made with; delete a stage's folder to redo it). `--stages=pretrain_albert,finetune` runs only those stages (their inputs
+must exist). Each stage's command, log (`logs/<stage>.log`) and wall time
+(`stages/<stage>.json`; an interrupted attempt counts until its log's last
+write) are kept. Then `report.md` and its PNG plots are written from those
+files alone; `--report-only` rewrites them without running anything, byte for
+byte the same. `report_numbers.json` names the source of every number in
+`report.md` (a JSON file and key, a folder's size on disk, a figure of the
+study, or arithmetic on those); `tests/test_compare.py` checks each one.
+
+Scales (`SCALES`): `tiny` (the configs' tiny models, 300 steps: 40 minutes
+measured on 2 CPU cores shared with other jobs, less on idle ones), `small` (4 layers of 256, 400 steps: about an hour on 2 CPU
+cores), `base` (the real BERT-base / DistilBERT / ALBERT-base, 100k steps of
+256 sequences: an accelerator). The parameter counts and the benchmark are at
+base size at every scale. Step counts, the corpora, the benchmark grid and the
+evaluation size can be overridden (`--pretrain-steps`, `--corpus`, `--batches`,
+...; the test runs `tiny` with a few steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+from lite_bert import paths  # no jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ("bert", "distilbert", "albert")
+TRAINED_BY = {"bert": "pretrain_bert", "distilbert": "distill_distilbert",
+              "albert": "pretrain_albert"}
+NAMES = {"bert": "BERT", "distilbert": "DistilBERT", "albert": "ALBERT"}
+TASKS = ("sst2", "mrpc")
+TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC"}
+COLORS = {"bert": "tab:blue", "distilbert": "tab:orange", "albert": "tab:green"}
+
+# ------------------------------------------------------------------- the study
+#
+# What "A Comparative Analysis of DistilBERT and ALBERT" states, typed once.
+# `claim` is the study's sentence ({} = `value` shown with `scale`/`fmt`);
+# other numeric fields are the criteria our numbers are held to.
+STUDY = {
+    "bert_params": dict(claim="BERT-base has {}M parameters", value=110e6, scale=1e-6,
+                        fmt=".0f", tolerance=0.05),
+    "distilbert_params": dict(claim="DistilBERT has {}M parameters", value=66e6, scale=1e-6,
+                              fmt=".0f", tolerance=0.05),
+    "distilbert_fewer": dict(claim="DistilBERT has {}% fewer parameters than BERT", value=40,
+                             scale=1, fmt=".0f", points=2),
+    "albert_params": dict(claim="ALBERT-base has {}M parameters", value=12e6, scale=1e-6,
+                          fmt=".0f", tolerance=0.05),
+    "albert_fewer": dict(claim="ALBERT-base has {}% fewer parameters than BERT", value=89,
+                         scale=1, fmt=".0f", points=2),
+    "bert_embeddings": dict(claim="BERT's embeddings hold {}M parameters", value=23e6,
+                            scale=1e-6, fmt=".0f", tolerance=0.05),
+    "albert_embeddings": dict(claim="ALBERT's factorized embeddings hold {}M parameters",
+                              value=3e6, scale=1e-6, fmt=".0f", tolerance=0.05),
+    # "60% faster": the issue reads it as DistilBERT/BERT latency <= 0.6; Sanh
+    # et al. (Table 3) measured 410 s vs 668 s of CPU inference (ratio 0.61).
+    "distilbert_faster": dict(claim="DistilBERT is {}% faster than BERT", value=60, scale=1,
+                              fmt=".0f", max_ratio=0.6, sanh_distilbert_s=410.0,
+                              sanh_bert_s=668.0),
+    "distilbert_glue": dict(claim="DistilBERT keeps {}% of BERT's GLUE score", value=97,
+                            scale=1, fmt=".0f", min_retention=0.97),
+    # Not faster: it still runs all its layers (sharing saves parameters, not FLOPs).
+    "albert_not_faster": dict(claim="ALBERT is not faster than BERT: it still runs {} layers",
+                              value=12, scale=1, fmt=".0f", min_ratio=0.9, max_ratio=1.1),
+}
+
+# ---------------------------------------------------------------------- scales
+
+_SMALL_SHAPE = dict(hidden_size=256, num_heads=4, intermediate_size=1024, vocab_size=8000)
+SCALES = {
+    # The configs' tiny models (H=128; BERT and ALBERT 4 layers, DistilBERT 2) and
+    # their CPU schedule.
+    "tiny": dict(
+        size="tiny", vocab_size=5000,
+        model={"bert": {}, "albert": {}, "distilbert": {}},
+        tokenizer_sentences=100_000, batch_size=32, max_seq_length=128,
+        pretrain_steps=300, distill_steps=300,
+        learning_rate={"bert": 5e-4, "albert": 5e-3, "distilbert": 5e-4},
+        # Fine-tuning lr measured on SST-2 with this scale's BERT (300 steps): 1e-4
+        # predicts one class (0.509), 3e-4 gives 0.645, 1e-3 0.755.
+        finetune_steps={"sst2": 300, "mrpc": 114}, finetune_learning_rate=1e-3,
+        finetune_batch_size=32, eval_batches=20,
+        benchmark=dict(batches=(1, 8), seqs=(64, 128), quick=True, retries=0, wait_idle=0)),
+    # 4 layers of 256 (ALBERT: E=128, one shared layer; DistilBERT: 2 layers),
+    # 8,000-piece vocabulary, 400 steps of 32 x 128 each (~1.4 s a step on 2 CPU
+    # cores), SST-2 400 steps, MRPC 2 epochs: about an hour on 2 CPU cores.
+    "small": dict(
+        size="tiny", vocab_size=8000,
+        model={"bert": dict(_SMALL_SHAPE, num_layers=4),
+               "albert": dict(_SMALL_SHAPE, num_layers=4, embedding_size=128),
+               "distilbert": dict(_SMALL_SHAPE, num_layers=2)},
+        tokenizer_sentences=200_000, batch_size=32, max_seq_length=128,
+        pretrain_steps=400, distill_steps=400,
+        learning_rate={"bert": 5e-4, "albert": 5e-3, "distilbert": 5e-4},
+        finetune_steps={"sst2": 400, "mrpc": 228}, finetune_learning_rate=5e-4,
+        finetune_batch_size=32, eval_batches=20,
+        benchmark=dict(batches=(1, 8), seqs=(64, 128, 256, 512), quick=False, retries=2,
+                       wait_idle=60)),
+    # The real sizes on an accelerator: 100k steps of 256 x 128 for each model
+    # (BERT's recipe shortened; ALBERT's LAMB rate scaled by sqrt(256 / 4096)),
+    # 3 epochs of fine-tuning with BERT's recipe (lr 2e-5, batch 32).
+    "base": dict(
+        size="base", vocab_size=30000,
+        model={"bert": {"vocab_size": 30000}, "albert": {},
+               "distilbert": {"vocab_size": 30000}},
+        tokenizer_sentences=300_000, batch_size=256, max_seq_length=128,
+        pretrain_steps=100_000, distill_steps=100_000,
+        learning_rate={"bert": 1e-4, "albert": 4.4e-4, "distilbert": 5e-4},
+        finetune_steps={"sst2": 6312, "mrpc": 342}, finetune_learning_rate=2e-5,
+        finetune_batch_size=32, eval_batches=50,
+        benchmark=dict(batches=(1, 8, 32), seqs=(128, 256, 512), quick=False, retries=0,
+                       wait_idle=0)),
+}
+
+
+def data_path(*parts: str) -> str:
+  return os.path.join(str(paths.data_dir()), *parts)
+
+
+def shown_path(path: str) -> str:
+  """A path as commands show it: relative to the repository when close to it."""
+  path = os.path.abspath(path)
+  rel = os.path.relpath(path, REPO)
+  return rel if not rel.startswith(os.pardir + os.sep + os.pardir) else path
+
+
+def corpus_label(spec: str) -> str:
+  from lite_bert.modes import evaluate  # pylint: disable=import-outside-toplevel  # jax
+  return evaluate.corpus_label(spec)
+
+
+# ------------------------------------------------------------------------ plan
+
+
+class Stage:
+  """One command in its own folder; `done()` says whether its final outputs exist."""
+
+  def __init__(self, name: str, group: str, argv: list, workdir: str,
+               done: Callable[[], bool], needs: tuple = ()):
+    self.name, self.group, self.argv, self.workdir = name, group, argv, workdir
+    self.done, self.needs = done, needs
+
+  @property
+  def command(self) -> str:
+    return " ".join(shlex.quote(a) for a in ["python"] + self.argv[1:])
+
+
+def finished_training(workdir: str, extra: tuple = ()) -> bool:
+  """config.json names num_steps and checkpoints/<num_steps> was committed."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      steps = json.load(f)["train"]["num_steps"]
+  except (OSError, ValueError, KeyError):
+    return False
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))) and all(
+      os.path.exists(os.path.join(workdir, e)) for e in extra)
+
+
+def settings_of(args) -> dict:
+  """Everything that decides the stages' commands (stored in run.json, compared on reruns)."""
+  scale = SCALES[args.scale]
+  bench = scale["benchmark"]
+  return dict(
+      scale=args.scale,
+      corpus=args.corpus or data_path("gutenberg", "gutenberg_train.txt.xz"),
+      eval_corpus=args.eval_corpus or data_path("gutenberg", "gutenberg_valid.txt.xz"),
+      wikitext=args.wikitext or data_path("wikitext", "wikitext-2-raw", "wiki.valid.raw"),
+      pretrain_steps=args.pretrain_steps or scale["pretrain_steps"],
+      distill_steps=args.distill_steps or scale["distill_steps"],
+      finetune_steps={t: args.finetune_steps or scale["finetune_steps"][t] for t in TASKS},
+      finetune_pad_multiple=args.finetune_pad_multiple,
+      eval_batches=args.eval_batches or scale["eval_batches"],
+      tokenizer_sentences=args.tokenizer_sentences or scale["tokenizer_sentences"],
+      batches=[int(b) for b in args.batches.split(",")] if args.batches else list(
+          bench["batches"]),
+      seqs=[int(s) for s in args.seqs.split(",")] if args.seqs else list(bench["seqs"]),
+      bench_size=args.bench_size)
+
+
+def schedule(steps: int) -> dict:
+  """Logging, evaluation, checkpoint and warmup intervals for a run of `steps` steps."""
+  return dict(log_every=max(1, min(steps // 30, 1000)), eval_every=max(1, steps // 4),
+              checkpoint_every=max(1, min(steps // 4, 5000)), warmup=max(1, steps // 10))
+
+
+def make_plan(root: str, s: dict) -> list:
+  scale = SCALES[s["scale"]]
+  py = sys.executable
+  stages = []
+  w = lambda name: os.path.join(root, name)
+  launch = lambda config, workdir, *extra: [py, "launch.py", f"--config={config}",
+                                            f"--workdir={shown_path(workdir)}", *extra]
+
+  def model_flags(m):
+    return [f"--config.model.{k}={v}" for k, v in sorted(scale["model"][m].items())]
+
+  for m in MODELS:
+    d = w(f"summary_base_{m}")
+    stages.append(Stage(f"summary_base_{m}", "summary",
+                        launch(f"configs/{m}.py:base", d, "--config.mode=summary"), d,
+                        lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
+  for m in MODELS:  # the models as trained at this scale
+    d = w(f"summary_trained_{m}")
+    stages.append(Stage(f"summary_trained_{m}", "summary",
+                        launch(f"configs/{m}.py:{scale['size']}", d, "--config.mode=summary",
+                               *model_flags(m)), d,
+                        lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
+
+  def corpus_flag(spec):
+    return shown_path(spec) if os.path.exists(spec) else spec
+
+  tok = w("tokenizer")
+  spm = os.path.join(tok, "tokenizer", "spm.model")
+  stages.append(Stage("tokenizer", "tokenizer", launch(
+      "configs/tokenizer.py", tok, f"--config.data.corpus={corpus_flag(s['corpus'])}",
+      f"--config.tokenizer.vocab_size={scale['vocab_size']}",
+      f"--config.tokenizer.max_sentences={s['tokenizer_sentences']}"), tok,
+      lambda: os.path.exists(spm)))
+
+  def training_flags(m, steps):
+    sch = schedule(steps)
+    return [f"--config.data.corpus={corpus_flag(s['corpus'])}",
+            f"--config.data.eval_corpus={corpus_flag(s['eval_corpus'])}",
+            f"--config.data.eval_batches={s['eval_batches']}",
+            f"--config.data.batch_size={scale['batch_size']}",
+            f"--config.data.max_seq_length={scale['max_seq_length']}",
+            f"--config.train.num_steps={steps}",
+            f"--config.train.log_every={sch['log_every']}",
+            f"--config.train.eval_every={sch['eval_every']}",
+            f"--config.checkpoint.every_steps={sch['checkpoint_every']}",
+            f"--config.optim.learning_rate={scale['learning_rate'][m]}",
+            f"--config.optim.warmup_steps={sch['warmup']}"] + model_flags(m)
+
+  for m in ("bert", "albert"):
+    d = w(f"pretrain_{m}")
+    stages.append(Stage(f"pretrain_{m}", "pretrain", launch(
+        f"configs/{m}.py:{scale['size']}", d, "--config.mode=pretrain",
+        f"--config.tokenizer.path={spm}", *training_flags(m, s["pretrain_steps"])),
+        d, lambda d=d: finished_training(d), needs=("tokenizer",)))
+  d = w("distill_distilbert")
+  stages.append(Stage("distill_distilbert", "distill", launch(
+      f"configs/distilbert.py:{scale['size']}", d, "--config.mode=distill",
+      f"--config.distill.teacher={w('pretrain_bert')}",
+      *training_flags("distilbert", s["distill_steps"])),
+      d, lambda d=d: finished_training(d), needs=("pretrain_bert",)))
+
+  for label, corpus in (("heldout", s["eval_corpus"]), ("wikitext", s["wikitext"])):
+    for m in MODELS:
+      trained = w(TRAINED_BY[m])
+      result = os.path.join(trained, f"evaluate_mlm_{corpus_label(corpus)}.json")
+      stages.append(Stage(f"eval_{label}_{m}", "evaluate", launch(
+          f"configs/{m}.py:{scale['size']}", trained, "--config.mode=evaluate",
+          f"--config.data.eval_corpus={corpus_flag(corpus)}", "--config.data.masking=token",
+          f"--config.data.eval_batches={s['eval_batches']}"), trained,
+          lambda r=result: os.path.exists(r), needs=(TRAINED_BY[m],)))
+
+  for m in MODELS:
+    for task in TASKS:
+      d = w(f"finetune_{m}_{task}")
+      steps = s["finetune_steps"][task]
+      stages.append(Stage(f"finetune_{m}_{task}", "finetune", launch(
+          f"configs/finetune.py:{task},{m}:{scale['size']}", d,
+          f"--config.finetune.init={w(TRAINED_BY[m])}",
+          "--config.finetune.epochs=0", f"--config.train.num_steps={steps}",
+          f"--config.train.eval_every={steps}",
+          f"--config.train.log_every={max(1, min(steps // 20, 500))}",
+          f"--config.checkpoint.every_steps={max(1, min(steps, 2000))}",
+          f"--config.data.batch_size={scale['finetune_batch_size']}",
+          f"--config.optim.learning_rate={scale['finetune_learning_rate']}",
+          "--config.optim.warmup_steps=-1", "--config.optim.warmup_fraction=0.1",
+          *([f"--config.finetune.pad_multiple={s['finetune_pad_multiple']}"]
+            if s.get("finetune_pad_multiple") else [])), d,
+          lambda d=d: finished_training(d, ("eval_validation.json",)),
+          needs=(TRAINED_BY[m],)))
+
+  bench = SCALES[s["scale"]]["benchmark"]
+  d = w("benchmark")
+  argv = [py, "-m", "experiments.benchmark", f"--out={shown_path(d)}",
+          f"--size={s['bench_size']}", "--no-reference", "--skip-training", "--resume",
+          f"--batches={','.join(map(str, s['batches']))}",
+          f"--seqs={','.join(map(str, s['seqs']))}"]
+  if bench["quick"]:
+    argv.append("--quick")
+  if bench["retries"]:
+    argv.append(f"--retries={bench['retries']}")
+  if bench["wait_idle"]:
+    argv.append(f"--wait-idle={bench['wait_idle']}")
+  stages.append(Stage("benchmark", "benchmark", argv, d,
+                      lambda d=d: os.path.exists(os.path.join(d, "benchmark.json"))))
+  return stages
+
+
+# ---------------------------------------------------------------------- running
+
+
+def now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def git_commit() -> dict:
+  def git(*a):
+    try:
+      return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                            timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return ""
+  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def machine() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version()}
+
+
+def close_interrupted(record: dict, log: str) -> None:
+  """An attempt without a wall time was interrupted: it lasted until its log's last write."""
+  for attempt in record["attempts"]:
+    if "wall_s" not in attempt:
+      end = os.path.getmtime(log) if os.path.exists(log) else attempt["started_ts"]
+      attempt.update(wall_s=max(0.0, end - attempt["started_ts"]), interrupted=True)
+
+
+def run_stage(stage: Stage, root: str, position: str, echo: bool) -> None:
+  record_path = os.path.join(root, "stages", f"{stage.name}.json")
+  log = os.path.join(root, "logs", f"{stage.name}.log")
+  os.makedirs(os.path.dirname(log), exist_ok=True)
+  record = read_json(record_path) if os.path.exists(record_path) else None
+  if record is None or record.get("status") == "done":  # new, or redone after a deletion
+    record = {"stage": stage.name, "attempts": []}
+    if os.path.exists(log):
+      os.replace(log, log + ".previous")
+  close_interrupted(record, log)
+  record.update(command=stage.command, workdir=shown_path(stage.workdir), status="running")
+  attempt = {"started": now_iso(), "started_ts": time.time()}
+  record["attempts"].append(attempt)
+  record["wall_s"] = sum(a.get("wall_s", 0.0) for a in record["attempts"])
+  write_json(record_path, record)
+  resumed = " (resuming)" if len(record["attempts"]) > 1 else ""
+  print(f"[{position}] {stage.name}{resumed}: {stage.command}\n  log: {log}", flush=True)
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  rc = None
+  try:
+    with open(log, "a") as f:
+      f.write(f"\n# {attempt['started']} {stage.command}\n")
+      proc = subprocess.Popen(stage.argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1)
+      for line in proc.stdout:
+        f.write(line)
+        f.flush()
+        if echo:
+          print(f"  {stage.name} | {line}", end="", flush=True)
+      rc = proc.wait()
+  finally:
+    attempt.update(finished=now_iso(), wall_s=time.time() - attempt["started_ts"], rc=rc)
+    record["wall_s"] = sum(a["wall_s"] for a in record["attempts"])
+    record["status"] = "done" if rc == 0 and stage.done() else "failed"
+    write_json(record_path, record)
+  if record["status"] != "done":
+    with open(log) as f:
+      tail = f.readlines()[-15:]
+    sys.stdout.write("".join("  " + l for l in tail))
+    raise SystemExit(f"error: stage {stage.name} failed (exit status {rc}); log: {log}")
+  print(f"[{position}] {stage.name} done in {attempt['wall_s'] / 60:.1f} min "
+        f"(stage total {record['wall_s'] / 60:.1f} min)", flush=True)
+
+
+def select(stages: list, names: str) -> list:
+  if not names:
+    return stages
+  wanted = [n.strip() for n in names.split(",") if n.strip()]
+  known = {s.name for s in stages} | {s.group for s in stages}
+  unknown = [n for n in wanted if n not in known]
+  if unknown:
+    raise SystemExit(f"error: unknown stage(s) {unknown}; stages: "
+                     f"{[s.name for s in stages]}, groups: {sorted({s.group for s in stages})}")
+  return [s for s in stages if s.name in wanted or s.group in wanted]
+
+
+def run_all(args, root: str) -> None:
+  run_path = os.path.join(root, "run.json")
+  run = read_json(run_path) if os.path.exists(run_path) else None
+  if args.scale is None:
+    if run is None:
+      raise SystemExit(f"error: --scale is required: {root} holds no comparison to resume")
+    settings = run["settings"]  # resume with the settings the folder was made with
+  else:
+    settings = settings_of(args)
+  if run is not None and run["settings"] != settings:
+    changed = sorted(k for k in settings if run["settings"].get(k) != settings[k])
+    raise SystemExit(f"error: {root} holds a comparison made with other settings ({changed} "
+                     f"differ; it has --scale={run['settings']['scale']}); rerun it with the same "
+                     f"flags, or use another --workdir")
+  stages = make_plan(root, settings)
+  chosen = select(stages, args.stages)
+  by_name = {s.name: s for s in stages}
+  todo = [s for s in chosen if not s.done()]
+  for stage in todo:
+    missing = [n for n in stage.needs if not by_name[n].done() and by_name[n] not in todo]
+    if missing:
+      raise SystemExit(f"error: stage {stage.name} needs {missing} first (run without "
+                       f"--stages, or add them)")
+  command = "python -m experiments.compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  run = run or {"settings": settings, "invocations": []}
+  if todo:
+    run["invocations"].append({"date": now_iso(), "command": command, "git": git_commit(),
+                               "machine": machine(), "stages": [s.name for s in todo]})
+    write_json(run_path, run)
+  elif not os.path.exists(run_path):
+    write_json(run_path, run)
+  skipped = [s.name for s in chosen if s not in todo]
+  if skipped:
+    print(f"done already (delete a stage's folder to redo it): {', '.join(skipped)}")
+  for stage in chosen:
+    path = os.path.join(root, "stages", f"{stage.name}.json")
+    if stage not in todo and os.path.exists(path) and read_json(path)["command"] != stage.command:
+      print(f"warning: {stage.name} was run with another command than this version plans; "
+            f"delete {shown_path(stage.workdir)} to redo it", flush=True)
+  start = time.time()
+  for i, stage in enumerate(todo):
+    run_stage(stage, root, f"{i + 1}/{len(todo)}", echo=args.echo)
+  if todo:
+    print(f"{len(todo)} stage(s) in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+# ---------------------------------------------------------------------- numbers
+
+
+class Num:
+  """A number and where it comes from (a source spec `tests/test_compare.py` resolves)."""
+
+  __slots__ = ("value", "src")
+
+  def __init__(self, value, src: dict):
+    self.value, self.src = value, src
+
+  @staticmethod
+  def of(x) -> "Num":
+    return x if isinstance(x, Num) else Num(x, {"const": x})
+
+  def _op(self, op, other, fn):
+    other = Num.of(other)
+    return Num(fn(self.value, other.value), {"op": op, "args": [self.src, other.src]})
+
+  def __truediv__(self, other):
+    return self._op("div", other, lambda a, b: a / b)
+
+  def __mul__(self, other):
+    return self._op("mul", other, lambda a, b: a * b)
+
+  def __sub__(self, other):
+    return self._op("sub", other, lambda a, b: a - b)
+
+  def __rsub__(self, other):
+    return Num.of(other)._op("sub", self, lambda a, b: a - b)
+
+  def __add__(self, other):
+    return self._op("add", other, lambda a, b: a + b)
+
+  def __abs__(self):
+    return Num(abs(self.value), {"op": "abs", "args": [self.src]})
+
+
+def reduce_nums(op: str, nums: list) -> Num:
+  values = [n.value for n in nums]
+  fn = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max, "sum": sum}[op]
+  return Num(fn(values), {"op": op, "args": [n.src for n in nums]})
+
+
+def select_item(items: list, match: dict):
+  found = [x for x in items if all(x.get(k) == v for k, v in match.items())]
+  if len(found) != 1:
+    raise KeyError(f"{len(found)} items match {match}")
+  return found[0]
+
+
+class Sources:
+  """Reads the workdirs' files; every value comes back as a `Num` with its source."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self._cache: dict = {}
+
+  def path(self, rel: str) -> str:
+    return os.path.join(self.root, rel)
+
+  def exists(self, rel: str) -> bool:
+    return os.path.exists(self.path(rel))
+
+  def load(self, rel: str):
+    if rel not in self._cache:
+      with open(self.path(rel)) as f:
+        self._cache[rel] = ([json.loads(l) for l in f if l.strip()] if rel.endswith(".jsonl")
+                            else json.load(f))
+    return self._cache[rel]
+
+  def raw(self, rel: str, *keys):
+    value = self.load(rel)
+    for key in keys:
+      value = select_item(value, key) if isinstance(key, dict) else value[key]
+    return value
+
+  def get(self, rel: str, *keys) -> Optional[Num]:
+    """The number at `keys` in file `rel`, or None when the file / key / value is missing."""
+    try:
+      value = self.raw(rel, *keys)
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+      return None
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      return None
+    return Num(value, {"file": rel, "key": list(keys)})
+
+  def dir_bytes(self, rel: str) -> Optional[Num]:
+    top = self.path(rel)
+    if not os.path.isdir(top):
+      return None
+    total = 0
+    for folder, _, files in os.walk(top):
+      total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+    return Num(total, {"dir_bytes": rel})
+
+
+def study(key: str, field: str = "value") -> Num:
+  return Num(STUDY[key][field], {"study": key, "field": field})
+
+
+class Ledger:
+  """Formats numbers for the report and records each with its source."""
+
+  def __init__(self):
+    self.items: list = []
+
+  def __call__(self, num: Optional[Num], fmt: str, scale: float = 1, missing: str = "n/a"
+               ) -> str:
+    if num is None:
+      return missing
+    text = format(num.value * scale, fmt)
+    self.items.append({"text": text, "fmt": fmt, "scale": scale, "source": num.src})
+    return text
+
+  def study_claim(self, key: str) -> str:
+    entry = STUDY[key]
+    return entry["claim"].format(self(study(key), entry["fmt"], entry["scale"]))
+
+
+def ms_fmt(seconds: float) -> str:
+  ms = seconds * 1e3
+  return ".1f" if ms >= 10 else ".2f" if ms >= 1 else ".3f"
+
+
+# ---------------------------------------------------------------------- report
+
+
+def md_table(header: list, rows: list) -> list:
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+          ["| " + " | ".join(row) + " |" for row in rows] + [""])
+
+
+def code(text) -> str:
+  return "`" + str(text).replace("`", "'") + "`"
+
+
+class Report:
+  """Everything `report.md` shows, read from the stage folders."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self.src = Sources(root)
+    self.n = Ledger()
+    self.run = self.src.raw("run.json") if self.src.exists("run.json") else {
+        "settings": {}, "invocations": []}
+    self.settings = self.run["settings"]
+    self.scale = self.settings.get("scale", "?")
+
+  # ---- helpers
+
+  def summary(self, which: str, m: str, key: str) -> Optional[Num]:
+    return self.src.get(f"summary_{which}_{m}/summary.json", key)
+
+  def trained(self, m: str) -> str:
+    return TRAINED_BY[m]
+
+  def final_step(self, stage: str) -> Optional[Num]:
+    return self.src.get(f"{stage}/config.json", "train", "num_steps")
+
+  def dev(self, m: str, task: str, metric: str) -> Optional[Num]:
+    return self.src.get(f"finetune_{m}_{task}/eval_validation.json", metric)
+
+  def task_score(self, m: str, task: str) -> Optional[Num]:
+    """GLUE's score of a task: SST-2 accuracy; MRPC the mean of accuracy and F1."""
+    if task == "mrpc":
+      acc, f1 = self.dev(m, task, "accuracy"), self.dev(m, task, "f1")
+      return None if acc is None or f1 is None else reduce_nums("mean", [acc, f1])
+    return self.dev(m, task, "accuracy")
+
+  def one_class(self, m: str, task: str) -> bool:
+    """Whether the fine-tuned model predicts the same label for every dev example."""
+    path = self.src.path(f"finetune_{m}_{task}/predictions_validation.tsv")
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      return len({line.rstrip("\n").split("\t")[-1] for line in list(f)[1:]}) == 1
+
+  def glue_score(self, m: str) -> Optional[Num]:
+    scores = [self.task_score(m, t) for t in TASKS]
+    return None if None in scores else reduce_nums("mean", scores)
+
+  def bench_rows(self) -> list:
+    if not self.src.exists("benchmark/benchmark.json"):
+      return []
+    rows = self.src.raw("benchmark/benchmark.json", "inference")
+    return sorted({(r["batch"], r["seq"]) for r in rows if r["impl"] == "ours"},
+                  key=lambda p: (p[0], p[1]))
+
+  def latency(self, m: str, b: int, s: int) -> Optional[Num]:
+    return self.src.get("benchmark/benchmark.json", "inference",
+                        {"model": m, "impl": "ours", "batch": b, "seq": s}, "median_s")
+
+  def ratio(self, m: str, b: int, s: int, field: str = "latency_ratio") -> Optional[Num]:
+    return self.src.get("benchmark/benchmark.json", "ratios", "model_vs_bert",
+                        {"model": m, "impl": "ours", "batch": b, "seq": s}, field)
+
+  def wall(self, stage: str) -> Optional[Num]:
+    return self.src.get(f"stages/{stage}.json", "wall_s")
+
+  # ---- sections
+
+  def header(self) -> list:
+    lines = [f"# BERT, DistilBERT and ALBERT side by side (scale {code(self.scale)})", "",
+             "Written by " + code("python -m experiments.compare") + " from the stage folders "
+             "of " + code(shown_path(self.root)) + " (" + code("--report-only") +
+             " rewrites it without running anything). Every number below comes from a file of "
+             "those folders (" + code("report_numbers.json") + " names it) or from the study.",
+             ""]
+    for inv in self.run["invocations"]:
+      git = inv["git"]
+      lines.append(f"- run {code(inv['date'])}: commit {code(git['commit'][:12])}"
+                   f"{' (uncommitted changes)' if git['dirty'] else ''}, machine "
+                   f"{code(inv['machine']['cpu'])} with {code(inv['machine']['cpu_count'])} "
+                   f"CPU cores ({code(inv['machine']['platform'])}), command "
+                   f"{code(inv['command'])}")
+    if self.src.exists("benchmark/benchmark.json"):
+      meta = self.src.raw("benchmark/benchmark.json", "meta")
+      lines.append(f"- benchmark device: {code(meta['device_kind'])} ({code(meta['platform'])}), "
+                   f"dtype {code(meta['dtype'])}, jax {code(meta['jax'])}")
+    return lines + [""]
+
+  def claims(self) -> list:
+    n = self.n
+    rows = []
+
+    def counts(key, m, field="params_total", which="base"):
+      ours = self.summary(which, m, field)
+      claim = study(key)
+      if ours is None:
+        return [n.study_claim(key), "n/a", "not measured yet"]
+      rel = abs(ours - claim) / claim
+      tol = study(key, "tolerance")
+      agrees = rel.value <= tol.value
+      verdict = (f"{'agrees' if agrees else 'disagrees'}: ours differs by {n(rel, '.1f', 100)}%, "
+                 f"{'within' if agrees else 'more than'} the {n(tol, '.0f', 100)}% a figure "
+                 f"rounded to millions allows")
+      return [n.study_claim(key), f"{n(ours, '.2f', 1e-6)}M", verdict]
+
+    def fewer(key, m):
+      ours_m, bert = self.summary("base", m, "params_total"), self.summary(
+          "base", "bert", "params_total")
+      if ours_m is None or bert is None:
+        return [n.study_claim(key), "n/a", "not measured yet"]
+      fewer_pct = (1 - ours_m / bert) * 100
+      diff = abs(fewer_pct - study(key))
+      agrees = diff.value <= STUDY[key]["points"]
+      layers_m = self.src.get(f"summary_base_{m}/summary.json", "model", "num_layers")
+      why = (f"{NAMES[m]} keeps {n(layers_m, '.0f')} layers of BERT's "
+             f"{n(self.src.get('summary_base_bert/summary.json', 'model', 'num_layers'), '.0f')}"
+             " and all of its embeddings" if m == "distilbert" else
+             "one set of layer weights shared by all layers, and factorized embeddings")
+      verdict = (f"{'agrees' if agrees else 'disagrees'}: ours {n(fewer_pct, '.1f')}% fewer, "
+                 f"{n(diff, '.1f')} points from the study ({why})")
+      return [n.study_claim(key), f"{n(fewer_pct, '.1f')}% fewer", verdict]
+
+    rows.append(counts("bert_params", "bert"))
+    rows.append(counts("distilbert_params", "distilbert"))
+    rows.append(fewer("distilbert_fewer", "distilbert"))
+    rows.append(counts("albert_params", "albert"))
+    rows.append(fewer("albert_fewer", "albert"))
+    rows.append(counts("bert_embeddings", "bert", "params_embeddings"))
+    row = counts("albert_embeddings", "albert", "params_embeddings")
+    vocab = self.src.get("summary_base_albert/summary.json", "model", "vocab_size")
+    emb = self.src.get("summary_base_albert/summary.json", "model", "embedding_size")
+    total = self.summary("base", "albert", "params_embeddings")
+    if (vocab is not None and emb is not None and total is not None
+        and vocab.value * emb.value > STUDY["albert_embeddings"]["value"]):
+      word = vocab * emb
+      rest = total - word
+      row[2] += (f". The word table alone is V x E = {n(vocab, ',.0f')} x {n(emb, '.0f')} = "
+                 f"{n(word, '.2f', 1e-6)}M, more than the study's figure; positions, token "
+                 f"types, LayerNorm and the E-to-H projection add {n(rest, '.2f', 1e-6)}M, so "
+                 f"the study rounds down or counts only part of the table")
+    rows.append(row)
+    rows.append(self.speed_claim("distilbert_faster", "distilbert"))
+    rows.append(self.glue_claim())
+    rows.append(self.speed_claim("albert_not_faster", "albert"))
+    return (["## The study says / we measured", ""] +
+            md_table(["the study says", "we measured", "verdict"], rows))
+
+  def speed_claim(self, key: str, m: str) -> list:
+    n = self.n
+    points = self.bench_rows()
+    ratios = [(b, s, self.ratio(m, b, s)) for b, s in points]
+    ratios = [(b, s, r) for b, s, r in ratios if r is not None]
+    if not ratios:
+      return [n.study_claim(key), "n/a", "not measured yet"]
+    flops = [self.ratio(m, b, s, "flop_ratio") for b, s, _ in ratios]
+    def span(nums):
+      lo, hi = reduce_nums("min", nums), reduce_nums("max", nums)
+      if format(lo.value, ".2f") == format(hi.value, ".2f"):
+        return n(lo, ".2f")
+      return f"{n(lo, '.2f')}–{n(hi, '.2f')}"
+    entry = STUDY[key]
+    size = self.settings.get("bench_size", "base")
+    if key == "distilbert_faster":
+      limit = study(key, "max_ratio")
+      bad = [(b, s, r) for b, s, r in ratios if r.value > limit.value]
+      crit = f"latency ratio to BERT at most {n(limit, '.1f')}"
+      sanh = (f"Sanh et al. measured {n(study(key, 'sanh_distilbert_s'), '.0f')} s vs "
+              f"{n(study(key, 'sanh_bert_s'), '.0f')} s, a ratio of "
+              f"{n(study(key, 'sanh_distilbert_s') / study(key, 'sanh_bert_s'), '.2f')}")
+      why = f"it runs half of BERT's layers, so its FLOP ratio is {span(flops)}; {sanh}"
+    else:
+      low, high = study(key, "min_ratio"), study(key, "max_ratio")
+      bad = [(b, s, r) for b, s, r in ratios if not low.value <= r.value <= high.value]
+      crit = f"latency ratio to BERT within {n(low, '.1f')}–{n(high, '.1f')}"
+      layers = self.src.get(f"summary_{size}_albert/summary.json", "model", "num_layers")
+      why = (f"sharing removes parameters, not computation: it runs "
+             f"{n(layers, '.0f')} layers like BERT, FLOP ratio {span(flops)}")
+      faster = [(b, s) for b, s, r in bad if r.value < low.value]
+      albert_w = self.src.get(f"summary_{size}_albert/summary.json", "params_layers")
+      bert_w = self.src.get(f"summary_{size}_bert/summary.json", "params_layers")
+      if faster and albert_w is not None and bert_w is not None:
+        why += (f"; where it is faster ({', '.join(f'{b}x{s}' for b, s in faster)}) a "
+                f"forward does little arithmetic per weight read, and ALBERT's one shared "
+                f"layer ({n(albert_w * 4, '.0f', 1e-6)} MB in fp32) can stay in the CPU caches "
+                f"while BERT reads {n(bert_w * 4, '.0f', 1e-6)} MB of distinct layers from "
+                f"memory, likely the cause")
+    measured = span([r for _, _, r in ratios])
+    if not bad:
+      verdict = f"agrees: {crit} at every point of the grid, at {size} size ({why})"
+    elif len(bad) < len(ratios):
+      verdict = (f"partly agrees: {crit} except at " +
+                 ", ".join(f"{b}x{s} ({n(r, '.2f')})" for b, s, r in bad) + f" ({why})")
+    else:
+      verdict = f"disagrees: no point of the grid meets the {crit} ({why})"
+    return [n.study_claim(key), f"latency ratio {measured}", verdict]
+
+  def glue_claim(self) -> list:
+    """97%: DistilBERT's mean dev score over BERT's, on the tasks where both learned."""
+    n = self.n
+    key = "distilbert_glue"
+    pair = ("bert", "distilbert")
+    if any(self.task_score(m, t) is None for m in pair for t in TASKS):
+      return [n.study_claim(key), "n/a", "not measured yet"]
+    guessed = [t for t in TASKS if any(self.one_class(m, t) for m in pair)]
+    tasks = [t for t in TASKS if t not in guessed]
+    steps = self.final_step("pretrain_bert")
+    left_out = "; ".join(
+        f"{TASK_NAMES[t]} left out: "
+        f"{' and '.join(NAMES[m] for m in pair if self.one_class(m, t))} predict one class for "
+        f"every dev example there" for t in guessed)
+    if not tasks:
+      return [n.study_claim(key), "n/a",
+              f"not testable at this scale: {left_out} (after {n(steps, ',.0f')} pretraining "
+              f"steps), so a ratio would compare constant guesses"]
+    mean = lambda m: reduce_nums("mean", [self.task_score(m, t) for t in tasks])
+    retention = mean("distilbert") / mean("bert")
+    agrees = retention.value >= study(key, "min_retention").value
+    per_task = ", ".join(
+        f"{TASK_NAMES[t]} "
+        f"{n(self.task_score('distilbert', t) / self.task_score('bert', t), '.1f', 100)}%"
+        for t in tasks) if len(tasks) > 1 else ""
+    names = " and ".join(TASK_NAMES[t] for t in tasks)
+    verdict = (f"{'agrees' if agrees else 'disagrees'}: ours keeps {n(retention, '.1f', 100)}% "
+               f"{f'({per_task}) ' if per_task else ''}of BERT's {names} dev score"
+               f"{'s' if len(tasks) > 1 else ''}" + (f"; {left_out}" if guessed else "") +
+               f". At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps; the "
+               f"study's figure is for BERT-base pretrained to convergence, on all of GLUE")
+    return [n.study_claim(key), f"{n(retention, '.1f', 100)}% of BERT's score ({names})",
+            verdict]
+
+  def parameters(self) -> list:
+    n = self.n
+    rows = []
+    for m in MODELS:
+      g = lambda k, m=m: self.summary("base", m, k)
+      bert = self.summary("base", "bert", "params_total")
+      total = g("params_total")
+      fewer = None if total is None or bert is None else (1 - total / bert)
+      heads = g("params_with_heads")
+      rows.append([NAMES[m], n(total, ",.0f"), n(g("params_embeddings"), ",.0f"),
+                   n(g("params_layers"), ",.0f"), n(g("params_pooler"), ",.0f"),
+                   n(heads, ",.0f"), n(fewer, ".1f", 100),
+                   n(None if heads is None else heads * 4, ".0f", 1e-6)])
+    return (["## Parameters at base size", "",
+             "From " + code("mode=summary") + " on " + code("configs/<model>.py:base") +
+             " (" + code("summary_base_<model>/summary.json") + "): total = embeddings + "
+             "encoder layers + pooler, as the papers count; the pretraining heads come on top.",
+             ""] +
+            md_table(["model", "total", "embeddings", "encoder layers", "pooler",
+                      "with pretraining heads", "fewer than BERT (%)",
+                      "fp32 weights with heads (MB)"], rows))
+
+  def models_at_scale(self) -> list:
+    n = self.n
+    rows = []
+    for m in MODELS:
+      stage = self.trained(m)
+      cfg = lambda *k, stage=stage: self.src.get(f"{stage}/config.json", *k)
+      summ = lambda k, m=m: self.summary("trained", m, k)
+      emb = cfg("model", "embedding_size")
+      rows.append([NAMES[m], code(stage), n(cfg("model", "num_layers"), ".0f"),
+                   n(cfg("model", "hidden_size"), ".0f"),
+                   n(emb, ".0f") if emb is not None else "= hidden",
+                   n(cfg("model", "vocab_size"), ",.0f"), n(summ("params_total"), ",.0f"),
+                   n(cfg("train", "num_steps"), ",.0f"), n(cfg("data", "batch_size"), ".0f"),
+                   n(cfg("data", "max_seq_length"), ".0f"),
+                   code(self.src.raw(f"{stage}/config.json", "optim", "name"))
+                   if self.src.exists(f"{stage}/config.json") else "n/a",
+                   n(cfg("optim", "learning_rate"), ".5f")])
+    lines = ["## Training at this scale", "",
+             f"The three models trained at scale {code(self.scale)}, on the corpus "
+             f"{code(self.settings.get('corpus', '?'))}, with one shared sentencepiece "
+             f"vocabulary ({code('tokenizer/')}); DistilBERT is distilled from the BERT above "
+             f"(teacher layers spread evenly, student initialised from them).", ""]
+    lines += md_table(["model", "stage", "layers", "hidden", "embedding", "vocabulary",
+                       "parameters", "steps", "batch", "sequence length", "optimizer",
+                       "learning rate"], rows)
+    # Held-out masked LM: the in-training evaluation, then one masking for all three.
+    held = corpus_label(self.settings.get("eval_corpus", "")) if self.settings else "?"
+    wiki = corpus_label(self.settings.get("wikitext", "")) if self.settings else "?"
+    rows = []
+    for m in MODELS:
+      stage = self.trained(m)
+      steps = self.final_step(stage)
+      metrics = f"{stage}/metrics.jsonl"
+      train_loss = last_eval = None
+      if steps is not None and self.src.exists(metrics):
+        train_loss = self.src.get(metrics, {"split": "train", "step": steps.value}, "loss")
+        last_eval = self.src.get(metrics, {"split": "eval", "step": steps.value}, "mlm_accuracy")
+      ev = lambda label, k, stage=stage: self.src.get(
+          f"{stage}/evaluate_mlm_{label}.json", k)
+      rows.append([NAMES[m], n(train_loss, ".3f"), n(last_eval, ".4f"),
+                   n(ev(held, "mlm_accuracy"), ".4f"), n(ev(held, "mlm_perplexity"), ".1f"),
+                   n(ev(wiki, "mlm_accuracy"), ".4f"), n(ev(wiki, "mlm_perplexity"), ".1f")])
+    tokens = self.src.get(f"pretrain_bert/evaluate_mlm_{wiki}.json", "masked_tokens")
+    tokens_held = self.src.get(f"pretrain_bert/evaluate_mlm_{held}.json", "masked_tokens")
+    lines += [f"Held-out masked LM. 'In training' is the run's own last evaluation on "
+              f"{code(held)} with its own masking (ALBERT: n-gram, the others: single tokens). "
+              f"The other columns come from {code('mode=evaluate')} on the final checkpoints, "
+              f"single-token masking and the same masked tokens for all three "
+              f"({n(tokens_held, ',.0f')} on {code(held)}, {n(tokens, ',.0f')} on "
+              f"{code(wiki)}).", ""]
+    lines += md_table(["model", "final training loss (own objective)", "in training: MLM accuracy",
+                       f"{held}: MLM accuracy", f"{held}: perplexity", f"{wiki}: MLM accuracy",
+                       f"{wiki}: perplexity"], rows)
+    distil = "distill_distilbert/metrics.jsonl"
+    steps = self.final_step("distill_distilbert")
+    if steps is not None and self.src.exists(distil):
+      g = lambda k: self.src.get(distil, {"split": "eval", "step": steps.value}, k)
+      lines += [f"Distillation, last evaluation on {code(held)} (its own batches): student "
+                f"MLM accuracy {n(g('mlm_accuracy'), '.4f')} (loss {n(g('mlm_loss'), '.3f')}) "
+                f"vs the teacher's {n(g('teacher_mlm_accuracy'), '.4f')} (loss "
+                f"{n(g('teacher_mlm_loss'), '.3f')}); KL to the teacher "
+                f"{n(g('kl'), '.3f')}, cosine loss {n(g('cosine_loss'), '.3f')}.", ""]
+    return lines
+
+  def disk(self) -> list:
+    n = self.n
+    rows = []
+    for m in MODELS:
+      stage = self.trained(m)
+      steps = self.final_step(stage)
+      ckpt = None if steps is None else self.src.dir_bytes(
+          f"{stage}/checkpoints/{steps.value}")
+      rows.append([NAMES[m], n(ckpt, ".2f", 2**-20),
+                   n(self.src.dir_bytes(f"finetune_{m}_sst2/best/params"), ".2f", 2**-20)])
+    return (["## Size on disk at this scale", "",
+             "Bytes of the files, measured on disk: the final training checkpoint (params, "
+             "optimizer moments, data position) and the fine-tuned SST-2 weights alone "
+             f"({code('best/params')}). At base size the fp32 weights are in the table above.",
+             ""] + md_table(["model", "training checkpoint (MiB)",
+                             "fine-tuned SST-2 weights (MiB)"], rows))
+
+  def benchmark(self) -> list:
+    n = self.n
+    points = self.bench_rows()
+    if not points:
+      return ["## Inference at base size", "", "Not measured yet.", ""]
+    meta = self.src.raw("benchmark/benchmark.json", "meta")
+    rows = []
+    for b, s in points:
+      lat = {m: self.latency(m, b, s) for m in MODELS}
+      other = self.src.get("benchmark/benchmark.json", "inference",
+                           {"model": "bert", "impl": "ours", "batch": b, "seq": s},
+                           "interference", "others_cpu_fraction")
+      rows.append([f"{b}x{s}"] + [n(lat[m], ms_fmt(lat[m].value), 1e3) if lat[m] else "n/a"
+                                  for m in MODELS] +
+                  [n(self.ratio("distilbert", b, s), ".2f"),
+                   n(self.ratio("distilbert", b, s, "flop_ratio"), ".2f"),
+                   n(self.ratio("albert", b, s), ".2f"),
+                   n(self.ratio("albert", b, s, "flop_ratio"), ".2f"), n(other, ".0f", 100)])
+    mem_rows = []
+    for b, s in points:
+      cells = []
+      for field in (("xla_memory", "peak_estimate"), ("rss_peak_delta_bytes",)):
+        for m in MODELS:
+          cells.append(n(self.src.get("benchmark/benchmark.json", "inference",
+                                      {"model": m, "impl": "ours", "batch": b, "seq": s},
+                                      *field), ".0f", 2**-20))
+      mem_rows.append([f"{b}x{s}"] + cells)
+    lines = ["## Inference at base size", "",
+             f"Encoder forward of BERT-base, DistilBERT-base and ALBERT-base, measured by "
+             f"{code('experiments/benchmark.py')} in one process, the three models interleaved "
+             f"call by call ({code('benchmark/BENCHMARKS.md')} has the details; its command is "
+             f"in the wall-time table). Medians of the timed calls after compilation and a "
+             f"warm-up; ratios from the benchmark's own {code('ratios')}; 'others' CPU' is the "
+             f"share of the CPUs other processes used while the point was timed.", ""]
+    lines += md_table(["batch x seq", "BERT (ms)", "DistilBERT (ms)", "ALBERT (ms)",
+                       "DistilBERT / BERT", "FLOP ratio", "ALBERT / BERT", "FLOP ratio",
+                       "others' CPU (%)"], rows)
+    lines += ["Peak memory (MiB): what XLA allocates for the call (arguments + outputs + "
+              "temporaries), and the growth of the process's peak resident memory while timing.",
+              ""]
+    lines += md_table(["batch x seq"] + [f"{NAMES[m]} XLA" for m in MODELS] +
+                      [f"{NAMES[m]} RSS growth" for m in MODELS], mem_rows)
+    return lines
+
+  def finetuning(self) -> list:
+    n = self.n
+    rows = []
+    bert_glue = self.glue_score("bert")
+    for m in MODELS:
+      glue = self.glue_score(m)
+      ret = lambda t, m=m: (None if self.task_score(m, t) is None or
+                            self.task_score("bert", t) is None else
+                            self.task_score(m, t) / self.task_score("bert", t))
+      mark = lambda t, m=m: " (one class)" if self.one_class(m, t) else ""
+      rows.append([NAMES[m], n(self.dev(m, "sst2", "accuracy"), ".4f") + mark("sst2"),
+                   n(self.dev(m, "mrpc", "accuracy"), ".4f") + mark("mrpc"),
+                   n(self.dev(m, "mrpc", "f1"), ".4f") + mark("mrpc"),
+                   n(glue, ".4f"), n(ret("sst2"), ".1f", 100), n(ret("mrpc"), ".1f", 100),
+                   n(None if glue is None or bert_glue is None else glue / bert_glue, ".1f",
+                     100)])
+    cfg = lambda t, *k: self.src.get(f"finetune_bert_{t}/config.json", *k)
+    lines = ["## Fine-tuning (dev sets)", "",
+             f"Each model fine-tuned from its own checkpoint with one recipe: SST-2 "
+             f"{n(cfg('sst2', 'train', 'num_steps'), ',.0f')} steps, MRPC "
+             f"{n(cfg('mrpc', 'train', 'num_steps'), ',.0f')} steps, batch "
+             f"{n(cfg('sst2', 'data', 'batch_size'), '.0f')}, learning rate "
+             f"{n(cfg('sst2', 'optim', 'learning_rate'), '.5f')} with linear warmup and decay; "
+             f"scores of the final step ({code('finetune_<model>_<task>/eval_validation.json')}"
+             f"). The average is GLUE's: SST-2 accuracy and the mean of MRPC accuracy and F1, "
+             f"averaged; retention is the score divided by BERT's. '(one class)': the model "
+             f"predicts the same label for every dev example "
+             f"({code('predictions_validation.tsv')}), the majority-class score.", ""]
+    lines += md_table(["model", "SST-2 accuracy", "MRPC accuracy", "MRPC F1", "average",
+                       "SST-2 retention (%)", "MRPC retention (%)", "average retention (%)"],
+                      rows)
+    return lines
+
+  def walls(self, stage_names: list) -> list:
+    n = self.n
+    rows, nums = [], []
+    for name in stage_names:
+      if not self.src.exists(f"stages/{name}.json"):
+        continue
+      record = self.src.raw(f"stages/{name}.json")
+      wall = self.wall(name)
+      nums.append(wall)
+      attempts = len(record["attempts"])
+      rows.append([code(name), n(wall, ".0f") + (" (resumed)" if attempts > 1 else ""),
+                   record.get("status", "?"), code(record["command"])])
+    total = reduce_nums("sum", nums) if nums else None
+    return (["## Wall time per stage", "",
+             f"Total {n(total, '.1f', 1 / 60)} min; a resumed stage counts all its attempts "
+             f"({code('stages/<stage>.json')}, logs in {code('logs/')}).", ""] +
+            md_table(["stage", "wall time (s)", "status", "command"], rows))
+
+  def plots(self) -> list:
+    out = []
+    for name, what in PLOTS:
+      if os.path.exists(os.path.join(self.root, name)):
+        out.append(f"![{what}]({name})")
+        out.append("")
+    return ["## Plots", ""] + out
+
+  def render(self, stage_names: list) -> str:
+    lines = self.header() + self.claims() + self.parameters() + self.benchmark()
+    lines += self.models_at_scale() + self.finetuning() + self.disk()
+    lines += self.walls(stage_names) + self.plots()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+PLOTS = (("accuracy_vs_parameters.png", "dev score vs parameters"),
+         ("latency_vs_sequence_length.png", "latency vs sequence length"),
+         ("pretraining_loss.png", "pretraining loss"),
+         ("distillation_loss.png", "distillation loss"),
+         ("retention.png", "retention relative to BERT"))
+
+
+def write_plots(root: str, rep: Report) -> None:
+  """The PNGs of the report, from the same files (matplotlib, Agg)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  src = rep.src
+
+  def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, name), dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+  # Dev score vs parameters (at this scale).
+  params = {m: rep.summary("trained", m, "params_total") for m in MODELS}
+  if all(params.values()) and all(rep.glue_score(m) for m in MODELS):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = [("SST-2 accuracy", lambda m: rep.dev(m, "sst2", "accuracy"), "o"),
+              ("MRPC accuracy", lambda m: rep.dev(m, "mrpc", "accuracy"), "s"),
+              ("MRPC F1", lambda m: rep.dev(m, "mrpc", "f1"), "^"),
+              ("average", rep.glue_score, "D")]
+    for label, fn, marker in series:
+      xs = [params[m].value / 1e6 for m in MODELS]
+      ax.plot(xs, [fn(m).value for m in MODELS], ls=":", color="gray", lw=0.8)
+      for m, x in zip(MODELS, xs):
+        ax.scatter([x], [fn(m).value], marker=marker, color=COLORS[m], s=50,
+                   label=label if m == "bert" else None)
+    for m in MODELS:
+      ax.annotate(NAMES[m], (params[m].value / 1e6, rep.glue_score(m).value),
+                  textcoords="offset points", xytext=(6, 6), color=COLORS[m])
+    ax.set(xlabel="parameters (millions, at this scale)", ylabel="dev score",
+           title=f"Dev score vs parameters (scale {rep.scale})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, "accuracy_vs_parameters.png")
+
+  # Latency vs sequence length, one panel per batch size.
+  points = rep.bench_rows()
+  if points:
+    batches = sorted({b for b, _ in points})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+      seqs = sorted(s for bb, s in points if bb == b)
+      for m in MODELS:
+        lat = [rep.latency(m, b, s) for s in seqs]
+        ax.plot(seqs, [x.value * 1e3 for x in lat], marker="o", color=COLORS[m],
+                label=NAMES[m])
+      ax.set(xlabel="sequence length", ylabel="latency (ms)", title=f"batch {b}")
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log")
+      ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.suptitle("Inference latency at base size (encoder forward, median)")
+    save(fig, "latency_vs_sequence_length.png")
+
+  def curve(stage, split, key):
+    path = f"{stage}/metrics.jsonl"
+    if not src.exists(path):
+      return [], []
+    recs = [r for r in src.raw(path) if r.get("split") == split and key in r]
+    return [r["step"] for r in recs], [r[key] for r in recs]
+
+  if any(src.exists(f"{TRAINED_BY[m]}/metrics.jsonl") for m in ("bert", "albert")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m in ("bert", "albert"):
+      xs, ys = curve(TRAINED_BY[m], "train", "loss")
+      pair = "NSP" if m == "bert" else "SOP"
+      axes[0].plot(xs, ys, color=COLORS[m], label=f"{NAMES[m]} (MLM + {pair})")
+    for m in MODELS:
+      xs, ys = curve(TRAINED_BY[m], "eval", "mlm_loss")
+      axes[1].plot(xs, ys, marker="o", color=COLORS[m], label=NAMES[m])
+    axes[0].set(xlabel="step", ylabel="training loss", title="Pretraining loss")
+    axes[1].set(xlabel="step", ylabel="held-out MLM loss",
+                title="Held-out masked-LM loss (each run's own masking)")
+    for ax in axes:
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    save(fig, "pretraining_loss.png")
+
+  if src.exists("distill_distilbert/metrics.jsonl"):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    xs, ys = curve("distill_distilbert", "train", "loss")
+    axes[0].plot(xs, ys, color=COLORS["distilbert"], label="training loss (triple)")
+    xs, ys = curve("distill_distilbert", "eval", "distill_loss")
+    axes[0].plot(xs, ys, marker="o", color="black", label="held-out loss")
+    xs, ys = curve("distill_distilbert", "eval", "mlm_loss")
+    axes[1].plot(xs, ys, marker="o", color=COLORS["distilbert"], label="student")
+    _, teacher = curve("distill_distilbert", "eval", "teacher_mlm_loss")
+    if teacher:
+      axes[1].axhline(teacher[-1], color=COLORS["bert"], ls="--", label="teacher (BERT)")
+    axes[0].set(xlabel="step", ylabel="loss", title="Distillation loss")
+    axes[1].set(xlabel="step", ylabel="held-out MLM loss", title="Student vs teacher")
+    for ax in axes:
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    save(fig, "distillation_loss.png")
+
+  if all(rep.glue_score(m) for m in MODELS):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    groups = [TASK_NAMES[t] for t in TASKS] + ["average"]
+    for i, m in enumerate(("distilbert", "albert")):
+      vals = [(rep.task_score(m, t) / rep.task_score("bert", t)).value for t in TASKS]
+      vals.append((rep.glue_score(m) / rep.glue_score("bert")).value)
+      xs = [g + (i - 0.5) * 0.35 for g in range(len(groups))]
+      ax.bar(xs, [v * 100 for v in vals], width=0.35, color=COLORS[m], label=f"{NAMES[m]} / BERT")
+    ax.axhline(STUDY["distilbert_glue"]["min_retention"] * 100, color="black", ls="--", lw=1,
+               label="study: DistilBERT keeps 97%")
+    ax.axhline(100, color="gray", lw=0.8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set(ylabel="% of BERT's dev score", title=f"Retention relative to BERT (scale {rep.scale})")
+    ax.set_ylim(bottom=min(50, ax.get_ylim()[0]))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    save(fig, "retention.png")
+
+
+def stage_names(root: str, settings: dict) -> list:
+  if not settings:
+    return []
+  return [s.name for s in make_plan(root, settings)]
+
+
+def report(root: str) -> str:
+  """Writes report.md, report_numbers.json and the plots from `root`'s files; returns the text."""
+  root = os.path.abspath(root)
+  rep = Report(root)
+  write_plots(root, rep)  # first: the report links the plots that exist
+  text = rep.render(stage_names(root, rep.settings))
+  with open(os.path.join(root, "report.md"), "w") as f:
+    f.write(text)
+  write_json(os.path.join(root, "report_numbers.json"), rep.n.items)
+  return text
+
+
+# ------------------------------------------------------------------------ main
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(prog="python -m experiments.compare",
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="folder of the stages and the report")
+  p.add_argument("--scale", choices=sorted(SCALES), default=None,
+                 help="tiny | small | base; omitted: the settings --workdir was made with")
+  p.add_argument("--report-only", action="store_true",
+                 help="rewrite report.md and the plots from the stage folders, run nothing")
+  p.add_argument("--stages", default="", help="run only these stages or groups (comma list)")
+  p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                 help="show the stages' output (always in logs/<stage>.log)")
+  p.add_argument("--corpus", default="", help="pretraining corpus (default: Gutenberg train)")
+  p.add_argument("--eval-corpus", default="",
+                 help="held-out corpus (default: Gutenberg validation books)")
+  p.add_argument("--wikitext", default="", help="out-of-domain corpus (default: WikiText-2 valid)")
+  p.add_argument("--pretrain-steps", type=int, default=0)
+  p.add_argument("--distill-steps", type=int, default=0)
+  p.add_argument("--finetune-steps", type=int, default=0, help="steps of every fine-tuning run")
+  p.add_argument("--finetune-pad-multiple", type=int, default=0,
+                 help="finetune.pad_multiple (0: the config's); the sequence length pads every "
+                      "batch to one shape, one compilation (few-step tests)")
+  p.add_argument("--eval-batches", type=int, default=0, help="held-out batches per evaluation")
+  p.add_argument("--tokenizer-sentences", type=int, default=0)
+  p.add_argument("--batches", default="", help="benchmark batch sizes, e.g. 1,8")
+  p.add_argument("--seqs", default="", help="benchmark sequence lengths, e.g. 128,512")
+  p.add_argument("--bench-size", default="base", choices=("base", "tiny"),
+                 help="model size the benchmark times (base; tiny only for quick checks)")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  root = os.path.abspath(args.workdir)
+  os.makedirs(root, exist_ok=True)
+  if not args.report_only:
+    run_all(args, root)
+  elif not os.path.exists(os.path.join(root, "run.json")):
+    raise SystemExit(f"error: {root} has no run.json: not a comparison folder")
+  report(root)
+  print(f"wrote {os.path.join(root, 'report.md')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
