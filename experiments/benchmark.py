@@ -83,6 +83,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from experiments.provenance import cpu_flags, cpu_model, git_info
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Block, Encoder
@@ -371,40 +372,6 @@ def wait_for_idle(monitor: "CpuMonitor", max_wait_s: float, log=print) -> dict:
             f"(now {others:.0%} of the CPUs)")
       return {"waited_s": waited, "others_before": others}
     time.sleep(8.0)
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
-def cpu_flags() -> list:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          flags = line.split(":", 1)[1].split()
-          return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "fma")))
-  except OSError:
-    pass
-  return []
-
-
-def git_info() -> dict:
-  def run(*args):
-    try:
-      return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-      return ""
-  status = run("status", "--porcelain")
-  return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status)}
 
 
 # ----------------------------------------------------------------- roofline

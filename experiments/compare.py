@@ -54,6 +54,8 @@ import shlex
 import subprocess
 import sys
 import time
+
+from experiments import provenance
 from typing import Callable, Optional
 
 from lite_bert import paths  # no jax
@@ -345,25 +347,9 @@ def read_json(path: str):
     return json.load(f)
 
 
-def git_commit() -> dict:
-  def git(*a):
-    try:
-      return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
-                            timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-      return ""
-  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-
-
 def machine() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  except OSError:
-    pass
-  return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version()}
+  return {"cpu": provenance.cpu_model(), "cpu_count": os.cpu_count(),
+          "platform": platform.platform(), "python": platform.python_version()}
 
 
 def close_interrupted(record: dict, log: str) -> None:
@@ -456,7 +442,7 @@ def run_all(args, root: str) -> None:
   command = "python -m experiments.compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   run = run or {"settings": settings, "invocations": []}
   if todo:
-    run["invocations"].append({"date": now_iso(), "command": command, "git": git_commit(),
+    run["invocations"].append({"date": now_iso(), "command": command, "git": provenance.git_info(),
                                "machine": machine(), "stages": [s.name for s in todo]})
     write_json(run_path, run)
   elif not os.path.exists(run_path):

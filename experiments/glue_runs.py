@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from experiments import provenance
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "finetune")
 
 # Shape of all-MiniLM-L6-v2 for the random-init baselines.
@@ -68,17 +70,15 @@ def command(run: str, workdir: str, learning_rate: float = 5e-5) -> list[str]:
 
 
 def machine() -> dict:
-  """Where a result was measured (the benchmark's own provenance helpers)."""
+  """Where a result was measured."""
   import jax  # pylint: disable=import-outside-toplevel
-  from experiments import benchmark  # pylint: disable=import-outside-toplevel
-  return {"platform": platform.platform(), "cpu": benchmark.cpu_model(),
+  return {"platform": platform.platform(), "cpu": provenance.cpu_model(),
           "cpu_count": os.cpu_count(),
           "jax_devices": [str(d.device_kind) for d in jax.devices()], "jax": jax.__version__}
 
 
 def commit() -> str:
-  from experiments import benchmark  # pylint: disable=import-outside-toplevel
-  return benchmark.git_info()["commit"]
+  return provenance.git_info()["commit"]
 
 
 def dev_metrics(workdir: str) -> dict:
