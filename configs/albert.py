@@ -6,7 +6,8 @@ Sizes (config argument): tiny (tests, CPU demos), base, large, xlarge, xxlarge
 Parameter summary, no weights allocated:
   python launch.py --config=configs/albert.py:base --config.mode=summary --workdir=/tmp/albert_base
   -> params_total 11,683,584 (base), 17,683,968 (large), 58,724,864 (xlarge),
-     222,595,584 (xxlarge); embeddings 3,939,456 (base incl. the E->H projection).
+     222,595,584 (xxlarge); embeddings 4,005,120 (base: the 30,000 x 128 word table 3,840,000, positions,
+     token types, LayerNorm and the 128->768 projection 99,072).
 Partial sharing (ALBERT paper, Table 4): --config.model.share=attention|ffn|none.
 """
 

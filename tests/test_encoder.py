@@ -150,3 +150,56 @@ def test_counts_split_into_their_parts():
   assert counts["params_total"] == (counts["params_embeddings"] + counts["params_layers"]
                                     + counts["params_pooler"])
   assert counts["params_pair_head"] == 2 * hidden + 2
+
+
+def _dot_generals(jaxpr) -> list:
+  """Every dot_general equation of a jaxpr, inside scans / pjits / custom calls too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found += _dot_generals(inner)
+  return found
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_bf16_compute_accumulates_every_matmul_in_fp32(with_dropout):
+  # XLA:CPU runs a bf16 GEMM natively only when asked for an fp32 result (else it widens
+  # the operands to fp32 first); GPUs accumulate in fp32 anyway. Every matmul of the
+  # pretraining forward must take bf16 operands and produce fp32 (then cast back).
+  cfg = EncoderConfig(**SMALL, share="none", embedding_size=4, dtype="bfloat16",
+                      attention_dropout_rate=0.1)
+  model = PretrainingModel(cfg)
+  ids = jnp.ones((2, 5), jnp.int32)
+  positions = jnp.zeros((2, 3), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids)["params"])
+  jaxpr = jax.make_jaxpr(lambda p: model.apply(
+      {"params": p}, ids, None, None, positions, deterministic=not with_dropout,
+      rngs={"dropout": jax.random.key(1)}))(params)
+  dots = _dot_generals(jaxpr.jaxpr)
+  # embedding projection, qkv, 2 attention matmuls, output, 2 FFN, pooler, MLM transform,
+  # tied decoder, pair head
+  assert len(dots) == 11
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+    assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+
+def test_bf16_forward_matches_fp32_within_bf16_precision():
+  fields = dict(SMALL, hidden_size=64, num_heads=4, intermediate_size=128)
+  cfg32 = EncoderConfig(**fields)
+  cfg16 = EncoderConfig(**fields, dtype="bfloat16")
+  ids = jax.random.randint(jax.random.key(2), (2, 7), 0, SMALL["vocab_size"])
+  positions = jnp.array([[1, 3], [0, 6]], jnp.int32)
+  params = PretrainingModel(cfg32).init(jax.random.key(0), ids)["params"]
+  out32 = PretrainingModel(cfg32).apply({"params": params}, ids, None, None, positions)
+  out16 = PretrainingModel(cfg16).apply({"params": params}, ids, None, None, positions)
+  assert out16["mlm_logits"].dtype == jnp.float32
+  for key in ("mlm_logits", "pair_logits"):
+    diff = jnp.max(jnp.abs(out16[key] - out32[key]))
+    scale = jnp.max(jnp.abs(out32[key]))
+    assert diff <= 0.05 * scale, (key, float(diff), float(scale))

@@ -54,6 +54,30 @@ def dtypes(cfg: EncoderConfig) -> dict:
   return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
+def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                                 preferred_element_type=None):
+  """`lax.dot_general` that accumulates in float32 and returns the inputs' dtype.
+
+  For bf16/fp16 compute. GPUs accumulate in fp32 anyway; XLA:CPU otherwise
+  widens bf16 operands to fp32 before an fp32 GEMM, while a bf16 dot that
+  asks for an fp32 result runs a native bf16 kernel (avx512_bf16): on the
+  2-core benchmark machine 1.9x the fp32 GEMM rate (`experiments/benchmark.py
+  --xla-flag-probe`, `bf16_2048_f32acc`).
+  """
+  del preferred_element_type
+  out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                            preferred_element_type=jnp.float32)
+  return out.astype(jnp.result_type(lhs, rhs))
+
+
+def dense_dtypes(cfg: EncoderConfig) -> dict:
+  """`dtypes` for nn.Dense: reduced-precision compute gets fp32-accumulating GEMMs."""
+  kwargs = dtypes(cfg)
+  if jnp.dtype(cfg.dtype).itemsize < 4:
+    kwargs["dot_general"] = f32_accumulating_dot_general
+  return kwargs
+
+
 class Embeddings(nn.Module):
   """Word + position (+ token type) embeddings, LayerNorm, dropout, E->H."""
 
@@ -72,7 +96,7 @@ class Embeddings(nn.Module):
     self.layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, **dtypes(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.embedding_dim != cfg.hidden_size:
-      self.projection = nn.Dense(cfg.hidden_size, kernel_init=init, **dtypes(cfg))
+      self.projection = nn.Dense(cfg.hidden_size, kernel_init=init, **dense_dtypes(cfg))
 
   def __call__(self, input_ids: Array, token_type_ids: Optional[Array],
                deterministic: bool) -> Array:
@@ -94,8 +118,13 @@ class Embeddings(nn.Module):
     return x
 
   def attend(self, x: Array) -> Array:
-    """[..., E] -> [..., V]: the tied MLM decoder (x @ word_embeddings^T)."""
-    return self.word_embeddings.attend(x)
+    """[..., E] -> [..., V] float32 logits: the tied MLM decoder (x @ word_embeddings^T).
+
+    Accumulates in float32 (see `f32_accumulating_dot_general`)."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    table = self.word_embeddings.embedding.astype(dtype)
+    return jnp.einsum("...e,ve->...v", x.astype(dtype), table,
+                      preferred_element_type=jnp.float32)
 
 
 def attention_weights_and_output(q, k, v, mask, dropout, deterministic):
@@ -105,11 +134,12 @@ def attention_weights_and_output(q, k, v, mask, dropout, deterministic):
   Returns (output [batch, seq, heads, head_dim], probs [batch, heads, seq, seq]).
   """
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) * scale
+  logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
   dropped = dropout(probs, deterministic=deterministic).astype(v.dtype)
-  return jnp.einsum("bnqk,bknd->bqnd", dropped, v), probs
+  context = jnp.einsum("bnqk,bknd->bqnd", dropped, v, preferred_element_type=jnp.float32)
+  return context.astype(v.dtype), probs
 
 
 class SelfAttention(nn.Module):
@@ -129,12 +159,15 @@ class SelfAttention(nn.Module):
     batch, seq, _ = x.shape
     # One fused [H, 3H] projection: a single GEMM instead of three.
     qkv = nn.Dense(3 * cfg.hidden_size, kernel_init=dense_init(cfg), name="qkv",
-                   **dtypes(cfg))(x)
+                   **dense_dtypes(cfg))(x)
     q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * cfg.num_heads, cfg.head_dim), 3, axis=2)
     attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
     needs_dropout = cfg.attention_dropout_rate > 0 and not self.deterministic
     probs = None
-    if self.output_attentions or needs_dropout:
+    # XLA:CPU's fused attention runs bf16 matmuls without fp32 accumulation, i.e. widened
+    # to fp32 (see `f32_accumulating_dot_general`); the explicit path is faster there.
+    reduced_on_cpu = jnp.dtype(cfg.dtype).itemsize < 4 and jax.default_backend() == "cpu"
+    if self.output_attentions or needs_dropout or reduced_on_cpu:
       context, probs = attention_weights_and_output(q, k, v, mask, attention_dropout,
                                                     self.deterministic)
     else:
@@ -142,7 +175,7 @@ class SelfAttention(nn.Module):
       context = jax.nn.dot_product_attention(q, k, v, mask=mask)
     context = context.reshape(batch, seq, cfg.hidden_size)
     y = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dtypes(cfg))(context)
+                 **dense_dtypes(cfg))(context)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + y)
     return y, probs
@@ -158,10 +191,10 @@ class FeedForward(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
     h = nn.Dense(cfg.intermediate_size, kernel_init=dense_init(cfg), name="intermediate",
-                 **dtypes(cfg))(x)
+                 **dense_dtypes(cfg))(x)
     h = activation_fn(cfg.activation)(h)
     h = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dtypes(cfg))(h)
+                 **dense_dtypes(cfg))(h)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + h)
 
@@ -230,7 +263,7 @@ class Encoder(nn.Module):
         init = lambda rng: FeedForward(cfg).init(rng, dummy_x)["params"]
       self.shared_params = self.param(f"shared_{cfg.share}", init)
     if cfg.pooler:
-      self.pooler = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), **dtypes(cfg))
+      self.pooler = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), **dense_dtypes(cfg))
 
   def _layer_stack(self, deterministic: bool, output_attentions: bool) -> nn.Module:
     cfg = self.cfg
