@@ -380,7 +380,10 @@ def xla_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.standard_normal((m, k), np.float32), dtype)
   b = jnp.asarray(rng.standard_normal((k, n), np.float32), dtype)
-  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  # As the models compute (`f32_accumulating_dot_general`): reduced precision in, fp32
+  # accumulation, cast back.
+  matmul = lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+  compiled = jax.jit(matmul).lower(a, b).compile()
   jax.block_until_ready(compiled(a, b))
   times = []
   for _ in range(repeats):
@@ -1464,11 +1467,11 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
         f"{best['batch']}x{best['seq']}); "
         + ", ".join(f"{m} 8x512 {ours[(m, 8, 512)]['roofline_fraction']:.0%}"
                     for m in MODELS if (m, 8, 512) in ours)
-        + ". The GEMMs themselves run near the roofline; what is left is memory-bound work "
-        "XLA does not fuse into them: at seq 512 the attention probabilities are "
-        "batch x heads x 512 x 512 floats per layer (96 MiB at batch 8) written and read by "
-        "softmax, dropout-free masking and the two batched matmuls, and at batch 1 a forward does "
-        "too little arithmetic per weight byte to hide the weight reads.")
+        + ". 8x512 falls short of the 95% target: besides the GEMMs a forward runs "
+        "memory-bound work they do not absorb (LayerNorms, GELU, the softmax over "
+        "batch x heads x seq x seq scores: 96 MiB per layer at 8x512), and the GEMMs "
+        "themselves reach the 2048^3 rate only at favourable shapes (model-shaped GEMMs in "
+        "the roofline table). At batch 1 a forward does little arithmetic per weight byte.")
   vs = res["ratios"]["ours_vs_reference"]
   for ref, name in (("hf_torch", "HF torch"), ("hf_flax", "HF Flax")):
     vals = [e[f"speedup_vs_{ref}"] for e in vs if f"speedup_vs_{ref}" in e]
@@ -1486,13 +1489,20 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
     lines.append(
         "- Training step vs HF torch (same objective and optimizer, dropout on): " + ", ".join(
             f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_vs_hf_torch']:.2f}x" for e in tv)
-        + ". Our step does no extra arithmetic (XLA's FLOP count is within 2% of the analytic "
-        "one, and the MLM head runs on the gathered positions only), so the gap is in "
-        "non-GEMM time. An XLA profile of the step (MiniLM shape) put ~57% of it in GEMM "
-        "fusions; the rest was zero-filled gradient buffers (the 30522-row embedding "
-        "gradient among them, page-faulting on freshly mmap'd memory), the dynamic "
-        "slices/updates of the `nn.scan` layer stack and copies. The allocator rows of the "
-        "probe below measure the first of these.")
+        + ". Our step does no extra arithmetic (XLA's FLOP count is "
+        + "{:.2f}-{:.2f}x the analytic one".format(*(f(
+            r["xla_flops"] / r["analytic_flops"] for r in res.get("training", [])
+            if r["impl"] == "ours" and r.get("xla_flops")) for f in (min, max)))
+        + ", and the MLM head runs on the gathered positions only), so the gap is in "
+        "non-GEMM time and memory traffic: XLA's temporaries for the step (forward "
+        "activations kept for the backward pass, gradients) are "
+        + ", ".join(f"{r['model']} {r['batch']}x{r['seq']} {r['xla_memory']['temp_size'] / 2**30:.1f}"
+                    for r in res.get("training", []) if r["impl"] == "ours"
+                    and (r.get("xla_memory") or {}).get("temp_size"))
+        + " GiB, written and read once per step. One XLA profile of the step (MiniLM shape, "
+        "jax.profiler) put ~57% of it in GEMM fusions; the rest was zero-filled gradient "
+        "buffers (the 30522-row embedding gradient among them), the dynamic slices/updates "
+        "of the `nn.scan` layer stack and copies.")
   for m, band in (("distilbert", "the FLOP ratio +-0.03"), ("albert", "0.95-1.05")):
     es = [e for e in res["ratios"]["model_vs_bert"] if e["impl"] == "ours" and e["model"] == m]
     if not es:
@@ -1505,23 +1515,42 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
       text += "; outside: " + ", ".join(f"{e['batch']}x{e['seq']} {e['latency_ratio']:.2f}"
                                          for e in out)
     if m == "albert":
-      text += (". Sharing removes parameters, not FLOPs. Where ALBERT is faster (small batches) "
-               "a forward reads each weight once for few rows: ALBERT's one shared layer "
-               "(28 MB fp32) can stay in cache while BERT streams 340 MB of distinct layers")
+      text += (". Sharing removes parameters, not FLOPs. Where ALBERT is faster (small batches, "
+               "little arithmetic per weight) what differs in the compiled code is a copy: BERT's `nn.scan` takes "
+               "each layer's weights out of the stacked [L, ...] arrays, and XLA:CPU "
+               "materializes that slice (a dynamic-slice fusion before every GEMM fusion in the "
+               "compiled HLO; 340 MB per forward in fp32), while ALBERT's shared weights are "
+               "read in place")
+      flax = {(e["batch"], e["seq"]): e["latency_ratio"] for e in res["ratios"]["model_vs_bert"]
+              if e["impl"] == "hf_flax" and e["model"] == "albert"}
+      at = [flax[(e["batch"], e["seq"])] for e in out if (e["batch"], e["seq"]) in flax]
+      if at:
+        text += (f". HF Flax, whose layers are separate arrays, has ALBERT/BERT {min(at):.2f}-"
+                 f"{max(at):.2f} at those points")
     lines.append(text + ".")
   if probe:
     by = {v["variant"]: v for v in probe["variants"]}
     default = by.get("default", {})
-    bf = [v for v in probe["variants"] if isinstance(v.get("bf16_2048"), (int, float))]
-    if bf:
-      top = max(bf, key=lambda v: v["bf16_2048"])
-      lines.append(
-          f"- bf16 on CPU: {len(probe['variants'])} settings tried (table below); the best bf16 "
-          f"2048^3 matmul is {top['bf16_2048']:.0f} GFLOP/s ({top['variant']}) against "
-          f"{default.get('fp32_2048', float('nan')):.0f} fp32 by default"
-          + ("; in every setting XLA converts bf16 dot operands to f32 first, so no AMX "
-             "instruction is used" if all(v.get("bf16_dot_upcast_to_f32") for v in bf) else "")
-          + ". torch reaches several times more on the same CPU through oneDNN/AMX.")
+    ok = [v for v in probe["variants"] if isinstance(v.get("bf16_2048_f32acc"), (int, float))]
+    if ok and default.get("fp32_2048"):
+      plain = max(ok, key=lambda v: v.get("bf16_2048", 0))
+      acc = max(ok, key=lambda v: v["bf16_2048_f32acc"])
+      amx = any(f.startswith("amx") for f in probe["meta"]["cpu_flags"])
+      text = (f"- bf16 on CPU: {len(probe['variants'])} settings tried (table below). A bf16 "
+              f"matmul with a bf16 result is widened to fp32 first in every one of them "
+              f"(best {plain['bf16_2048']:.0f} GFLOP/s at 2048^3, {plain['variant']}), slower "
+              f"than fp32 ({default['fp32_2048']:.0f}). Asking for an fp32 result "
+              f"(`preferred_element_type`) gives a native bf16 kernel: "
+              f"{acc['bf16_2048_f32acc']:.0f} GFLOP/s ({acc['variant']}), "
+              f"{acc['bf16_2048_f32acc'] / default['fp32_2048']:.1f}x fp32. Our models use "
+              f"that form for every matmul in bf16 (`f32_accumulating_dot_general`)")
+      f32, b16 = default.get("bert_base_8x128_float32_ms"), default.get("bert_base_8x128_bfloat16_ms")
+      if f32 and b16:
+        text += f": BERT-base 8x128 forward {f32:,.0f} ms fp32 -> {b16:,.0f} ms bf16 ({f32 / b16:.2f}x)"
+      text += (". AMX cannot be tried on this machine: its CPU reports no `amx` flags "
+               "(it has `avx512_bf16`)" if not amx else
+               ". The CPU has AMX; no setting made XLA use it")
+      lines.append(text + ".")
     train = [v for v in probe["variants"]
              if isinstance(v.get("bert_base_train_8x128_float32_ms"), (int, float))]
     if default.get("bert_base_train_8x128_float32_ms") and len(train) > 1:
@@ -1740,6 +1769,10 @@ PROBE_VARIANTS = (
                                                   "glibc.malloc.trim_threshold=4294967296"}),
 )
 
+# Settings whose probe also times a BERT-base 8x128 training step (~30 s each): the
+# allocator is what could change the step without changing its GEMMs.
+PROBE_TRAIN_STEP = ("default", "glibc_malloc_no_mmap", "glibc_malloc_heap_only")
+
 _PROBE_CHILD = r"""
 import json, statistics, sys, time
 import numpy as np
@@ -1783,6 +1816,7 @@ try:
       for _ in range(3):
         t = time.perf_counter(); jax.block_until_ready(f(p, x)); ts.append(time.perf_counter() - t)
       out[f"bert_base_8x128_{dtype}_ms"] = statistics.median(ts) * 1e3
+  if "--train" in sys.argv:
     # One BERT-base MLM+NSP training step (AdamW, fp32), the benchmark's own step function:
     # allocator settings (GLIBC_TUNABLES) show up here, in the zero-filled gradient buffers.
     import functools
@@ -1819,7 +1853,9 @@ def xla_flag_probe(args) -> dict:
   for name, env in PROBE_VARIANTS:
     idle = wait_for_idle(monitor, args.wait_idle)
     snap = monitor.snapshot()
-    cmd = [sys.executable, "-c", _PROBE_CHILD] + (["--model", REPO] if args.probe_model else [])
+    cmd = [sys.executable, "-c", _PROBE_CHILD] + (
+        (["--train"] if args.probe_model and name in PROBE_TRAIN_STEP else [])
+        + (["--model", REPO] if args.probe_model else []))
     start = time.time()
     proc = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True,
                           timeout=900)

@@ -153,3 +153,25 @@ def test_reference_speedups_are_computed_from_rows():
   for e in ratios["ours_vs_reference"]:
     assert e["speedup_vs_hf_torch"] == 1.5 and e["speedup_vs_hf_flax"] == 2.0
   assert ratios["training_vs_reference"][0]["speedup_vs_hf_torch"] == 1.5
+
+
+def test_report_includes_analysis_and_probe(run):
+  res, _ = run
+  probe = {"meta": {"cpu_model": "cpu", "cpu_flags": ["avx512_bf16"], "jax": "x", "date": "d"},
+           "variants": [
+               {"variant": "default", "env": {}, "fp32_2048": 200.0, "bf16_2048": 160.0,
+                "bf16_2048_f32acc": 380.0, "bert_base_8x128_float32_ms": 1000.0,
+                "bert_base_8x128_bfloat16_ms": 500.0, "bert_base_train_8x128_float32_ms": 4000.0,
+                "bf16_dot_upcast_to_f32": True},
+               {"variant": "glibc", "env": {"GLIBC_TUNABLES": "x"}, "fp32_2048": 201.0,
+                "bf16_2048": 150.0, "bf16_2048_f32acc": 300.0,
+                "bert_base_train_8x128_float32_ms": 3200.0, "bf16_dot_upcast_to_f32": True}]}
+  text = bm.markdown(res, probe, image_dir="benchmark")
+  assert "## Where we stand and what limits it" in text
+  assert "## CPU settings vs GEMM throughput" in text
+  # numbers come from the probe: 380 / 200 = 1.9x; forward 1000 -> 500 ms (2.00x)
+  assert "380 GFLOP/s (default), 1.9x fp32" in text
+  assert "1,000 ms fp32 -> 500 ms bf16 (2.00x)" in text
+  assert "glibc 3,200 (1.25x)" in text
+  assert "no `amx` flags" in text
+  assert "](benchmark/inference_scaling.png)" in text
