@@ -1180,6 +1180,46 @@ def report(root: str) -> str:
   return text
 
 
+def _source_files(source) -> set:
+  """The files a report_numbers.json source names (recursively through its `args`)."""
+  if isinstance(source, dict):
+    found = {source["file"]} if "file" in source else set()
+    for arg in source.get("args", []):
+      found |= _source_files(arg)
+    return found
+  return set()
+
+
+def publish(root: str, dest: str) -> list:
+  """Copies the report, its plots and every small file it was computed from to `dest`.
+
+  Checkpoints and logs stay behind (the sizes in the report were measured on
+  `root`); what is copied: report.md, report_numbers.json, the PNGs, run.json,
+  stages/*.json, each file a number of the report names, every stage's
+  config.json and metrics.jsonl (the loss curves), and the benchmark's
+  BENCHMARKS.md, benchmark.json and plots. Returns the copied relative paths.
+  """
+  import glob  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  root = os.path.abspath(root)
+  with open(os.path.join(root, "report_numbers.json")) as f:
+    numbers = json.load(f)
+  files = set().union(*(_source_files(item["source"]) for item in numbers))
+  patterns = ["report.md", "report_numbers.json", "*.png", "run.json", "stages/*.json",
+              "*/config.json", "*/metrics.jsonl", "benchmark/BENCHMARKS.md",
+              "benchmark/benchmark.json", "benchmark/*.png"]
+  for pattern in patterns:
+    files |= {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))}
+  copied = []
+  for rel in sorted(files):
+    src = os.path.join(root, rel)
+    if os.path.isfile(src):
+      os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+      shutil.copy2(src, os.path.join(dest, rel))
+      copied.append(rel)
+  return copied
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -1193,6 +1233,9 @@ def parse_args(argv=None):
   p.add_argument("--report-only", action="store_true",
                  help="rewrite report.md and the plots from the stage folders, run nothing")
   p.add_argument("--stages", default="", help="run only these stages or groups (comma list)")
+  p.add_argument("--publish", default="",
+                 help="then copy the report, plots and the small files behind its numbers "
+                      "(no checkpoints) to this folder, e.g. experiments/results/compare")
   p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
                  help="show the stages' output (always in logs/<stage>.log)")
   p.add_argument("--corpus", default="", help="pretraining corpus (default: Gutenberg train)")
@@ -1224,6 +1267,9 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: {root} has no run.json: not a comparison folder")
   report(root)
   print(f"wrote {os.path.join(root, 'report.md')}")
+  if args.publish:
+    copied = publish(root, args.publish)
+    print(f"published {len(copied)} files to {args.publish}")
   return 0
 
 

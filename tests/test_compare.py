@@ -273,6 +273,20 @@ def test_report_only_is_identical_and_runs_nothing(root):
           if p.is_file() and p.name not in outputs} == kept
 
 
+def test_publish_copies_the_report_and_every_file_behind_it_but_no_checkpoint(root, tmp_path):
+  dest = tmp_path / "published"
+  copied = compare.publish(str(root), str(dest))
+  assert (dest / "report.md").read_bytes() == (root / "report.md").read_bytes()
+  for name, _ in compare.PLOTS:
+    assert (dest / name).is_file()
+  numbers = json.loads((root / "report_numbers.json").read_text())
+  named = set().union(*(compare._source_files(item["source"]) for item in numbers))
+  assert named and all((dest / rel).read_bytes() == (root / rel).read_bytes() for rel in named)
+  assert (dest / "pretrain_bert" / "metrics.jsonl").is_file()
+  assert not any("checkpoints" in rel.split(os.sep) for rel in copied)
+  assert not (dest / "pretrain_bert" / "checkpoints").exists()
+
+
 def test_rerun_skips_finished_stages_and_refuses_other_settings(root):
   stages = {p: p.read_bytes() for p in (root / "stages").iterdir()}
   out = run_compare(root, *ARGS)
