@@ -1580,18 +1580,26 @@ def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> st
             f"{meta['optax']}" + (f", torch {meta['torch']} ({meta['torch_threads']} threads), "
                                   f"transformers {meta['transformers']}"
                                   if meta.get("torch") else ""),
-            f"- command: `{meta['command']}` (wall {meta.get('wall_s', 0) / 60:.1f} min)",
+            f"- command: `{meta['command']}` (wall {meta.get('wall_s', 0) / 60:.1f} min)"
+            + (" wrote this report from the rows measured by the sessions below"
+               if meta.get("report_only") else ""),
             f"- XLA_FLAGS: `{meta['XLA_FLAGS'] or '(none)'}`"] + [
             f"- rows carried over (--resume) from the session of {r['date']} (commit "
-            f"{r['git']['commit'][:12]})" for r in meta.get("resumed", [])] + [
+            f"{r['git']['commit'][:12]}{' (dirty tree)' if r['git'].get('dirty') else ''}"
+            f"{', wall %.1f min' % (r['wall_s'] / 60) if r.get('wall_s') else ''}): "
+            f"`{r.get('command', '?')}`" for r in meta.get("resumed", [])
+            if not meta.get("report_only") or "--report-only" not in r.get("command", "")] + [
             f"- repeats: 1 warm-up call after compilation, then timed calls filling "
             f"~{res['meta']['repeat_policy']['budget_s']} s per candidate "
             f"(min {res['meta']['repeat_policy']['min']}, max {res['meta']['repeat_policy']['max']};"
             f" {res['meta']['repeat_policy']['min_long']} when a call takes > "
             f"{res['meta']['repeat_policy']['long_s']} s), implementations interleaved call by "
             f"call; medians reported. A point during which other processes used > 25% of the "
-            f"CPUs is timed again (up to --retries={res['meta']['retries']} times; the least "
-            f"busy attempt is kept).",
+            f"CPUs is timed again (up to --retries times, "
+            f"{'as each session set it' if meta.get('report_only') else res['meta']['retries']};"
+            f" the least busy attempt is kept).",
+            "- interference: per point in the tables ('others' CPU %') and the JSON." if
+            meta.get("report_only") else
             f"- interference: other processes used "
             f"{res['interference'].get('others_cpu_fraction', float('nan')):.0%} of the CPUs "
             f"during the run (per-point values in the JSON).", ""]
