@@ -13,8 +13,16 @@ them alike):
    4096^2; the best median is this machine's "peak"), plus matmuls of the
    shapes the model runs, and the same in torch when references are on.
    On a GPU the peak is a datasheet number keyed by `device_kind` instead.
-2. Inference: encoder forward (embeddings, the scanned layers, pooler) of
+2. Inference: encoder forward (embeddings, the layers, pooler) of
    BERT-base, DistilBERT-base and ALBERT-base over batch x sequence length;
+   by default in the unrolled layout (`--inference-layout=unrolled`:
+   `EncoderConfig.scan_layers=False`, the trained params converted once with
+   `unstack_layers`, each layer's weights their own arrays). XLA:CPU copies a
+   scanned layer's weights out of the stacked [L, ...] arrays before its GEMMs
+   (a dynamic-slice fusion per weight; 340 MB per BERT-base forward in fp32),
+   which at batch 1 cost BERT-base ~20% (1x64: 106 -> 86 ms) and made shared-
+   weight ALBERT look faster than BERT; `--inference-layout=scanned` measures
+   the training layout.
    median latency over timed repeats after one warm-up call (XLA compilation
    is done before, and timed apart). Memory: XLA's compiled memory analysis
    (arguments + outputs + temporaries - aliased; exact for what XLA
@@ -48,8 +56,9 @@ multiply-add), per sequence of length s (batch b multiplies everything):
                     + F_enc_teacher(no pooler) + F_mlm_teacher(P=s)
 
 and cross-checked against XLA's `compiled.cost_analysis()['flops']`. XLA
-counts a while loop's body once, whatever its trip count, and the layers are
-an `nn.scan` (a while loop); so the XLA figure printed is
+counts a while loop's body once, whatever its trip count, and scanned layers
+are an `nn.scan` (a while loop: training, and `--inference-layout=scanned`);
+so the XLA figure printed is
 `counted + (L - 1) * flops(one Block)` per scanned stack, the Block's flops
 taken from XLA's cost analysis of one standalone Block (forward, or forward +
 backward for training) at the same shapes. The raw counted value is kept in
@@ -86,7 +95,7 @@ import jax.numpy as jnp
 from experiments.provenance import cpu_flags, cpu_model, git_info
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
-from lite_bert.models.encoder import Block, Encoder
+from lite_bert.models.encoder import Block, Encoder, unstack_layers
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.train import loop as loop_lib
 from lite_bert.train import objectives
@@ -774,6 +783,7 @@ class Benchmark:
                  "train": [list(p) for p in self.grid["train"]]},
         "repeat_policy": self.policy, "retries": self.args.retries,
         "wait_idle_s": self.args.wait_idle,
+        "inference_layout": self.args.inference_layout,
     }
     try:
       import jaxlib
@@ -800,17 +810,27 @@ class Benchmark:
 
   # ---- inference
 
+  def inference_model(self, m: str, params) -> tuple[Encoder, Any]:
+    """The encoder and its params in the run's `--inference-layout`."""
+    cfg = self.cfgs[m]
+    if self.args.inference_layout == "scanned":
+      return Encoder(cfg), params
+    return (Encoder(dataclasses.replace(cfg, scan_layers=False)),
+            unstack_layers(params, cfg))
+
   def our_inference(self, m: str, params, batch: int, seq: int) -> Candidate:
     cfg = self.cfgs[m]
-    enc = Encoder(cfg)
     inputs = {k: jnp.asarray(v) for k, v in make_inputs(cfg, batch, seq).items()}
     state = {}
-
-    def forward(p, ids, mask, types):
-      return enc.apply({"params": p}, ids, mask, types, deterministic=True)
+    scanned = [(cfg, batch, seq, False)] if self.args.inference_layout == "scanned" else []
 
     def prepare():
-      args = (params, inputs["input_ids"], inputs["attention_mask"],
+      enc, layout_params = self.inference_model(m, params)
+
+      def forward(p, ids, mask, types):
+        return enc.apply({"params": p}, ids, mask, types, deterministic=True)
+
+      args = (layout_params, inputs["input_ids"], inputs["attention_mask"],
               inputs.get("token_type_ids"))
       start = time.perf_counter()
       compiled = jax.jit(forward).lower(*args).compile()
@@ -822,7 +842,7 @@ class Benchmark:
       counted = xla_flops(compiled)
       return {"compile_s": compile_s, "warmup_s": warm, "xla_memory": xla_memory(compiled),
               "xla_flops_counted": counted,
-              "xla_flops": corrected_xla_flops(counted, [(cfg, batch, seq, False)])}
+              "xla_flops": corrected_xla_flops(counted, scanned)}
 
     def cleanup():
       state.clear()
@@ -908,7 +928,8 @@ class Benchmark:
     import torch
     cfg = self.cfgs[m]
     inputs = make_inputs(cfg, 2, 16, seed=123)
-    ours = Encoder(cfg).apply({"params": params["encoder"]}, *(
+    enc, layout_params = self.inference_model(m, params["encoder"])
+    ours = enc.apply({"params": layout_params}, *(
         jnp.asarray(inputs[k]) if k in inputs else None
         for k in ("input_ids", "attention_mask", "token_type_ids")))["last_hidden_state"]
     ours = np.asarray(ours, np.float32)
@@ -939,7 +960,8 @@ class Benchmark:
       return None
     with open(path) as f:
       old = json.load(f)
-    keys = ("dtype", "size", "quick", "reference", "models", "grid", "XLA_FLAGS")
+    keys = ("dtype", "size", "quick", "reference", "models", "grid", "XLA_FLAGS",
+            "inference_layout")
     if any(old["meta"].get(k) != self.res["meta"].get(k) for k in keys):
       raise SystemExit(f"--resume: {path} is from a run with other settings "
                        f"({ {k: old['meta'].get(k) for k in keys} })")
@@ -1514,7 +1536,14 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
     if out:
       text += "; outside: " + ", ".join(f"{e['batch']}x{e['seq']} {e['latency_ratio']:.2f}"
                                          for e in out)
-    if m == "albert":
+    layout = res["meta"].get("inference_layout", "scanned")
+    if m == "albert" and layout != "scanned":
+      text += (". Sharing removes parameters, not FLOPs. The layers ran unrolled, each BERT layer's "
+               "weights their own arrays (`--inference-layout=unrolled`); in the scanned training "
+               "layout XLA:CPU copies every layer's weights out of the stacked arrays before its "
+               "GEMMs, which slows BERT at small batches and made ALBERT look faster there (measure it "
+               "with `--inference-layout=scanned`)")
+    elif m == "albert":
       text += (". Sharing removes parameters, not FLOPs. Where ALBERT is faster (small batches, "
                "little arithmetic per weight) what differs in the compiled code is a copy: BERT's `nn.scan` takes "
                "each layer's weights out of the stacked [L, ...] arrays, and XLA:CPU "
@@ -1924,6 +1953,9 @@ def parse_args(argv=None):
   p.add_argument("--seqs", default="", help="override the grid's sequence lengths")
   p.add_argument("--train-points", default="", help="override training points, e.g. 8x128")
   p.add_argument("--skip-training", action="store_true")
+  p.add_argument("--inference-layout", default="unrolled", choices=("unrolled", "scanned"),
+                 help="layers as separate arrays (EncoderConfig.scan_layers=False, the "
+                      "inference layout) or the scanned training layout")
   p.add_argument("--resume", action="store_true",
                  help="carry on from <out>/partial.json (written after every point) of an "
                       "interrupted run with the same settings")

@@ -776,7 +776,9 @@ class Report:
       faster = [(b, s) for b, s, r in bad if r.value < low.value]
       albert_w = self.src.get(f"summary_{size}_albert/summary.json", "params_layers")
       bert_w = self.src.get(f"summary_{size}_bert/summary.json", "params_layers")
-      if faster and albert_w is not None and bert_w is not None:
+      scanned = self.src.raw("benchmark/benchmark.json", "meta").get(
+          "inference_layout", "scanned") == "scanned"
+      if faster and scanned and albert_w is not None and bert_w is not None:
         why += (f"; where it is faster ({', '.join(f'{b}x{s}' for b, s in faster)}) a "
                 f"forward does little arithmetic per weight, and BERT's scanned layer stack "
                 f"first copies each layer's weights out of the stacked arrays "
@@ -963,7 +965,14 @@ class Report:
              f"call by call ({code('benchmark/BENCHMARKS.md')} has the details; its command is "
              f"in the wall-time table). Medians of the timed calls after compilation and a "
              f"warm-up; ratios from the benchmark's own {code('ratios')}; 'others' CPU' is the "
-             f"share of the CPUs other processes used while the point was timed.", ""]
+             f"share of the CPUs other processes used while the point was timed. "
+             + (f"The layers run unrolled, each layer's weights their own arrays (the inference "
+                f"layout, {code('--inference-layout=unrolled')}); the scanned training layout "
+                f"makes XLA:CPU copy every BERT layer's weights out of the stacked arrays "
+                f"before its matmuls."
+                if meta.get("inference_layout", "scanned") == "unrolled" else
+                f"The layers run in the scanned training layout "
+                f"({code('--inference-layout=scanned')})."), ""]
     lines += md_table(["batch x seq", "BERT (ms)", "DistilBERT (ms)", "ALBERT (ms)",
                        "DistilBERT / BERT", "FLOP ratio", "ALBERT / BERT", "FLOP ratio",
                        "others' CPU (%)"], rows)

@@ -203,3 +203,78 @@ def test_bf16_forward_matches_fp32_within_bf16_precision():
     diff = jnp.max(jnp.abs(out16[key] - out32[key]))
     scale = jnp.max(jnp.abs(out32[key]))
     assert diff <= 0.05 * scale, (key, float(diff), float(scale))
+
+
+# ---- the unrolled (inference) layout: scan_layers=False
+
+
+@pytest.mark.parametrize("share", ["none", "all", "attention", "ffn"])
+def test_unrolled_layout_computes_the_scanned_function(share):
+  import dataclasses
+  from lite_bert.models.encoder import Encoder, stack_layers, unstack_layers
+  cfg = EncoderConfig(**SMALL, share=share, embedding_size=4)
+  unrolled_cfg = dataclasses.replace(cfg, scan_layers=False)
+  ids = jax.random.randint(jax.random.key(3), (2, 7), 0, SMALL["vocab_size"])
+  mask = jnp.array([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)
+  params = Encoder(cfg).init(jax.random.key(0), ids)["params"]
+  unrolled = unstack_layers(params, cfg)
+  # The unrolled layout is what an unrolled model initializes, leaf for leaf.
+  fresh = jax.eval_shape(lambda: Encoder(unrolled_cfg).init(jax.random.key(0), ids)["params"])
+  assert _shapes(unrolled) == _shapes(fresh)
+  if share != "all":
+    assert "layers" not in unrolled
+    assert sorted(k for k in unrolled if k.startswith("layers_")) == [
+        f"layers_{i}" for i in range(SMALL["num_layers"])]
+    # layer i of the unrolled tree is slice i of the stacked one
+    leaf = jax.tree.leaves(params["layers"])[0]
+    assert jnp.array_equal(jax.tree.leaves(unrolled["layers_1"])[0], leaf[1])
+  kwargs = dict(output_hidden_states=True, output_attentions=True)
+  want = Encoder(cfg).apply({"params": params}, ids, mask, **kwargs)
+  got = Encoder(unrolled_cfg).apply({"params": unrolled}, ids, mask, **kwargs)
+  assert set(got) == set(want)
+  for key in want:
+    assert got[key].shape == want[key].shape, key
+    assert jnp.allclose(got[key], want[key], atol=1e-5, rtol=1e-5), key
+  # and back again, exactly
+  restacked = stack_layers(unrolled, cfg)
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, restacked, params))
+
+
+def test_unrolled_layout_has_no_scan_and_trains_with_dropout():
+  import dataclasses
+  from lite_bert.models.encoder import unstack_layers
+  cfg = EncoderConfig(**SMALL, share="none", embedding_size=4, remat=True)
+  unrolled_cfg = dataclasses.replace(cfg, scan_layers=False)
+  ids = jnp.ones((2, 5), jnp.int32)
+  params = PretrainingModel(cfg).init(jax.random.key(0), ids)["params"]
+  model = PretrainingModel(unrolled_cfg)
+  p = unstack_layers(params, cfg)  # finds the encoder inside the heads' tree
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids))(p)
+  assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+  def loss(p, rng):
+    out = model.apply({"params": p}, ids, deterministic=False, rngs={"dropout": rng})
+    return jnp.mean(out["mlm_logits"] ** 2)
+
+  grads = jax.grad(loss)(p, jax.random.key(1))
+  for i in range(SMALL["num_layers"]):
+    layer = grads["encoder"][f"layers_{i}"]
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(layer["attention"]["qkv"])), i
+  # dropout draws differ from layer to layer: two rngs give two different losses
+  assert loss(p, jax.random.key(1)) != loss(p, jax.random.key(2))
+
+
+def test_layout_conversion_errors_name_the_mismatch():
+  from lite_bert.errors import UserError
+  from lite_bert.models.encoder import Encoder, stack_layers, unstack_layers
+  cfg = EncoderConfig(**SMALL)
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = Encoder(cfg).init(jax.random.key(0), ids)["params"]
+  deeper = EncoderConfig(**dict(SMALL, num_layers=4))
+  with pytest.raises(UserError, match="num_layers=4"):
+    unstack_layers(params, deeper)
+  unrolled = unstack_layers(params, cfg)
+  with pytest.raises(UserError, match="already unrolled"):
+    unstack_layers(unrolled, cfg)
+  with pytest.raises(UserError, match="num_layers=4"):
+    stack_layers(unrolled, deeper)

@@ -44,6 +44,15 @@ class EncoderConfig:
       embeddings (0.02 in all three papers).
     remat: recompute each block's activations in the backward pass (memory for
       compute).
+    scan_layers: True runs the layers as one `nn.scan` over stacked params
+      (`layers/...` with a leading [num_layers] axis: one block to compile,
+      the training layout). False unrolls them into a Python loop over
+      separately named blocks `layers_0 ... layers_{L-1}`, each holding its
+      own arrays: the same function, and the faster inference layout on
+      XLA:CPU, which copies each layer's slice out of the stacked arrays
+      before its matmuls. Convert between the two with
+      `lite_bert.models.encoder.unstack_layers` / `stack_layers`. Irrelevant
+      for share='all' (one block either way).
     dtype: compute dtype ('float32' or 'bfloat16').
     param_dtype: storage dtype of the parameters (keep 'float32').
   """
@@ -64,6 +73,7 @@ class EncoderConfig:
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   remat: bool = False
+  scan_layers: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
 

@@ -22,10 +22,17 @@ axis, and passes them into every step as a broadcast argument; the block then
 applies that sub-module functionally. flax's scan filters act on whole
 collections, so this is how one half of a block can be shared and the other
 not.
+
+With `scan_layers=False` the same blocks run in a Python loop instead, and
+share='none' / partial sharing store each layer under its own name
+`layers_0 ... layers_{L-1}` (no layer axis); share='all' keeps its one block
+under `layers`. `unstack_layers` / `stack_layers` convert params between the
+two layouts, so a checkpoint trained scanned can be served unrolled.
 """
 
 import functools
-from typing import Any, Optional
+import re
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -281,6 +288,24 @@ class Encoder(nn.Module):
     shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
     return scanned(cfg, shared_part, deterministic, output_attentions, name="layers")
 
+  def _unrolled_layers(self, x: Array, key_mask: Array, shared: Any, deterministic: bool,
+                       output_attentions: bool) -> tuple[Array, dict]:
+    """The layer loop without `nn.scan`: same outputs as the scanned stack."""
+    cfg = self.cfg
+    block_cls = nn.remat(Block) if cfg.remat else Block
+    shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
+    if cfg.share == "all":
+      blocks = [block_cls(cfg, None, deterministic, output_attentions, name="layers")
+                ] * cfg.num_layers
+    else:
+      blocks = [block_cls(cfg, shared_part, deterministic, output_attentions,
+                          name=f"layers_{i}") for i in range(cfg.num_layers)]
+    per_layer = []
+    for block in blocks:
+      x, ys = block(x, key_mask, shared)
+      per_layer.append(ys)
+    return x, jax.tree.map(lambda *ys: jnp.stack(ys), *per_layer)
+
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
                token_type_ids: Optional[Array] = None, *, deterministic: bool = True,
@@ -291,8 +316,11 @@ class Encoder(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, deterministic)
     key_mask = attention_mask.astype(bool)[:, None, None, :]
     shared = self.shared_params if cfg.share in ("attention", "ffn") else None
-    layers = self._layer_stack(deterministic, output_attentions)
-    last, ys = layers(x, key_mask, shared)
+    if cfg.scan_layers:
+      layers = self._layer_stack(deterministic, output_attentions)
+      last, ys = layers(x, key_mask, shared)
+    else:
+      last, ys = self._unrolled_layers(x, key_mask, shared, deterministic, output_attentions)
     outputs = {"last_hidden_state": last}
     if cfg.pooler:
       outputs["pooled"] = jnp.tanh(self.pooler(last[:, 0]))
@@ -305,3 +333,57 @@ class Encoder(nn.Module):
   def attend(self, x: Array) -> Array:
     """[..., E] -> [..., V] logits through the tied word-embedding table."""
     return self.embeddings.attend(x)
+
+
+_UNROLLED_NAME = re.compile(r"layers_(\d+)$")
+
+
+def _map_encoder_trees(params: Any, fn) -> Any:
+  """Applies fn to every dict holding an encoder's layer params (any nesting)."""
+  if not isinstance(params, Mapping):
+    return params
+  if "layers" in params or any(_UNROLLED_NAME.match(str(k)) for k in params):
+    return fn(dict(params))
+  return {k: _map_encoder_trees(v, fn) for k, v in params.items()}
+
+
+def unstack_layers(params: Any, cfg: EncoderConfig) -> Any:
+  """Scanned layout -> unrolled: `layers` leaves [L, ...] -> `layers_0 ... layers_{L-1}`.
+
+  `params` may be an encoder's params or any tree containing them (e.g. a
+  model with heads). share='all' has no layer axis: returned unchanged.
+  """
+  if cfg.share == "all":
+    return params
+
+  def unstack(tree: dict) -> dict:
+    if "layers" not in tree:
+      raise UserError("unstack_layers: these params have no stacked 'layers' "
+                      f"(keys {sorted(tree)}); are they already unrolled?")
+    stacked = tree.pop("layers")
+    for leaf in jax.tree.leaves(stacked):
+      if leaf.shape[:1] != (cfg.num_layers,):
+        raise UserError(f"unstack_layers: a stacked layer param has shape {leaf.shape}, "
+                        f"expected a leading axis of model.num_layers={cfg.num_layers}")
+    for i in range(cfg.num_layers):
+      tree[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return tree
+
+  return _map_encoder_trees(params, unstack)
+
+
+def stack_layers(params: Any, cfg: EncoderConfig) -> Any:
+  """Unrolled layout -> scanned: the inverse of `unstack_layers`."""
+  if cfg.share == "all":
+    return params
+
+  def stack(tree: dict) -> dict:
+    names = [f"layers_{i}" for i in range(cfg.num_layers)]
+    found = sorted(k for k in tree if _UNROLLED_NAME.match(str(k)))
+    if sorted(names) != found:
+      raise UserError(f"stack_layers: expected params {names[0]} ... {names[-1]} "
+                      f"(model.num_layers={cfg.num_layers}), found {found}")
+    tree["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *[tree.pop(n) for n in names])
+    return tree
+
+  return _map_encoder_trees(params, stack)
