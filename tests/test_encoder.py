@@ -278,3 +278,14 @@ def test_layout_conversion_errors_name_the_mismatch():
     unstack_layers(unrolled, cfg)
   with pytest.raises(UserError, match="num_layers=4"):
     stack_layers(unrolled, deeper)
+
+
+def test_share_all_keeps_its_scan_when_unrolled():
+  # One broadcast block is read in place; unrolled, XLA:CPU kept more temporaries.
+  cfg = EncoderConfig(**SMALL, share="all", scan_layers=False)
+  model = PretrainingModel(cfg)
+  ids = jnp.ones((2, 5), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids)["params"])
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids))(params)
+  assert [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"] == [
+      SMALL["num_layers"]]

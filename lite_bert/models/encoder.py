@@ -23,10 +23,11 @@ applies that sub-module functionally. flax's scan filters act on whole
 collections, so this is how one half of a block can be shared and the other
 not.
 
-With `scan_layers=False` the same blocks run in a Python loop instead, and
-share='none' / partial sharing store each layer under its own name
-`layers_0 ... layers_{L-1}` (no layer axis); share='all' keeps its one block
-under `layers`. `unstack_layers` / `stack_layers` convert params between the
+With `scan_layers=False` (share='none' or partial sharing) the same blocks
+run in a Python loop instead, each layer under its own name
+`layers_0 ... layers_{L-1}` (no layer axis). share='all' always scans: its
+one block is broadcast and read in place, and unrolled, XLA:CPU kept twice
+the temporaries at 8x512 and ran slower. `unstack_layers` / `stack_layers` convert params between the
 two layouts, so a checkpoint trained scanned can be served unrolled.
 """
 
@@ -294,12 +295,8 @@ class Encoder(nn.Module):
     cfg = self.cfg
     block_cls = nn.remat(Block) if cfg.remat else Block
     shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
-    if cfg.share == "all":
-      blocks = [block_cls(cfg, None, deterministic, output_attentions, name="layers")
-                ] * cfg.num_layers
-    else:
-      blocks = [block_cls(cfg, shared_part, deterministic, output_attentions,
-                          name=f"layers_{i}") for i in range(cfg.num_layers)]
+    blocks = [block_cls(cfg, shared_part, deterministic, output_attentions,
+                        name=f"layers_{i}") for i in range(cfg.num_layers)]
     per_layer = []
     for block in blocks:
       x, ys = block(x, key_mask, shared)
@@ -316,7 +313,7 @@ class Encoder(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, deterministic)
     key_mask = attention_mask.astype(bool)[:, None, None, :]
     shared = self.shared_params if cfg.share in ("attention", "ffn") else None
-    if cfg.scan_layers:
+    if cfg.scan_layers or cfg.share == "all":  # one broadcast block: nothing to unroll
       layers = self._layer_stack(deterministic, output_attentions)
       last, ys = layers(x, key_mask, shared)
     else:
