@@ -671,13 +671,21 @@ class Report:
              " rewrites it without running anything). Every number below comes from a file of "
              "those folders (" + code("report_numbers.json") + " names it) or from the study.",
              ""]
-    for inv in self.run["invocations"]:
+    invocations = self.run["invocations"]
+    for i, inv in enumerate(invocations):
       git = inv["git"]
+      # A stage redone by a later run (its folder deleted) no longer feeds the report.
+      later = {s for other in invocations[i + 1:] for s in other.get("stages", [])}
+      ran = inv.get("stages", [])
+      kept = [s for s in ran if s not in later]
+      stages = (f"; stages: {', '.join(kept) or 'none kept'}"
+                + (f" (redone later: {', '.join(s for s in ran if s in later)})"
+                   if len(kept) < len(ran) else "")) if ran else ""
       lines.append(f"- run {code(inv['date'])}: commit {code(git['commit'][:12])}"
                    f"{' (uncommitted changes)' if git['dirty'] else ''}, machine "
                    f"{code(inv['machine']['cpu'])} with {code(inv['machine']['cpu_count'])} "
                    f"CPU cores ({code(inv['machine']['platform'])}), command "
-                   f"{code(inv['command'])}")
+                   f"{code(inv['command'])}{stages}")
     if self.src.exists("benchmark/benchmark.json"):
       meta = self.src.raw("benchmark/benchmark.json", "meta")
       lines.append(f"- benchmark device: {code(meta['device_kind'])} ({code(meta['platform'])}), "
