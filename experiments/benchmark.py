@@ -822,7 +822,9 @@ class Benchmark:
     cfg = self.cfgs[m]
     inputs = {k: jnp.asarray(v) for k, v in make_inputs(cfg, batch, seq).items()}
     state = {}
-    scanned = [(cfg, batch, seq, False)] if self.args.inference_layout == "scanned" else []
+    # share='all' scans in either layout (see EncoderConfig.scan_layers)
+    scans = self.args.inference_layout == "scanned" or cfg.share == "all"
+    scanned = [(cfg, batch, seq, False)] if scans else []
 
     def prepare():
       enc, layout_params = self.inference_model(m, params)

@@ -106,8 +106,12 @@ def test_analytic_flops_agree_with_xla(run):
     # XLA also counts element-wise work the matmul count leaves out; exact-erf
     # GELU (BERT, DistilBERT) is the largest part of it at H=128.
     assert 1.0 <= ratio <= (1.04 if r["model"] == "albert" else 1.12), (r["model"], ratio)
-    # Inference runs the unrolled layout (the default): no loop, XLA counts every layer.
-    assert r["xla_flops_counted"] == r["xla_flops"]
+    # Inference runs the unrolled layout (the default): no loop, XLA counts every layer;
+    # ALBERT's one shared block stays a scan, whose body XLA counts once (corrected for).
+    if r["model"] == "albert":
+      assert r["xla_flops_counted"] < r["xla_flops"]
+    else:
+      assert r["xla_flops_counted"] == r["xla_flops"]
   assert res["meta"]["inference_layout"] == "unrolled"
   for r in res["training"]:
     # Training is scanned: one while loop, whose body XLA counts once (corrected for).
