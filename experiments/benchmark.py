@@ -713,6 +713,9 @@ class Benchmark:
       self.grid["train"] = tuple(tuple(int(v) for v in p.split("x"))
                                  for p in args.train_points.split(","))
     self.policy = REPEATS["quick" if args.quick else "full"]
+    if args.repeats:  # a fixed count: steadier medians where calls vary from one to the next
+      self.policy = dict(budget_s=0.0, min=args.repeats, max=args.repeats, long_s=0.0,
+                         min_long=args.repeats, fixed=args.repeats)
     self.models = tuple(args.models.split(","))
     self.cfgs = {m: model_config(m, args.size, args.dtype) for m in MODELS}
     self.flax = None
@@ -1620,11 +1623,14 @@ def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> st
             f"{', wall %.1f min' % (r['wall_s'] / 60) if r.get('wall_s') else ''}): "
             f"`{r.get('command', '?')}`" for r in meta.get("resumed", [])
             if not meta.get("report_only") or "--report-only" not in r.get("command", "")] + [
-            f"- repeats: 1 warm-up call after compilation, then timed calls filling "
-            f"~{res['meta']['repeat_policy']['budget_s']} s per candidate "
-            f"(min {res['meta']['repeat_policy']['min']}, max {res['meta']['repeat_policy']['max']};"
-            f" {res['meta']['repeat_policy']['min_long']} when a call takes > "
-            f"{res['meta']['repeat_policy']['long_s']} s), implementations interleaved call by "
+            f"- repeats: 1 warm-up call after compilation, then "
+            + (f"{res['meta']['repeat_policy']['fixed']} timed calls per candidate (--repeats)"
+               if res['meta']['repeat_policy'].get('fixed') else
+               f"timed calls filling ~{res['meta']['repeat_policy']['budget_s']} s per candidate "
+               f"(min {res['meta']['repeat_policy']['min']}, max "
+               f"{res['meta']['repeat_policy']['max']}; {res['meta']['repeat_policy']['min_long']}"
+               f" when a call takes > {res['meta']['repeat_policy']['long_s']} s)")
+            + f", implementations interleaved call by "
             f"call; medians reported. A point during which other processes used > 25% of the "
             f"CPUs is timed again (up to --retries times, "
             f"{'as each session set it' if meta.get('report_only') else res['meta']['retries']};"
@@ -1955,6 +1961,9 @@ def parse_args(argv=None):
   p.add_argument("--seqs", default="", help="override the grid's sequence lengths")
   p.add_argument("--train-points", default="", help="override training points, e.g. 8x128")
   p.add_argument("--skip-training", action="store_true")
+  p.add_argument("--repeats", type=int, default=0,
+                 help="timed calls per candidate and point (default 0: as many as fill the "
+                      "time budget of the repeat policy, at least 2-3)")
   p.add_argument("--inference-layout", default="unrolled", choices=("unrolled", "scanned"),
                  help="layers as separate arrays (EncoderConfig.scan_layers=False, the "
                       "inference layout) or the scanned training layout")
