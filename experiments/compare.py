@@ -681,8 +681,9 @@ class Report:
       later = {s for other in invocations[i + 1:] for s in other.get("stages", [])}
       ran = inv.get("stages", [])
       kept = [s for s in ran if s not in later]
-      stages = (f"; stages: {', '.join(kept) or 'none kept'}"
-                + (f" (redone later: {', '.join(s for s in ran if s in later)})"
+      names = lambda stage_names: ", ".join(code(s) for s in stage_names)
+      stages = (f"; stages: {names(kept) or 'none kept'}"
+                + (f" (redone later: {names(s for s in ran if s in later)})"
                    if len(kept) < len(ran) else "")) if ran else ""
       lines.append(f"- run {code(inv['date'])}: commit {code(git['commit'][:12])}"
                    f"{' (uncommitted changes)' if git['dirty'] else ''}, machine "
