@@ -78,10 +78,15 @@ def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
   return out.astype(jnp.result_type(lhs, rhs))
 
 
+def is_reduced_precision(cfg: EncoderConfig) -> bool:
+  """True when activations are computed in fewer than 32 bits (bfloat16, float16)."""
+  return jnp.dtype(cfg.dtype).itemsize < 4
+
+
 def dense_dtypes(cfg: EncoderConfig) -> dict:
   """`dtypes` for nn.Dense: reduced-precision compute gets fp32-accumulating GEMMs."""
   kwargs = dtypes(cfg)
-  if jnp.dtype(cfg.dtype).itemsize < 4:
+  if is_reduced_precision(cfg):
     kwargs["dot_general"] = f32_accumulating_dot_general
   return kwargs
 
@@ -174,7 +179,7 @@ class SelfAttention(nn.Module):
     probs = None
     # XLA:CPU's fused attention runs bf16 matmuls without fp32 accumulation, i.e. widened
     # to fp32 (see `f32_accumulating_dot_general`); the explicit path is faster there.
-    reduced_on_cpu = jnp.dtype(cfg.dtype).itemsize < 4 and jax.default_backend() == "cpu"
+    reduced_on_cpu = is_reduced_precision(cfg) and jax.default_backend() == "cpu"
     if self.output_attentions or needs_dropout or reduced_on_cpu:
       context, probs = attention_weights_and_output(q, k, v, mask, attention_dropout,
                                                     self.deterministic)
