@@ -147,8 +147,11 @@ GRIDS = {
 }
 # Timed repeats after the warm-up: enough to fill `budget_s`, within [min, max];
 # points whose warm-up took more than `long_s` get `min_long` repeats.
+# A candidate whose timed calls (each under `long_s`) spread by more than `spread` of
+# their median gets further calls, round-robin with the other such candidates, until it
+# has `spread_max` calls: single calls on a shared VM vary by up to 20-30%.
 REPEATS = {
-    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=2),
+    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=2, spread=0.10, spread_max=7),
     "quick": dict(budget_s=0.3, min=2, max=3, long_s=1.0, min_long=1),
 }
 
@@ -670,6 +673,13 @@ class Candidate:
   cpu: list = dataclasses.field(default_factory=list)
   target: int = 0
 
+  def time_once(self) -> None:
+    """One timed call, recorded."""
+    seconds, rss, cpu = self.run()
+    self.times.append(seconds)
+    self.rss.append(rss)
+    self.cpu.append(cpu)
+
 
 def repeats_for(warm_s: float, policy: dict) -> int:
   if warm_s > policy["long_s"]:
@@ -684,10 +694,24 @@ def time_round_robin(candidates: list) -> None:
   for _ in range(max(c.target for c in candidates)):
     for c in candidates:
       if len(c.times) < c.target:
-        seconds, rss, cpu = c.run()
-        c.times.append(seconds)
-        c.rss.append(rss)
-        c.cpu.append(cpu)
+        c.time_once()
+
+
+def relative_spread(times: list) -> float:
+  """(slowest - fastest) / median of a candidate's timed calls."""
+  return (max(times) - min(times)) / statistics.median(times)
+
+
+def time_noisy_again(candidates: list, policy: dict) -> None:
+  """More calls for candidates whose calls spread widely (see REPEATS), round-robin."""
+  if not policy.get("spread_max"):
+    return
+  def noisy(c):
+    return (len(c.times) < policy["spread_max"] and c.info["warmup_s"] <= policy["long_s"]
+            and relative_spread(c.times) > policy["spread"])
+  while todo := [c for c in candidates if noisy(c)]:
+    for c in todo:
+      c.time_once()
 
 
 def summarize_times(c: Candidate) -> dict:
@@ -745,6 +769,7 @@ class Benchmark:
       idle = self.wait_for_idle()
       snap = self.monitor.snapshot()
       time_round_robin(candidates)
+      time_noisy_again(candidates, self.policy)
       load = dict(self.monitor.since(snap), **idle)
       attempts.append((load.get("others_cpu_fraction", 0.0), load,
                        [(c.times, c.rss, c.cpu) for c in candidates]))
@@ -1629,7 +1654,11 @@ def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> st
                f"timed calls filling ~{res['meta']['repeat_policy']['budget_s']} s per candidate "
                f"(min {res['meta']['repeat_policy']['min']}, max "
                f"{res['meta']['repeat_policy']['max']}; {res['meta']['repeat_policy']['min_long']}"
-               f" when a call takes > {res['meta']['repeat_policy']['long_s']} s)")
+               f" when a call takes > {res['meta']['repeat_policy']['long_s']} s)"
+               + (f"; a candidate whose calls spread by more than "
+                  f"{res['meta']['repeat_policy']['spread']:.0%} of their median gets more "
+                  f"calls, up to {res['meta']['repeat_policy']['spread_max']}"
+                  if res['meta']['repeat_policy'].get('spread_max') else ""))
             + f", implementations interleaved call by "
             f"call; medians reported. A point during which other processes used > 25% of the "
             f"CPUs is timed again (up to --retries times, "

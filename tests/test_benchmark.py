@@ -162,6 +162,35 @@ def test_reference_speedups_are_computed_from_rows():
   assert ratios["training_vs_reference"][0]["speedup_vs_hf_torch"] == 1.5
 
 
+def fake_candidate(name, seconds, warmup_s, policy):
+  """A candidate whose timed calls return `seconds` in turn (last one repeated)."""
+  calls = iter(list(seconds) + [seconds[-1]] * 20)
+  c = bm.Candidate(model=name, impl="ours", prepare=dict,
+                   run=lambda: (next(calls), None, 0.0), info={"warmup_s": warmup_s})
+  c.target = bm.repeats_for(warmup_s, policy)
+  return c
+
+
+def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
+  policy = bm.REPEATS["full"]
+  noisy = fake_candidate("noisy", [0.97, 1.18, 1.21, 1.0, 1.0], 1.0, policy)
+  steady = fake_candidate("steady", [1.0, 1.02, 0.99], 1.0, policy)
+  long = fake_candidate("long", [5.0, 7.0], 5.0, policy)  # calls over long_s: not extended
+  bm.time_round_robin([noisy, steady, long])
+  assert [len(c.times) for c in (noisy, steady, long)] == [3, 3, 2]
+  bm.time_noisy_again([noisy, steady, long], policy)
+  assert len(noisy.times) == policy["spread_max"] == 7
+  assert noisy.times == [0.97, 1.18, 1.21, 1.0, 1.0, 1.0, 1.0]
+  assert bm.summarize_times(noisy)["median_s"] == 1.0
+  assert len(steady.times) == 3 and len(long.times) == 2
+  # A fixed --repeats policy is never extended.
+  fixed = dict(budget_s=0.0, min=3, max=3, long_s=0.0, min_long=3, fixed=3)
+  again = fake_candidate("fixed", [0.97, 1.18, 1.21], 1.0, fixed)
+  bm.time_round_robin([again])
+  bm.time_noisy_again([again], fixed)
+  assert len(again.times) == 3
+
+
 def test_report_includes_analysis_and_probe(run):
   res, _ = run
   probe = {"meta": {"cpu_model": "cpu", "cpu_flags": ["avx512_bf16"], "jax": "x", "date": "d"},
