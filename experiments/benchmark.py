@@ -156,6 +156,11 @@ REPEATS = {
 }
 
 
+def fixed_repeats(n: int) -> dict:
+  """The repeat policy of `--repeats=n`: exactly n timed calls per candidate, never more."""
+  return dict(budget_s=0.0, min=n, max=n, long_s=0.0, min_long=n, fixed=n)
+
+
 # ----------------------------------------------------------------- configs
 
 def model_config(name: str, size: str, dtype: str) -> EncoderConfig:
@@ -738,8 +743,7 @@ class Benchmark:
                                  for p in args.train_points.split(","))
     self.policy = REPEATS["quick" if args.quick else "full"]
     if args.repeats:  # a fixed count: steadier medians where calls vary from one to the next
-      self.policy = dict(budget_s=0.0, min=args.repeats, max=args.repeats, long_s=0.0,
-                         min_long=args.repeats, fixed=args.repeats)
+      self.policy = fixed_repeats(args.repeats)
     self.models = tuple(args.models.split(","))
     self.cfgs = {m: model_config(m, args.size, args.dtype) for m in MODELS}
     self.flax = None

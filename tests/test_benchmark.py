@@ -184,7 +184,7 @@ def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
   assert bm.summarize_times(noisy)["median_s"] == 1.0
   assert len(steady.times) == 3 and len(long.times) == 2
   # A fixed --repeats policy is never extended.
-  fixed = dict(budget_s=0.0, min=3, max=3, long_s=0.0, min_long=3, fixed=3)
+  fixed = bm.fixed_repeats(3)
   again = fake_candidate("fixed", [0.97, 1.18, 1.21], 1.0, fixed)
   bm.time_round_robin([again])
   bm.time_noisy_again([again], fixed)
