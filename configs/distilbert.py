@@ -73,6 +73,10 @@ def get_config(arg: str = "base"):
   config.distill.alpha_mlm = 2.0  # weight of the student's masked-LM cross-entropy
   config.distill.alpha_cos = 1.0  # weight of 1 - cos(student, teacher last hidden state)
   config.distill.alpha_mse = 0.0  # weight of the squared logit difference (summed over vocab)
+  # weight of the TinyBERT-style MSE between student layer m and teacher layer
+  # m * teacher_layers / student_layers (hidden states, mean over H); needs a
+  # teacher depth that is a multiple of the student's
+  config.distill.alpha_hidden = 0.0
   config.distill.temperature = 2.0  # T, softens both distributions of the KL term
   config.distill.kl_on_masked_only = False  # KL/MSE at masked tokens only (else every token)
   if arg == "tiny":

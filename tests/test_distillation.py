@@ -702,3 +702,53 @@ def test_distilled_student_beats_scratch_on_wikitext(tmp_path):
   assert d["mlm_accuracy"] > s["mlm_accuracy"] + E2E_MARGIN
   assert d["mlm_accuracy"] > E2E_TEACHER_FRACTION * d["teacher_mlm_accuracy"]
   assert d["mlm_loss"] < s["mlm_loss"]
+
+
+def test_encoder_only_teacher_teaches_through_hidden_states(micro_teacher, tmp_path):
+  """A teacher without an MLM head (as all-MiniLM-L6-v2): hidden-state terms only.
+
+  The KL needs the teacher's logits, so it is refused; with alpha_ce = alpha_mse
+  = 0 the cosine and the TinyBERT-style layer MSE teach. A student of all the
+  teacher's layers is the teacher (both terms 0); a 2-layer one matches
+  student layer m against teacher layer 2m, recomputed here in numpy.
+  """
+  from lite_bert.models import export  # pylint: disable=g-import-not-at-top
+  loaded = pretrained.load(micro_teacher)
+  folder = str(tmp_path / "encoder_only")
+  export.export_huggingface((loaded.cfg, {"encoder": loaded.params["encoder"]}, "bert"),
+                            loaded.tokenizer, folder)
+  assert "mlm_head" not in pretrained.load(folder).params
+  with pytest.raises(UserError, match="no MLM head"):
+    distill.build_job(micro_student(folder), str(tmp_path / "refused"))
+
+  hidden_only = {"distill.alpha_ce": 0.0, "distill.alpha_mse": 0.0, "distill.alpha_mlm": 0.0,
+                 "distill.alpha_cos": 1.0, "distill.alpha_hidden": 1.0}
+  _, batch = token_batch(micro_teacher)
+  real = batch["attention_mask"].astype(bool)
+  config = micro_student(folder, **hidden_only)
+  config.model.num_layers = 4
+  job, params = initial_student(config, str(tmp_path / "all"))
+  _, metrics = jax.jit(job.loss_fn, static_argnums=4)(params, job.frozen, batch, None, True)
+  numbers = objectives.summarize(jax.device_get(metrics))
+  assert numbers["hidden_mse"] < 1e-9 and numbers["cosine_loss"] < 1e-6
+  assert numbers["kl"] == 0.0 and numbers["logit_mse"] == 0.0
+
+  config = micro_student(folder, **hidden_only, **{"distill.layers": (0, 3)})
+  job, params = initial_student(config, str(tmp_path / "two"))
+  loss, metrics = jax.jit(job.loss_fn, static_argnums=4)(params, job.frozen, batch, None, True)
+  numbers = objectives.summarize(jax.device_get(metrics))
+  student_cfg = EncoderConfig.from_dict(config.model.to_dict())
+  s = run_pretraining_model(student_cfg, dict(params), batch, None)["hidden_states"]
+  t = run_pretraining_model(dataclasses.replace(loaded.cfg, pooler=False),
+                            {"encoder": job.frozen["encoder"], "mlm_head": loaded.params["mlm_head"]},
+                            batch, np.zeros_like(batch["input_ids"]))["hidden_states"]
+  expected = np.mean([np.mean((s[m] - t[2 * m]) ** 2, -1)[real].mean() for m in (1, 2)])
+  np.testing.assert_allclose(numbers["hidden_mse"], expected, rtol=1e-4)
+  np.testing.assert_allclose(float(loss), numbers["cosine_loss"] + numbers["hidden_mse"],
+                             rtol=1e-5)
+  with pytest.raises(UserError, match="multiple of the student"):
+    distill.hidden_pairs(4, 3)
+
+  result = launch.run(config, str(tmp_path / "run"))  # trains: finite, evaluates, no teacher MLM
+  assert np.isfinite(result["train"]["loss"]) and "hidden_mse" in result["eval"]
+  assert not any(k.startswith("teacher_") for k in result["eval"])

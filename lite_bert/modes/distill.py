@@ -15,7 +15,15 @@ layer subset on single-segment input.
 One jitted step runs the teacher (deterministic, params in `Job.frozen`, never
 trained) and the student (with dropout) on the same masked batch and trains
 the student on `objectives.distillation_loss`: alpha_ce * T^2 KL + alpha_mlm *
-MLM + alpha_cos * (1 - cos) + alpha_mse * logit MSE. The held-out evaluation
+MLM + alpha_cos * (1 - cos) + alpha_mse * logit MSE + alpha_hidden * the
+TinyBERT-style MSE between student layer i and teacher layer (i + 1) *
+teacher_layers / student_layers - 1 (each student layer stands in for that many
+teacher layers; the last pair is the two last hidden states).
+
+A teacher without an MLM head (a sentence encoder such as all-MiniLM-L6-v2)
+can teach through the hidden-state terms alone (alpha_ce = alpha_mse = 0):
+the teacher then runs as a bare encoder and the student's MLM head only at
+the masked positions, so no [batch, seq, vocab] logits are computed. The held-out evaluation
 gives the student's MLM loss / accuracy / perplexity, the KL and cosine terms,
 the weighted total, and (once, for reference) the teacher's own MLM numbers on
 the same batches.
@@ -40,6 +48,7 @@ from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import student as student_lib
 from lite_bert.models.config import EncoderConfig
+from lite_bert.models.encoder import Encoder
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.modes import pretrain
 from lite_bert.modes import setup
@@ -48,7 +57,9 @@ from lite_bert.train import loop
 from lite_bert.train import objectives
 from lite_bert.train import task_distillation
 
-WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")
+WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_hidden")
+# Terms that need the teacher's MLM logits at every position.
+LOGIT_WEIGHTS = ("alpha_ce", "alpha_mse")
 
 
 # --------------------------------------------------------------------- config
@@ -57,18 +68,37 @@ WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse")
 def loss_options(config) -> dict:
   """The `distillation_loss` keyword arguments from `config.distill`, checked."""
   d = config.distill
-  options = {name: float(d[name]) for name in WEIGHTS}
+  options = {name: float(d.get(name, 0.0)) for name in WEIGHTS}
   for name, value in options.items():
     if not value >= 0.0:  # also refuses NaN
       raise UserError(f"distill.{name} must be >= 0, got {value!r}")
   if not any(options.values()):
-    raise UserError("distill.alpha_ce, alpha_mlm, alpha_cos and alpha_mse are all 0: "
+    raise UserError("distill.alpha_ce, alpha_mlm, alpha_cos, alpha_mse and alpha_hidden are all 0: "
                     "the student would have nothing to learn")
   if not float(d.temperature) > 0.0:
     raise UserError(f"distill.temperature must be > 0, got {d.temperature!r}")
   options["temperature"] = float(d.temperature)
   options["kl_on_masked_only"] = bool(d.kl_on_masked_only)
   return options
+
+
+def needs_teacher_logits(options: dict) -> bool:
+  return any(options[name] for name in LOGIT_WEIGHTS)
+
+
+def hidden_pairs(teacher_layers: int, student_layers: int) -> tuple[tuple[int, int], ...]:
+  """(student, teacher) `hidden_states` indices for the intermediate-layer MSE.
+
+  TinyBERT's uniform map: student layer m (1-based) learns teacher layer
+  m * teacher_layers / student_layers, so the last layers pair up. Index 0
+  (the embeddings) is left out. 6 -> 3: ((1, 2), (2, 4), (3, 6)).
+  """
+  if teacher_layers % student_layers:
+    raise UserError(f"the intermediate-layer loss (distill.alpha_hidden) needs a teacher "
+                    f"depth that is a multiple of the student's: {teacher_layers} teacher "
+                    f"layers, {student_layers} student layers")
+  k = teacher_layers // student_layers
+  return tuple((m, m * k) for m in range(1, student_layers + 1))
 
 
 def layer_ids(config) -> Optional[tuple[int, ...]]:
@@ -111,9 +141,10 @@ def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
   if step is not None and loaded.kind != "workdir":
     raise UserError(f"distill.teacher_step={step} is for lite_bert workdirs; {source} is a "
                     f"{loaded.kind} folder with one set of weights")
-  if "mlm_head" not in loaded.params:
+  if "mlm_head" not in loaded.params and needs_teacher_logits(loss_options(config)):
     raise UserError(f"{where} has no MLM head weights (a fine-tuned or encoder-only "
-                    f"checkpoint?); distillation needs the teacher's masked-LM predictions")
+                    f"checkpoint?); distill.alpha_ce / alpha_mse need the teacher's masked-LM "
+                    f"predictions (set both to 0 to distil through hidden states only)")
   t_cfg = loaded.cfg
   for field in ("vocab_size", "hidden_size"):
     if getattr(t_cfg, field) != getattr(student_cfg, field):
@@ -136,7 +167,9 @@ def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
   tokenizers.check_vocab_matches(tokenizer, t_cfg.vocab_size, where)
 
   encoder = {k: v for k, v in loaded.params["encoder"].items() if k != "pooler"}
-  params = {"encoder": encoder, "mlm_head": loaded.params["mlm_head"]}
+  params = {"encoder": encoder}
+  if "mlm_head" in loaded.params:
+    params["mlm_head"] = loaded.params["mlm_head"]
   run_cfg = dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype)
   arch = {k: v for k, v in t_cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
   identity = dict(path=os.path.realpath(source), kind=loaded.kind, arch=loaded.arch,
@@ -270,27 +303,44 @@ def init_student_from_teacher(teacher_params: dict, teacher_cfg: EncoderConfig,
 
 
 def make_loss_fn(student_model: PretrainingModel, teacher_model: PretrainingModel,
-                 options: dict):
-  """loss_fn(params, frozen, batch, rng, deterministic) -> (loss, metric sums)."""
+                 options: dict, pairs: tuple[tuple[int, int], ...] = ()):
+  """loss_fn(params, frozen, batch, rng, deterministic) -> (loss, metric sums).
+
+  With teacher logits (alpha_ce / alpha_mse > 0) both models' MLM heads run at
+  every position; otherwise the teacher runs as a bare encoder and the
+  student's head only at the masked positions. `pairs`: `hidden_pairs`, used
+  when alpha_hidden > 0.
+  """
+  with_logits = needs_teacher_logits(options)
+  with_hidden = bool(options.get("alpha_hidden")) and bool(pairs)
+  teacher_encoder = Encoder(teacher_model.cfg)
+  keep = ("last_hidden_state",) + (("hidden_states",) if with_hidden else ())
 
   def loss_fn(params, frozen, batch, rng, deterministic):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     token_types = batch.get("token_type_ids")
     if token_types is None:
       token_types = jnp.zeros_like(ids)
-    teacher_out = teacher_model.apply({"params": frozen}, ids, mask, token_types, None,
-                                      deterministic=True)
+    if with_logits:
+      teacher_out = teacher_model.apply({"params": frozen}, ids, mask, token_types, None,
+                                        deterministic=True, output_hidden_states=with_hidden)
+    else:
+      teacher_out = teacher_encoder.apply({"params": frozen["encoder"]}, ids, mask, token_types,
+                                          deterministic=True, output_hidden_states=with_hidden)
     teacher_out = jax.lax.stop_gradient(
-        {k: teacher_out[k] for k in ("mlm_logits", "last_hidden_state")})
+        {k: teacher_out[k] for k in keep + (("mlm_logits",) if with_logits else ())})
     student_out = student_model.apply(
-        {"params": params}, ids, mask, None, None, deterministic=deterministic,
+        {"params": params}, ids, mask, None, None if with_logits else batch["masked_positions"],
+        deterministic=deterministic, output_hidden_states=with_hidden,
         rngs=None if rng is None else {"dropout": rng})
-    return objectives.distillation_loss(student_out, teacher_out, batch, **options)
+    return objectives.distillation_loss(student_out, teacher_out, batch,
+                                        hidden_pairs=pairs if with_hidden else (), **options)
 
   return loss_fn
 
 
-def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, options: dict):
+def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, options: dict,
+                  *, teacher_has_head: bool = True):
   """(params, frozen, to_global) -> the student's held-out numbers (+ the teacher's, once)."""
   student_eval = pretrain.make_evaluate(loss_fn, eval_batches)
   teacher_mlm = objectives.pretraining_loss_fn(teacher_model, pair_weight=0.0)
@@ -309,8 +359,9 @@ def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, option
     numbers["distill_loss"] = (
         options["alpha_ce"] * numbers["kl"] + options["alpha_mlm"] * numbers["mlm_loss"]
         + options["alpha_cos"] * numbers["cosine_loss"]
-        + options["alpha_mse"] * numbers["logit_mse"])
-    if not teacher_numbers:  # the teacher is frozen: its numbers never change
+        + options["alpha_mse"] * numbers["logit_mse"]
+        + options["alpha_hidden"] * numbers.get("hidden_mse", 0.0))
+    if not teacher_numbers and teacher_has_head:  # frozen teacher: its numbers never change
       totals = {}
       for batch in eval_batches:
         for key, value in jax.device_get(teacher_step(frozen, to_global(batch))).items():
@@ -359,12 +410,16 @@ def build_job(config, workdir: str) -> loop.Job:
         teacher.full_params, teacher.source_cfg, cfg, layers, random_params,
         fold_token_type=bool(config.distill.fold_token_type))
 
-  loss_fn = make_loss_fn(student_model, teacher_model, options)
+  pairs = ()
+  if options["alpha_hidden"]:
+    pairs = hidden_pairs(teacher.source_cfg.num_layers, cfg.num_layers)
+  loss_fn = make_loss_fn(student_model, teacher_model, options, pairs)
   eval_batches = pipeline.eval_batches(
       eval_docs, teacher.tokenizer, num_batches=config.data.eval_batches, seed=config.seed + 1,
       corpus_name=config.data.eval_corpus or f"held-out part of {config.data.corpus}",
       **batch_options)
-  evaluate = make_evaluate(loss_fn, teacher_model, eval_batches, options)
+  evaluate = make_evaluate(loss_fn, teacher_model, eval_batches, options,
+                           teacher_has_head="mlm_head" in teacher.params)
 
   def make_train_iter(state):
     return pipeline.pretraining_batches(train_docs, teacher.tokenizer, seed=config.seed,

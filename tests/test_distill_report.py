@@ -1,0 +1,119 @@
+"""The distillation study's verdicts and report statistics, on synthetic predictions.
+
+The verdict code (experiments/verdicts.py) is fed intervals that must give
+each word; the report's analysis (experiments/distill_report.py) is fed
+synthetic dev predictions of known quality on a two-class task, so the
+verdict it reaches is known in advance, and its numbers are checked against
+scikit-learn.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import sklearn.metrics
+
+from experiments import distill_report
+from experiments import verdicts
+from lite_bert.data import glue
+
+
+@pytest.mark.parametrize("ci, above, word", [
+    ((0.99, 1.02), (True, True), verdicts.AGREES),        # clearly at or above 97%
+    ((0.966, 0.99), (True, True), verdicts.AGREES),       # low end within the rounding
+    ((0.80, 0.90), (True, True), verdicts.DISAGREES),     # clearly below
+    ((0.93, 1.01), (True, True), verdicts.INCONCLUSIVE),  # straddles 97%
+    ((0.99, 1.02), (False, True), verdicts.INCONCLUSIVE), # student at the majority class
+    ((0.80, 0.90), (True, False), verdicts.INCONCLUSIVE), # teacher at the majority class
+])
+def test_retention_verdict_words(ci, above, word):
+  assert verdicts.retention(ci, student_above=above[0], teacher_above=above[1]) == word
+
+
+def test_baseline_and_comparison_words():
+  assert verdicts.versus_baseline((0.01, 0.05)) == verdicts.ABOVE
+  assert verdicts.versus_baseline((-0.01, 0.05)) == verdicts.NOT_ABOVE
+  assert verdicts.comparison((0.01, 0.03)) == verdicts.BETTER
+  assert verdicts.comparison((-0.03, -0.01)) == verdicts.WORSE
+  assert verdicts.comparison((-0.01, 0.02)) == verdicts.INCONCLUSIVE
+
+
+def flip(labels, fraction, rng):
+  """labels with `fraction` of them (chosen at random) flipped."""
+  out = labels.copy()
+  idx = rng.choice(len(labels), int(round(fraction * len(labels))), replace=False)
+  out[idx] = 1 - out[idx]
+  return out
+
+
+def synthetic(variants: dict, n=800, seeds=3):
+  """A two-class 'MRPC-like' task (F1 + accuracy, 65% positives) with the given error rates."""
+  rng = np.random.default_rng(0)
+  labels = (rng.random(n) < 0.65).astype(np.int64)
+  runs = {v: [(s, maker(labels, rng), f"{v}_s{s}") for s in range(seeds)]
+          for v, maker in variants.items()}
+  return {"mrpc": dict(spec=glue.get_task("mrpc"), labels=labels, majority=1, runs=runs)}
+
+
+def errors(fraction):
+  return lambda labels, rng: flip(labels, fraction, rng)
+
+
+def test_analysis_reaches_the_known_verdicts():
+  data = synthetic({
+      "teacher": errors(0.05),
+      "init": errors(0.20),                                  # worse than distilled
+      "general": errors(0.05),                               # the teacher's quality
+      "task": lambda labels, rng: np.ones_like(labels),     # always the majority class
+      "random": errors(0.50),                                # a coin
+  })
+  numbers = distill_report.analyse(data)
+  task = numbers["tasks"]["mrpc"]
+  # The numbers are scikit-learn's, mean over seeds.
+  seeds = data["mrpc"]["runs"]["init"]
+  labels = data["mrpc"]["labels"]
+  expected = np.mean([(sklearn.metrics.f1_score(labels, p) + sklearn.metrics.accuracy_score(labels, p)) / 2
+                      for _, p, _ in seeds])
+  assert task["variants"]["init"]["mean"] == pytest.approx(expected)
+  assert task["majority_score"] == pytest.approx(
+      (sklearn.metrics.f1_score(labels, np.ones_like(labels)) + labels.mean()) / 2)
+  # Verdicts follow from the known quality.
+  v = numbers["variants"]
+  assert task["variants"]["teacher"]["vs_majority"] == verdicts.ABOVE
+  assert task["variants"]["task"]["vs_majority"] == verdicts.NOT_ABOVE
+  assert task["variants"]["random"]["vs_majority"] == verdicts.NOT_ABOVE
+  assert v["task"]["retention_verdict"] == verdicts.INCONCLUSIVE   # majority-class student
+  assert v["init"]["retention_verdict"] == verdicts.DISAGREES      # 80% vs 95% correct
+  assert v["general"]["vs_init"] == verdicts.BETTER
+  low, high = v["general"]["retention_ci"]
+  assert low < v["general"]["retention"] < high and high - low < 0.1
+  # Same quality as the teacher but other errors: the interval decides, not the point.
+  assert v["general"]["retention_verdict"] in (verdicts.AGREES, verdicts.INCONCLUSIVE)
+  assert (v["general"]["retention_verdict"] == verdicts.AGREES) == (low >= 0.965)
+
+
+def test_resampled_scores_are_scikit_learns():
+  rng = np.random.default_rng(1)
+  labels = (rng.random(300) < 0.6).astype(np.int64)
+  predictions = flip(labels, 0.25, rng)
+  score = distill_report.scorer(glue.get_task("mrpc"), predictions, labels)
+  index = rng.integers(0, 300, (5, 300))
+  got = score(index)
+  for row, i in zip(got, index):
+    expected = (sklearn.metrics.f1_score(labels[i], predictions[i])
+                + sklearn.metrics.accuracy_score(labels[i], predictions[i])) / 2
+    assert row == pytest.approx(expected, rel=1e-12)
+
+
+def test_identical_student_agrees_and_report_renders(tmp_path):
+  same = lambda labels, rng: flip(labels, 0.1, np.random.default_rng(7))
+  data = synthetic({"teacher": same, "init": errors(0.2), "general": same, "task": same,
+                    "random": errors(0.5)})
+  numbers = distill_report.analyse(data)
+  assert numbers["variants"]["general"]["retention_ci"] == (1.0, 1.0)
+  assert numbers["variants"]["general"]["retention_verdict"] == verdicts.AGREES
+  text = distill_report.markdown(numbers, ["(latency)"], {"mean_ratio": 0.5})
+  assert "**agrees**" in text
+  assert "majority class" in text and "0.50x the teacher's latency" in text
+  distill_report.plots(numbers, str(tmp_path))
+  assert os.path.getsize(tmp_path / "retention.png") > 1000
