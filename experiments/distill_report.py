@@ -7,14 +7,9 @@ Reads the finished fine-tuning runs of `experiments/distill_study.py` in DIR
 task's gold labels), and writes DIR/report.md, DIR/distill_numbers.json (every
 number of the report, with the files it was computed from) and two plots.
 
-Scores are GLUE's: a task's score is the mean of its official metrics (SST-2
-accuracy; MRPC F1 and accuracy), the macro score their mean over tasks. A
-variant's score on a task is the mean over its seeds. Intervals are 95%
-percentile bootstraps over dev examples (`scipy.stats.bootstrap`, 2,000
-resamples): one resample of a task's dev set is scored for every seed of every
-model being compared, so the interval holds the dev-set sampling noise of the
-comparison; the seed-to-seed spread is shown beside it (std). The macro
-interval resamples each task's dev set independently.
+The statistics (GLUE scores over seeds, bootstrap intervals over dev
+examples, majority-class baselines) are `accuracy_stats.py`'s; the verdict
+words `verdicts.py`'s.
 """
 
 from __future__ import annotations
@@ -22,18 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
-import scipy.stats
 
+from experiments import accuracy_stats
 from experiments import verdicts
-from lite_bert.data import glue
-from lite_bert.train import task_metrics
 
-N_RESAMPLES = 2000
-CONFIDENCE = 0.95
 VARIANT_TEXT = {
     "teacher": "MiniLM-L6 teacher (6 x 384), fine-tuned",
     "init": "3-layer student, teacher layers 0/2/4, no distillation",
@@ -41,175 +31,9 @@ VARIANT_TEXT = {
     "task": "3-layer student + general + task distillation",
     "random": "3-layer student shape, random init",
 }
+ORDER = ("teacher", "init", "general", "task", "random")
 SMALL_FILES = ("config.json", "done.json", "eval_validation.json", "predictions_validation.tsv",
                "metrics.jsonl")
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def task_score(spec: glue.TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-  """GLUE's score of one task: the mean of its official metrics."""
-  values = task_metrics.compute(spec.metrics, predictions, labels)
-  return float(np.mean([values[m] for m in spec.metrics]))
-
-
-def read_predictions(path: str, spec: glue.TaskSpec, n: int) -> np.ndarray:
-  """Label ids in dev order from a `predictions_<split>.tsv` (index, label name)."""
-  ids = {label: i for i, label in enumerate(spec.labels)}
-  out = np.full((n,), -1, np.int64)
-  with open(path) as f:
-    next(f)  # header
-    for position, line in enumerate(f):
-      _, label = line.rstrip("\n").split("\t")
-      out[position] = ids[label]
-  if position + 1 != n or (out < 0).any():
-    raise ValueError(f"{path}: {position + 1} predictions for {n} dev examples")
-  return out
-
-
-def collect(root: str, tasks: list[str]) -> dict:
-  """{task: {'spec', 'labels', 'majority', 'runs': {variant: [(seed, predictions, folder)]}}}."""
-  out = {}
-  for task in tasks:
-    spec = glue.get_task(task)
-    dev = glue.read_task(spec, "validation")
-    labels = np.asarray([row["label"] for row in dev], np.int64)
-    train_labels = [row["label"] for row in glue.read_task(spec, "train")]
-    majority = max(set(train_labels), key=train_labels.count)
-    runs = {}
-    for name in sorted(os.listdir(root)):
-      variant, _, rest = name.partition(f"_{task}_s")
-      folder = os.path.join(root, name)
-      if not rest.isdigit() or not os.path.exists(os.path.join(folder, "done.json")):
-        continue
-      predictions = read_predictions(os.path.join(folder, "predictions_validation.tsv"), spec,
-                                     len(labels))
-      runs.setdefault(variant, []).append((int(rest), predictions, name))
-    out[task] = dict(spec=spec, labels=labels, majority=int(majority), runs=runs)
-  return out
-
-
-# -------------------------------------------------------------- statistics
-
-
-def scorer(spec: glue.TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> Callable:
-  """index [..., n] (dev examples, e.g. bootstrap resamples) -> task scores [...].
-
-  Accuracy and F1 are sums over examples, so a resample's value comes from
-  per-example indicator arrays (exactly scikit-learn's, see the tests); any
-  other metric is computed by `task_metrics` one resample at a time.
-  """
-  correct = (predictions == labels).astype(np.float64)
-  tp = ((predictions == 1) & (labels == 1)).astype(np.float64)
-  errors = (predictions != labels).astype(np.float64)  # fp + fn
-
-  def metric(name, index):
-    if name == "accuracy":
-      return correct[index].mean(-1)
-    if name == "f1":
-      two_tp = 2.0 * tp[index].sum(-1)
-      denominator = two_tp + errors[index].sum(-1)
-      return np.where(denominator > 0, two_tp / np.maximum(denominator, 1e-12), 0.0)
-    flat = index.reshape(-1, index.shape[-1])
-    values = [task_metrics.compute([name], predictions[i], labels[i])[name] for i in flat]
-    return np.asarray(values).reshape(index.shape[:-1])
-
-  return lambda index: np.mean([metric(m, index) for m in spec.metrics], axis=0)
-
-
-def task_score(spec: glue.TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-  """GLUE's score of one task on all of its dev examples: the mean of its official metrics."""
-  values = task_metrics.compute(spec.metrics, predictions, labels)
-  return float(np.mean([values[m] for m in spec.metrics]))
-
-
-def scorers(data: dict) -> dict:
-  """{task: {variant: [per-seed scorer], '__majority__': [scorer]}}."""
-  out = {}
-  for t, task in data.items():
-    labels, spec = task["labels"], task["spec"]
-    out[t] = {v: [scorer(spec, p, labels) for _, p, _ in runs] for v, runs in task["runs"].items()}
-    out[t]["__majority__"] = [scorer(spec, np.full_like(labels, task["majority"]), labels)]
-  return out
-
-
-def mean_score(score_fns: list, index: np.ndarray) -> np.ndarray:
-  """Mean over seeds of the scores on `index` [..., n]."""
-  return np.mean([fn(index) for fn in score_fns], axis=0)
-
-
-def interval(statistic: Callable, samples: tuple, seed: int = 0) -> tuple[float, float]:
-  """95% percentile bootstrap interval of statistic(*index arrays) over the samples."""
-  result = scipy.stats.bootstrap(samples, lambda *i, axis=-1: statistic(*i), vectorized=True,
-                                 paired=False, n_resamples=N_RESAMPLES,
-                                 confidence_level=CONFIDENCE, method="percentile",
-                                 random_state=np.random.default_rng(seed))
-  return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def analyse(data: dict) -> dict:
-  """Every number of the report (JSON-able)."""
-  tasks = list(data)
-  full = {t: np.arange(len(data[t]["labels"])) for t in tasks}
-  samples = tuple(full[t] for t in tasks)
-  variants = [v for v in verdicts_order() if all(v in data[t]["runs"] for t in tasks)]
-  numbers = {"tasks": {}, "variants": {}, "tasks_order": tasks}
-  fns = scorers(data)
-  for t in tasks:
-    task = data[t]
-    entry = {"majority_label": task["spec"].labels[task["majority"]],
-             "majority_score": float(mean_score(fns[t]["__majority__"], full[t])),
-             "dev_examples": int(len(task["labels"])), "metrics": list(task["spec"].metrics),
-             "variants": {}}
-    for v, runs in task["runs"].items():
-      per_seed = [{"seed": seed, "folder": folder,
-                   **task_metrics.compute(task["spec"].metrics, p, task["labels"]),
-                   "score": task_score(task["spec"], p, task["labels"])}
-                  for seed, p, folder in sorted(runs)]
-      scores = [r["score"] for r in per_seed]
-      above_ci = interval(lambda i, t=t, v=v: mean_score(fns[t][v], i)
-                          - mean_score(fns[t]["__majority__"], i), (full[t],))
-      entry["variants"][v] = {
-          "seeds": per_seed, "mean": statistics.mean(scores),
-          "std": statistics.stdev(scores) if len(scores) > 1 else None,
-          "minus_majority_ci": above_ci, "vs_majority": verdicts.versus_baseline(above_ci)}
-      if v != "teacher" and "teacher" in task["runs"]:
-        entry["variants"][v]["retention"] = float(
-            mean_score(fns[t][v], full[t]) / mean_score(fns[t]["teacher"], full[t]))
-        entry["variants"][v]["retention_ci"] = interval(
-            lambda i, t=t, v=v: mean_score(fns[t][v], i) / mean_score(fns[t]["teacher"], i),
-            (full[t],))
-    numbers["tasks"][t] = entry
-
-  def macro(variant):
-    return lambda *index: np.mean([mean_score(fns[t][variant], i)
-                                   for t, i in zip(tasks, index)], axis=0)
-
-  for v in variants:
-    above_all = all(numbers["tasks"][t]["variants"][v]["vs_majority"] == verdicts.ABOVE
-                    for t in tasks)
-    entry = {"text": VARIANT_TEXT.get(v, v), "macro": float(macro(v)(*samples)),
-             "above_majority_on_every_task": above_all}
-    if v != "teacher" and "teacher" in variants:
-      teacher_ok = all(numbers["tasks"][t]["variants"]["teacher"]["vs_majority"]
-                       == verdicts.ABOVE for t in tasks)
-      entry["retention"] = entry["macro"] / float(macro("teacher")(*samples))
-      entry["retention_ci"] = interval(lambda *i, v=v: macro(v)(*i) / macro("teacher")(*i),
-                                       samples)
-      entry["retention_verdict"] = verdicts.retention(
-          entry["retention_ci"], student_above=above_all, teacher_above=teacher_ok)
-    if v in ("general", "task") and "init" in variants:
-      entry["minus_init"] = entry["macro"] - float(macro("init")(*samples))
-      entry["minus_init_ci"] = interval(lambda *i, v=v: macro(v)(*i) - macro("init")(*i),
-                                        samples)
-      entry["vs_init"] = verdicts.comparison(entry["minus_init_ci"])
-    numbers["variants"][v] = entry
-  return numbers
-
-
-def verdicts_order() -> tuple[str, ...]:
-  return ("teacher", "init", "general", "task", "random")
 
 
 # ------------------------------------------------------------------ output
@@ -269,7 +93,7 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
               f"{t.upper()} mean +- std (seeds) | - majority, 95% CI" for t in tasks)
           + " | macro |",
           "|---|" + "---|---|" * len(tasks) + "---|"]
-  for v in verdicts_order():
+  for v in ORDER:
     if v not in numbers["variants"]:
       continue
     cells = []
@@ -301,7 +125,7 @@ def plots(numbers: dict, folder: str) -> None:
   fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
   for ax, t in zip(axes[0], tasks):
     entry = numbers["tasks"][t]
-    names = [v for v in verdicts_order() if v in entry["variants"]]
+    names = [v for v in ORDER if v in entry["variants"]]
     for x, v in enumerate(names):
       seeds = [s["score"] for s in entry["variants"][v]["seeds"]]
       ax.scatter([x] * len(seeds), [100 * s for s in seeds], color="C0", s=18)
@@ -330,14 +154,26 @@ def plots(numbers: dict, folder: str) -> None:
   plt.close(fig)
 
 
-def write(root: str, tasks: list[str], publish: Optional[str] = None) -> dict:
+def finished_runs(root: str, task: str) -> dict:
+  """{variant: [(seed, folder)]} of the study's finished fine-tuning runs of `task`."""
+  runs = {}
+  for name in sorted(os.listdir(root)):
+    variant, _, seed = name.partition(f"_{task}_s")
+    if seed.isdigit() and os.path.exists(os.path.join(root, name, "done.json")):
+      runs.setdefault(variant, []).append((int(seed), name))
+  return runs
+
+
+def write(root: str, tasks: list[str], publish: Optional[str] = None,
+          data_dirs: Optional[dict] = None) -> dict:
   """Analyses the finished runs in `root`, writes the report (and a copy to `publish`)."""
-  data = collect(root, tasks)
+  data = accuracy_stats.collect(root, tasks, lambda task: finished_runs(root, task),
+                                data_dirs=data_dirs)
   missing = [t for t in tasks if not data[t]["runs"]]
   if missing:
     print(f"report: no finished runs for {missing} yet in {root}", flush=True)
     return {}
-  numbers = analyse(data)
+  numbers = accuracy_stats.analyse(data, texts=VARIANT_TEXT)
   latency_md, latency = latency_lines(root)
   numbers["latency"] = latency
   with open(os.path.join(root, "distill_numbers.json"), "w") as f:

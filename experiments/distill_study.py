@@ -45,6 +45,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from experiments import provenance
 
@@ -97,13 +98,16 @@ def distill_command(workdir: str, *, steps: int, learning_rate: float, warmup: i
   ]
 
 
-def finetune_command(root: str, variant: str, task: str, seed: int) -> list[str]:
-  """One fine-tuning run of the grid as a launch.py argv."""
+def finetune_command(root: str, variant: str, task: str, seed: int,
+                     data_dir: str = "") -> list[str]:
+  """One fine-tuning run of the grid as a launch.py argv (data_dir: the task's TSV folder)."""
   workdir = os.path.join(root, stage_name(variant, task, seed))
   model = "bert:base" if variant == "teacher" else "distilbert:base"
   argv = ["launch.py", f"--config=configs/finetune.py:{task},{model}", f"--workdir={workdir}",
           f"--config.seed={seed}", f"--config.optim.learning_rate={SCALE['learning_rate']}",
           f"--config.finetune.epochs={SCALE['epochs'][task]}"]
+  if data_dir:
+    argv.append(f"--config.finetune.data_dir={os.path.abspath(data_dir)}")
   if variant == "teacher":
     argv.append(f"--config.finetune.init={minilm_folder()}")
   elif variant == "init":
@@ -122,7 +126,8 @@ def stage_name(variant: str, task: str, seed: int) -> str:
   return f"{variant}_{task}_s{seed}"
 
 
-def stages(root: str, tasks: list[str], seeds: dict) -> list[tuple[str, list[str]]]:
+def stages(root: str, tasks: list[str], seeds: dict,
+           data_dirs: Optional[dict] = None) -> list[tuple[str, list[str]]]:
   """(name, argv) in run order: distillation, then seed by seed, MRPC before SST-2."""
   out = [("general_distillation",
           distill_command(os.path.join(root, "general_distillation"),
@@ -138,7 +143,8 @@ def stages(root: str, tasks: list[str], seeds: dict) -> list[tuple[str, list[str
         continue
       seed = seeds[task][i]
       for variant in VARIANTS:  # teacher first: `task` reads it
-        out.append((stage_name(variant, task, seed), finetune_command(root, variant, task, seed)))
+        out.append((stage_name(variant, task, seed),
+                    finetune_command(root, variant, task, seed, (data_dirs or {}).get(task, ""))))
   out.append(("latency", [sys.executable, "-m", "experiments.distill_latency",
                           f"--out={os.path.join(root, 'latency', 'latency.json')}",
                           f"--student={os.path.join(root, 'general_distillation')}",
@@ -178,6 +184,9 @@ def main() -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--tasks", default="mrpc,sst2", help="GLUE task names (configs/finetune.py)")
   parser.add_argument("--seeds", default="", help="task:s1/s2,...; default: 3 MRPC, 2 SST-2")
+  parser.add_argument("--data-dir", default="",
+                      help="task:FOLDER,...: a task's GLUE-format TSVs (default "
+                           "<data>/glue/<task folder>), e.g. rte:/data/RTE")
   parser.add_argument("--stages", default="", help="comma-separated stage names to run")
   parser.add_argument("--list", action="store_true", help="print the stage commands and exit")
   parser.add_argument("--report-only", action="store_true")
@@ -192,8 +201,9 @@ def main() -> None:
   if unknown:
     sys.exit(f"error: --tasks: no fine-tuning length for {unknown[0]!r}; add it to "
              f"SCALE['epochs'] in {__file__}")
+  data_dirs = dict(item.partition(":")[::2] for item in filter(None, args.data_dir.split(",")))
   root = os.path.abspath(args.workdir)
-  plan = stages(root, tasks, seeds)
+  plan = stages(root, tasks, seeds, data_dirs)
   wanted = set(filter(None, args.stages.split(",")))
   if wanted - {name for name, _ in plan}:
     sys.exit(f"error: --stages: unknown stage(s) {sorted(wanted - {n for n, _ in plan})}")
@@ -206,7 +216,7 @@ def main() -> None:
       if not wanted or name in wanted:
         run_stage(root, name, argv)
   from experiments import distill_report  # pylint: disable=import-outside-toplevel
-  distill_report.write(root, tasks, publish=args.publish or None)
+  distill_report.write(root, tasks, publish=args.publish or None, data_dirs=data_dirs)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
+from experiments import accuracy_stats
 from experiments import distill_report
+from experiments import distill_study
 from experiments import verdicts
 from lite_bert.data import glue
 
@@ -67,7 +69,7 @@ def test_analysis_reaches_the_known_verdicts():
       "task": lambda labels, rng: np.ones_like(labels),     # always the majority class
       "random": errors(0.50),                                # a coin
   })
-  numbers = distill_report.analyse(data)
+  numbers = accuracy_stats.analyse(data)
   task = numbers["tasks"]["mrpc"]
   # The numbers are scikit-learn's, mean over seeds.
   seeds = data["mrpc"]["runs"]["init"]
@@ -96,7 +98,7 @@ def test_resampled_scores_are_scikit_learns():
   rng = np.random.default_rng(1)
   labels = (rng.random(300) < 0.6).astype(np.int64)
   predictions = flip(labels, 0.25, rng)
-  score = distill_report.scorer(glue.get_task("mrpc"), predictions, labels)
+  score = accuracy_stats.scorer(glue.get_task("mrpc"), predictions, labels)
   index = rng.integers(0, 300, (5, 300))
   got = score(index)
   for row, i in zip(got, index):
@@ -109,7 +111,7 @@ def test_identical_student_agrees_and_report_renders(tmp_path):
   same = lambda labels, rng: flip(labels, 0.1, np.random.default_rng(7))
   data = synthetic({"teacher": same, "init": errors(0.2), "general": same, "task": same,
                     "random": errors(0.5)})
-  numbers = distill_report.analyse(data)
+  numbers = accuracy_stats.analyse(data)
   assert numbers["variants"]["general"]["retention_ci"] == (1.0, 1.0)
   assert numbers["variants"]["general"]["retention_verdict"] == verdicts.AGREES
   text = distill_report.markdown(numbers, ["(latency)"], {"mean_ratio": 0.5})
@@ -117,3 +119,40 @@ def test_identical_student_agrees_and_report_renders(tmp_path):
   assert "majority class" in text and "0.50x the teacher's latency" in text
   distill_report.plots(numbers, str(tmp_path))
   assert os.path.getsize(tmp_path / "retention.png") > 1000
+
+
+def write_rte(folder, rows, seed):
+  """A GLUE-format RTE folder (index, sentence1, sentence2, label) of `rows` pairs."""
+  rng = np.random.default_rng(seed)
+  words = "the a cat dog sat ran on under mat tree house river".split()
+  os.makedirs(folder, exist_ok=True)
+  for split, n in (("train", rows), ("dev", rows // 2)):
+    lines = ["index\tsentence1\tsentence2\tlabel"]
+    for i in range(n):
+      a = " ".join(rng.choice(words, 6))
+      label = "entailment" if i % 3 else "not_entailment"
+      lines.append(f"{i}\t{a}\t{a if label == 'entailment' else a[::-1]}\t{label}")
+    with open(os.path.join(folder, f"{split}.tsv"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_any_glue_format_task_runs_by_name(tmp_path):
+  """RTE from a folder of RTE TSVs: a study stage runs through launch.py, the report reads it."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  rte = tmp_path / "RTE"
+  write_rte(rte, 64, 0)
+  root = tmp_path / "study"
+  argv = [sys.executable, "-m", "experiments.distill_study", f"--workdir={root}", "--tasks=rte",
+          f"--data-dir=rte:{rte}", "--seeds=rte:0"]
+  listed = subprocess.run(argv + ["--list"], capture_output=True, text=True, check=True,
+                          cwd=distill_study.ROOT).stdout
+  assert f"--config.finetune.data_dir={rte}" in listed and "teacher_rte_s0" in listed
+  out = subprocess.run(argv + ["--stages=random_rte_s0"], capture_output=True, text=True,
+                       cwd=distill_study.ROOT, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = (root / "report.md").read_text()
+  data = accuracy_stats.task_data("rte", str(rte))
+  assert data["majority"] == 0 and len(data["labels"]) == 32  # 2 of 3 rows entail
+  assert "RTE" in report and "random" in report and "majority class" in report
