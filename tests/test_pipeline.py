@@ -310,3 +310,16 @@ def test_more_hosts_than_documents_is_refused(documents, tokenizer):
         documents[:5], tokenizer, batch_size=2, max_seq_length=SEQ,
         max_predictions_per_seq=20, pair_objective="sop", process_index=6,
         process_count=8)
+
+
+def test_unigram_accuracy_is_the_best_constant_guess():
+  """The most frequent masked target's share of the (weighted) masked tokens, padding left out."""
+  batches = [{"masked_ids": np.array([[5, 5, 7], [9, 0, 0]]),
+              "masked_weights": np.array([[1, 1, 1], [1, 0, 0]], np.float32)},
+             {"masked_ids": np.array([[7, 7, 0]]), "masked_weights": np.array([[1, 1, 0]],
+                                                                             np.float32)}]
+  # targets 5, 5, 7, 9, 7, 7: token 7 is 3 of 6; the padded id 0 (weight 0) counts for nothing
+  assert pipeline.unigram_accuracy(batches) == 0.5
+  ids = np.concatenate([b["masked_ids"].ravel() for b in batches])
+  weights = np.concatenate([b["masked_weights"].ravel() for b in batches])
+  assert pipeline.unigram_accuracy(batches) == np.bincount(ids, weights).max() / weights.sum()

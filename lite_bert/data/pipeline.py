@@ -540,3 +540,22 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
         f"full batches of batch_size={batch_size}, fewer than the "
         f"num_batches={num_batches} asked for evaluation")
   return [dataset.make_batch(examples, 0, k) for k in range(num_batches)]
+
+
+def unigram_accuracy(batches: Sequence[dict]) -> float:
+  """The MLM accuracy of always predicting the most frequent masked token of `batches`.
+
+  The unigram level a masked LM reaches first, before it uses any context: the
+  best constant guess for these very targets (so an upper bound on what a
+  unigram model of the training text would score). batches: dicts with
+  `masked_ids` and `masked_weights` [batch, P].
+  """
+  counts: dict = {}
+  total = 0.0
+  for batch in batches:
+    ids = np.asarray(batch["masked_ids"]).ravel()
+    weights = np.asarray(batch["masked_weights"]).ravel()
+    for token, weight in zip(ids[weights > 0], weights[weights > 0]):
+      counts[int(token)] = counts.get(int(token), 0.0) + float(weight)
+    total += float(weights.sum())
+  return max(counts.values()) / total if total else 0.0

@@ -164,7 +164,8 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
   mesh = mesh_lib.make_mesh(config.get("mesh"))
   numbers = score(loaded.params, None,
                   functools.partial(mesh_lib.host_batch_to_global, mesh=mesh))
-  numbers = {k: numbers[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")}
+  numbers = {k: numbers[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity",
+                                    "mlm_unigram_accuracy")}
   result = dict(numbers, corpus=corpus, step=loaded.step, mode=mode,
                 arch=run_config.get("arch"), masking=run_config.data.masking,
                 batches=len(batches), sequences=int(sum(len(b["input_ids"]) for b in batches)),

@@ -67,8 +67,14 @@ def batch_options(config) -> dict:
 
 
 def make_evaluate(loss_fn, eval_batches):
-  """(params, frozen, to_global) -> held-out MLM loss / accuracy / perplexity, pair accuracy."""
+  """(params, frozen, to_global) -> held-out MLM loss / accuracy / perplexity, pair accuracy.
+
+  Also `mlm_unigram_accuracy`: the accuracy of always guessing the most frequent
+  masked token of these batches (`pipeline.unigram_accuracy`), the plateau a
+  model that has not yet learned to use context sits at.
+  """
   eval_step = jax.jit(lambda params, frozen, batch: loss_fn(params, frozen, batch, None, True)[1])
+  unigram = pipeline.unigram_accuracy(eval_batches)
 
   def evaluate(params, frozen, to_global):
     totals = {}
@@ -76,7 +82,10 @@ def make_evaluate(loss_fn, eval_batches):
       metrics = jax.device_get(eval_step(params, frozen, to_global(batch)))
       for key, value in metrics.items():
         totals[key] = totals.get(key, 0.0) + float(value)
-    return objectives.summarize(totals)
+    numbers = objectives.summarize(totals)
+    if "mlm_accuracy" in numbers:
+      numbers["mlm_unigram_accuracy"] = unigram
+    return numbers
 
   return evaluate
 
