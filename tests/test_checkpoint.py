@@ -303,3 +303,50 @@ def test_checkpoint_from_1_device_restores_sharded_onto_4(tmp_path):
 if __name__ == "__main__":
   workers = {"restore_on_4": worker_restore_on_4_devices}
   print(json.dumps(workers[sys.argv[1]](*sys.argv[2:])))
+
+
+def test_async_save_snapshots_the_metric_window(tmp_path, monkeypatch):
+  """The loop's live metric window is copied when a save starts, not when it is written.
+
+  A fast micro model checkpoints every step while Orbax's JSON writer is made
+  slow (0.2 s a file): each checkpoint must hold exactly the unlogged steps of
+  its own step (log_every=50, so step k < 12 holds k entries), never entries of the
+  steps the loop ran while the write was pending.
+  """
+  import launch  # pylint: disable=import-outside-toplevel
+  from configs import bert  # pylint: disable=import-outside-toplevel
+  from lite_bert import paths  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import asyncio  # pylint: disable=import-outside-toplevel
+
+  json_write = ocp.JsonCheckpointHandler._save_fn  # a coroutine, run on a background thread
+
+  async def slow(self, x, directory):
+    await asyncio.sleep(0.2)
+    await json_write(self, x, directory)
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", slow)
+  wiki = paths.data_dir() / "wikitext" / "wikitext-2-raw"
+  config = bert.get_config("tiny")
+  config.mode = "pretrain"
+  for key, value in dict(vocab_size=500, hidden_size=16, num_heads=2, intermediate_size=32,
+                         num_layers=1).items():
+    config.model[key] = value
+  config.data.corpus = str(wiki / "wiki.valid.raw")
+  config.data.eval_corpus = str(wiki / "wiki.test.raw")
+  config.data.batch_size, config.data.max_seq_length = 4, 16
+  config.data.max_predictions_per_seq, config.data.eval_batches = 3, 1
+  config.tokenizer.max_sentences = 20_000
+  config.train.num_steps, config.train.log_every, config.train.eval_every = 12, 50, 0
+  config.train.sync_every = 1
+  config.checkpoint.every_steps, config.checkpoint.max_to_keep = 1, None
+  config.checkpoint.async_save = True
+  config.optim.warmup_steps = 1
+  workdir = tmp_path / "run"
+  launch.run(config, str(workdir))
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(steps) == 12
+  windows = {step: len(json.loads((workdir / "checkpoints" / str(step) / "data" /
+                                   "metadata").read_text())["window"]) for step in steps}
+  # Step 12 is the last: its log line empties the window before the save.
+  assert windows == {step: step if step < 12 else 0 for step in steps}, windows

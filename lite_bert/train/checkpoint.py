@@ -36,6 +36,7 @@ compares with `meta['checksums']`; either failure raises
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -290,11 +291,15 @@ class Checkpointer:
       return False
     full_meta = {**meta, "state_tree": tree_fingerprint(state),
                  "checksums": tree_checksums(state)}
+    # Orbax serialises JSON items later, on a background thread: hand it
+    # snapshots, never the caller's live objects (the loop keeps appending to
+    # its metric window while the write is pending).
+    snapshot = lambda value: json.loads(json.dumps(value))
     return self._manager.save(
         step, force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(dict(data_state)),
-                                meta=ocp.args.JsonSave(full_meta)))
+                                data=ocp.args.JsonSave(snapshot(dict(data_state))),
+                                meta=ocp.args.JsonSave(snapshot(full_meta))))
 
   def wait(self) -> None:
     """Blocks until every started save is committed."""
