@@ -191,18 +191,26 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_checkpoint_with_other_vocab_is_refused(tmp_path):
-  """Init from a lite_bert workdir whose vocabulary differs from its tokenizer's."""
+  """Init from a lite_bert workdir whose tokenizer has another vocabulary than its weights.
+
+  The workdir's weights have 30,522 token rows; its config.json is pointed at a
+  real 100-token WordPiece vocabulary, so the refusal is the vocabulary check
+  (not a missing file).
+  """
   workdir = str(tmp_path / "pre")
   launch.run(tiny_config(), workdir)  # a finished run with vocab 30522 ...
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                             + [f"w{i}" for i in range(95)]) + "\n")
   config_path = os.path.join(workdir, "config.json")
   with open(config_path) as f:
     saved = json.load(f)
-  saved["tokenizer"]["path"] = str(REPO / "tests" / "no_such_tokenizer.model")
-  saved["model"]["vocab_size"] = 30000  # ... now claims another vocabulary
+  saved["tokenizer"]["path"] = str(vocab)  # ... whose tokenizer now has 100 tokens
   with open(config_path, "w") as f:
     json.dump(saved, f)
   config = tiny_config(**{"finetune.init": workdir})
-  with pytest.raises(UserError):
+  with pytest.raises(UserError, match=r"vocab size mismatch: the model has 30522 .* tokenizer "
+                                      r"has 100"):
     launch.run(config, str(tmp_path / "ft"))
 
 
