@@ -136,10 +136,10 @@ def _number(optim_config, name: str, *, low: float, high: float = math.inf,
     raise UserError(f"optim.{name} must be a number, got {value!r}")
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
-  if too_low or too_high or math.isnan(value):
+  if too_low or too_high or not math.isfinite(value):
     interval = (("(" if low_open else "[") + f"{low}, {high}" +
                 (")" if high_open else "]"))
-    raise UserError(f"optim.{name} must be in {interval}, got {value!r}")
+    raise UserError(f"optim.{name} must be a finite number in {interval}, got {value!r}")
   return float(value)
 
 
