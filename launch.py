@@ -23,7 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lite_bert.errors import UserError
-from lite_bert.modes import setup
+from lite_bert.train import setup
 from lite_bert.train import guards
 
 MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate")

@@ -26,6 +26,7 @@ from configs import bert
 from configs import distilbert
 from lite_bert import paths
 from lite_bert import pretrained
+from lite_bert import teachers
 from lite_bert.data import pipeline
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
@@ -37,6 +38,7 @@ from lite_bert.modes import distill
 from lite_bert.modes import pretrain
 from lite_bert.train import metrics as metrics_lib
 from lite_bert.train import objectives
+from lite_bert.train import setup
 from lite_bert.train import task_distillation
 
 WIKI = paths.data_dir() / "wikitext" / "wikitext-2-raw"
@@ -351,7 +353,7 @@ def token_batch(teacher_dir, rows=4, seq=32):
   """Real token ids of held-out text (with padding), from the teacher's tokenizer."""
   loaded = pretrained.load(teacher_dir)
   config = micro_student(teacher_dir)
-  docs = pretrain.split_corpus(config)[1]
+  docs = setup.split_corpus(config)[1]
   batches = pipeline.eval_batches(docs, loaded.tokenizer, num_batches=1, batch_size=rows,
                                   max_seq_length=seq, max_predictions_per_seq=5,
                                   pair_objective=None, seed=3)
@@ -543,9 +545,9 @@ def test_resume_continues_exactly_and_refuses_another_teacher(micro_teacher, tmp
   # The teacher's numbers are the pinned teacher's own MLM accuracy on the run's eval batches.
   config = micro_student(micro_teacher, **pinned)
   teacher = pretrained.load(micro_teacher, step=2)
-  batches = pipeline.eval_batches(pretrain.split_corpus(config)[1], teacher.tokenizer,
+  batches = pipeline.eval_batches(setup.split_corpus(config)[1], teacher.tokenizer,
                                   num_batches=config.data.eval_batches, seed=config.seed + 1,
-                                  **pretrain.batch_options(config))
+                                  **setup.batch_options(config))
   correct = total = 0.0
   for batch in batches:
     logits = PretrainingModel(teacher.cfg, pair_head=teacher.pair_head).apply(
@@ -626,14 +628,14 @@ def test_task_distillation_loss_matches_numpy():
 def test_task_teacher_must_be_fine_tuned_with_the_students_vocabulary(micro_teacher, tmp_path):
   loaded = pretrained.load(micro_teacher)
   with pytest.raises(UserError, match="no classifier head"):
-    task_distillation.load_task_teacher(micro_teacher, num_labels=2, tokenizer=loaded.tokenizer)
-  task_distillation.check_same_vocabulary(loaded.tokenizer, loaded.tokenizer, "teacher")
+    teachers.load_task_teacher(micro_teacher, num_labels=2, tokenizer=loaded.tokenizer)
+  teachers.check_same_vocabulary(loaded.tokenizer, loaded.tokenizer, "teacher")
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
                              + [f"w{i}" for i in range(495)]) + "\n")
   other = tokenizers.load_tokenizer(vocab)
   with pytest.raises(UserError, match="must share one tokenizer"):
-    task_distillation.check_same_vocabulary(other, loaded.tokenizer, "teacher")
+    teachers.check_same_vocabulary(other, loaded.tokenizer, "teacher")
 
 
 # ----------------------------------------------------------------------------

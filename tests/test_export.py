@@ -27,6 +27,7 @@ import pytest
 import torch
 import transformers
 
+from lite_bert import export as export_cli
 from lite_bert import inspect
 from lite_bert import pretrained
 from lite_bert.data import corpora
@@ -350,7 +351,7 @@ def _make_workdir(workdir, spm_path):
 def test_cli_exports_a_workdir_with_its_sentencepiece_tokenizer(spm_model, tmp_path, capsys):
   workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
   cfg, params = _make_workdir(workdir, spm_model)
-  assert export.main([f"--source={workdir}", f"--out={out}"]) == 0
+  assert export_cli.main([f"--source={workdir}", f"--out={out}"]) == 0
   printed = capsys.readouterr().out
   assert "AlbertForPreTraining" in printed and "spiece.model" in printed
 

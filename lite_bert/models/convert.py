@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lite_bert.errors import UserError
+from lite_bert.models import summary
 from lite_bert.models.config import EncoderConfig
 
 ARCHS = ("bert", "albert", "distilbert")
@@ -300,8 +301,6 @@ def _to_numpy(value: Any, key: str) -> np.ndarray:
 
 
 def _abstract_params(cfg: EncoderConfig, pair_head: bool) -> dict:
-  # Imported here: summary imports heads, which imports encoder.
-  from lite_bert.models import summary  # pylint: disable=g-import-not-at-top
   return summary.abstract_pretraining_params(cfg, pair_head=pair_head)
 
 

@@ -1,6 +1,6 @@
 r"""Export a lite_bert encoder as a Hugging Face `transformers` checkpoint folder.
 
-  python -m lite_bert.models.export --source=WORKDIR --out=DIR [--step=N] [--arch=albert]
+  python -m lite_bert.export --source=WORKDIR --out=DIR [--step=N] [--arch=albert]
 
 or, in Python, `export_huggingface(pretrained.load(WORKDIR), None, DIR)`. The
 folder holds
@@ -67,12 +67,10 @@ Tokenizer files:
     ids (tests/test_export.py measures it).
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -396,36 +394,3 @@ def export_huggingface(model: Union["lite_bert.pretrained.Loaded", Sequence[Any]
   not_exported = sorted(k for k in params if k not in ("encoder", "mlm_head", "pair_head"))
   return dict(out_dir=out_dir, model_type=family, architecture=arch_class, files=files,
               not_exported=not_exported, tensors=len(state))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m lite_bert.models.export",
-      description="Export a lite_bert workdir (or a Hugging Face folder lite_bert reads) "
-                  "as a transformers checkpoint folder.")
-  parser.add_argument("--source", required=True,
-                      help="lite_bert workdir or Hugging Face checkpoint folder")
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step of a workdir (default: latest)")
-  parser.add_argument("--arch", choices=FAMILIES, default=None,
-                      help="transformers family (default: the source's own)")
-  args = parser.parse_args(argv)
-  from lite_bert import pretrained  # pylint: disable=g-import-not-at-top
-  try:
-    loaded = pretrained.load(args.source, step=args.step)
-    info = export_huggingface(loaded, None, args.out, arch=args.arch)
-  except UserError as e:
-    if os.environ.get("LITE_BERT_DEBUG") == "1":
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  extra = f"; not exported: {', '.join(info['not_exported'])}" if info["not_exported"] else ""
-  tokenizer_note = "" if loaded.tokenizer is not None else " (no tokenizer found)"
-  print(f"wrote {info['architecture']} ({info['tensors']} tensors) to {info['out_dir']}: "
-        f"{', '.join(info['files'])}{tokenizer_note}{extra}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

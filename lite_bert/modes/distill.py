@@ -33,7 +33,6 @@ records the teacher (path, step, architecture, a sha256 of its weights); a
 resume with a different teacher is refused before anything is restored.
 """
 
-import dataclasses
 import os
 import shutil
 from typing import Optional
@@ -42,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lite_bert import pretrained
+from lite_bert import teachers
 from lite_bert.data import pipeline
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
@@ -50,12 +49,10 @@ from lite_bert.models import student as student_lib
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder
 from lite_bert.models.heads import PretrainingModel
-from lite_bert.modes import pretrain
-from lite_bert.modes import setup
-from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import evaluation
 from lite_bert.train import loop
 from lite_bert.train import objectives
-from lite_bert.train import task_distillation
+from lite_bert.train import setup
 
 WEIGHTS = ("alpha_ce", "alpha_mlm", "alpha_cos", "alpha_mse", "alpha_hidden")
 # Terms that need the teacher's MLM logits at every position.
@@ -112,111 +109,6 @@ def layer_ids(config) -> Optional[tuple[int, ...]]:
 
 
 # -------------------------------------------------------------------- teacher
-
-
-@dataclasses.dataclass
-class Teacher:
-  """The frozen teacher as the step uses it."""
-
-  cfg: EncoderConfig      # its architecture as run here (no pooler, student's dtype)
-  params: dict            # numpy: `encoder` (no pooler) and `mlm_head`
-  full_params: dict       # numpy: everything the source had (for the student init)
-  source_cfg: EncoderConfig  # its architecture as stored
-  tokenizer: tokenizers.Tokenizer
-  identity: dict          # JSON: what the checkpoint meta records
-
-
-def load_teacher(config, student_cfg: EncoderConfig) -> Teacher:
-  """Loads `distill.teacher` and checks it can teach `student_cfg`."""
-  source = config.distill.teacher
-  if not source:
-    raise UserError("distill mode needs a teacher: set --config.distill.teacher to a lite_bert "
-                    "pretraining workdir or a Hugging Face BERT folder")
-  if not os.path.exists(source):
-    raise UserError(f"--config.distill.teacher={source} does not exist (expected a lite_bert "
-                    f"pretraining workdir or a Hugging Face BERT folder)")
-  step = int(config.distill.teacher_step) or None
-  loaded = pretrained.load(source, step=step)
-  where = f"teacher {source}"
-  if step is not None and loaded.kind != "workdir":
-    raise UserError(f"distill.teacher_step={step} is for lite_bert workdirs; {source} is a "
-                    f"{loaded.kind} folder with one set of weights")
-  if "mlm_head" not in loaded.params and needs_teacher_logits(loss_options(config)):
-    raise UserError(f"{where} has no MLM head weights (a fine-tuned or encoder-only "
-                    f"checkpoint?); distill.alpha_ce / alpha_mse need the teacher's masked-LM "
-                    f"predictions (set both to 0 to distil through hidden states only)")
-  t_cfg = loaded.cfg
-  for field in ("vocab_size", "hidden_size"):
-    if getattr(t_cfg, field) != getattr(student_cfg, field):
-      raise UserError(
-          f"teacher and student differ in {field}: teacher {getattr(t_cfg, field)} "
-          f"({source}), student {getattr(student_cfg, field)} (config.model.{field}); the "
-          f"KL needs one vocabulary and the cosine loss one width")
-  max_len = config.data.max_seq_length
-  if max_len > t_cfg.max_position_embeddings:
-    raise UserError(f"data.max_seq_length={max_len} is longer than the teacher's position "
-                    f"table ({t_cfg.max_position_embeddings}, {source})")
-
-  # The tokenizer: the teacher's, or (for a teacher folder without one) tokenizer.path.
-  tokenizer = loaded.tokenizer
-  if config.tokenizer.path:
-    tokenizer = tokenizers.load_tokenizer(config.tokenizer.path)
-  elif tokenizer is None:
-    raise UserError(f"{where} has no tokenizer the student could share; set "
-                    f"--config.tokenizer.path to the teacher's vocabulary")
-  tokenizers.check_vocab_matches(tokenizer, t_cfg.vocab_size, where)
-
-  encoder = {k: v for k, v in loaded.params["encoder"].items() if k != "pooler"}
-  params = {"encoder": encoder}
-  if "mlm_head" in loaded.params:
-    params["mlm_head"] = loaded.params["mlm_head"]
-  run_cfg = dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype)
-  arch = {k: v for k, v in t_cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
-  identity = dict(path=os.path.realpath(source), kind=loaded.kind, arch=loaded.arch,
-                  step=loaded.step, model=arch,
-                  params_sha256=task_distillation.params_digest(loaded.params))
-  return Teacher(cfg=run_cfg, params=params, full_params=loaded.params, source_cfg=t_cfg,
-                 tokenizer=tokenizer, identity=identity)
-
-
-def check_same_teacher(workdir: str, identity: dict, *, field: str = "distill.teacher",
-                       hint: str = "") -> None:
-  """Refuses to resume a workdir whose checkpoints were trained with another teacher.
-
-  Compares the newest readable checkpoint meta's `teacher` entry with
-  `identity` (both with `model`, the architecture, and `params_sha256`); the
-  teacher's path may differ (a moved copy is the same teacher). `field` names
-  the config field in the message; `hint` is appended to "resume with the same
-  teacher" ({step} in it becomes the saved teacher's step). Fine-tuning with a
-  task teacher can call it too.
-  """
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return
-  checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=None, save_every_steps=1,
-                                             async_save=False)
-  try:
-    for step in reversed(checkpointer.all_steps()):
-      try:
-        saved = checkpointer.read_meta(step).get("teacher")
-      except checkpoint_lib.CorruptCheckpointError:
-        continue  # the loop walks past it too
-      if saved is None:
-        raise UserError(f"checkpoint step {step} in {directory} was written without a "
-                        f"teacher; use a new --workdir")
-      differences = [k for k in ("model", "params_sha256") if saved.get(k) != identity[k]]
-      if differences:
-        why = ("a different architecture" if "model" in differences else
-               "different weights")
-        raise UserError(
-            f"{directory} was trained with teacher {saved.get('path')} (step "
-            f"{saved.get('step')}); --config.{field}={identity['path']} (step "
-            f"{identity['step']}) has {why}. Resume with the same teacher"
-            f"{hint.format(step=saved.get('step'))} or use a "
-            f"new --workdir")
-      return
-  finally:
-    checkpointer.close()
 
 
 def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> str:
@@ -342,7 +234,7 @@ def make_loss_fn(student_model: PretrainingModel, teacher_model: PretrainingMode
 def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, options: dict,
                   *, teacher_has_head: bool = True):
   """(params, frozen, to_global) -> the student's held-out numbers (+ the teacher's, once)."""
-  student_eval = pretrain.make_evaluate(loss_fn, eval_batches)
+  student_eval = evaluation.make_mlm_evaluate(loss_fn, eval_batches)
   teacher_mlm = objectives.pretraining_loss_fn(teacher_model, pair_weight=0.0)
 
   @jax.jit
@@ -362,11 +254,8 @@ def make_evaluate(loss_fn, teacher_model: PretrainingModel, eval_batches, option
         + options["alpha_mse"] * numbers["logit_mse"]
         + options["alpha_hidden"] * numbers.get("hidden_mse", 0.0))
     if not teacher_numbers and teacher_has_head:  # frozen teacher: its numbers never change
-      totals = {}
-      for batch in eval_batches:
-        for key, value in jax.device_get(teacher_step(frozen, to_global(batch))).items():
-          totals[key] = totals.get(key, 0.0) + float(value)
-      summary = objectives.summarize(totals)
+      summary = objectives.summarize(evaluation.summed(
+          lambda batch: teacher_step(frozen, batch), eval_batches, to_global))
       teacher_numbers.update({f"teacher_{k}": summary[k]
                               for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")})
     numbers.update(teacher_numbers)
@@ -385,17 +274,17 @@ def build_job(config, workdir: str) -> loop.Job:
   if config.pair_head or config.data.pair_objective != "none":
     raise UserError("the distilled student has no pair head: set pair_head=False and "
                     "data.pair_objective=none (configs/distilbert.py does)")
-  teacher = load_teacher(config, cfg)
+  teacher = teachers.load_teacher(config, cfg, needs_logits=needs_teacher_logits(options))
   tokenizers.check_vocab_matches(teacher.tokenizer, cfg.vocab_size, "config.model.vocab_size")
   if config.distill.init_from_teacher:  # refuse a misfit before any data work
     student_lib.check_student_fits(
         teacher.source_cfg, cfg,
         layers or student_lib.default_layer_ids(teacher.source_cfg.num_layers, cfg.num_layers))
-  check_same_teacher(workdir, teacher.identity,
+  teachers.check_same_teacher(workdir, teacher.identity,
                      hint=" (e.g. --config.distill.teacher_step={step})")
 
-  batch_options = pretrain.batch_options(config)
-  train_docs, eval_docs = pretrain.split_corpus(config)
+  batch_options = setup.batch_options(config)
+  train_docs, eval_docs = setup.split_corpus(config)
   student_model = PretrainingModel(cfg, pair_head=False)
   teacher_model = PretrainingModel(teacher.cfg, pair_head=False)
   seq = config.data.max_seq_length

@@ -39,11 +39,12 @@ from lite_bert.data import pipeline
 from lite_bert.errors import UserError
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.models.heads import PretrainingModel
-from lite_bert.modes import finetune
-from lite_bert.modes import pretrain
 from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import evaluation
 from lite_bert.train import mesh as mesh_lib
 from lite_bert.train import objectives
+from lite_bert.train import setup
+from lite_bert.train import task_eval
 
 
 def restore_best(workdir: str) -> dict:
@@ -82,18 +83,18 @@ def run(config, workdir: str) -> dict:
     params, _ = pretrained.restore_params(os.path.join(workdir, "checkpoints"))
   else:
     raise UserError(f"evaluate.checkpoint must be 'best' or 'latest', got {choice!r}")
-  spec = finetune.task_spec(run_config)
+  spec = task_eval.task_spec(run_config)
   if split not in spec.splits:
     raise UserError(f"task {spec.name} has no split {split!r}; it has {sorted(spec.splits)}")
   with run_config.unlocked():
     run_config.finetune.init = ""  # the params come from this workdir
     run_config.finetune.eval_splits = (split,)
-  cfg = finetune.setup.encoder_config(run_config)
-  tokenizer = finetune.tokenizer_of_run(run_config, workdir)
-  data = finetune.load_task_data(run_config, spec, tokenizer, with_train=False)
+  cfg = setup.encoder_config(run_config)
+  tokenizer = task_eval.tokenizer_of_run(run_config, workdir)
+  data = task_eval.load_task_data(run_config, spec, tokenizer, with_train=False)
   model = ClassificationModel(cfg, num_labels=spec.num_labels)
   check_params_fit(model, params, run_config, workdir, choice)
-  score = finetune.make_scorer(run_config, spec, data, model, workdir, tokenizer.pad_id,
+  score = task_eval.make_scorer(run_config, spec, data, model, workdir, tokenizer.pad_id,
                                files=("evaluate_{split}.json",
                                       "evaluate_predictions_{split}.tsv"))
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -145,7 +146,7 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
     run_config.data.masking = data.get("masking", run_config.data.masking)
     run_config.data.format = data.get("format", run_config.data.format)
     run_config.data.pair_objective = "none"  # single segments: the same batches for every model
-  options = pretrain.batch_options(run_config)  # checks masking; refuses before any work
+  options = setup.batch_options(run_config)  # checks masking; refuses before any work
   loaded = pretrained.load(workdir)
   if "mlm_head" not in loaded.params:
     raise UserError(f"{workdir} has no MLM head weights to score")
@@ -158,7 +159,7 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
       seed=run_config.seed + 1, corpus_name=corpus, **options)
   model = PretrainingModel(loaded.cfg, pair_head=loaded.pair_head)
   mlm = objectives.pretraining_loss_fn(model, pair_weight=0.0)
-  score = pretrain.make_evaluate(
+  score = evaluation.make_mlm_evaluate(
       lambda params, frozen, batch, rng, deterministic: mlm(params, batch, rng, deterministic),
       batches)
   mesh = mesh_lib.make_mesh(config.get("mesh"))

@@ -12,7 +12,6 @@ submission layout: index, prediction), and `best/` (params, metrics and
 predictions of the best evaluation by the task's first metric).
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -21,66 +20,20 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from lite_bert import pretrained
+from lite_bert import teachers
 from lite_bert.data import classification
-from lite_bert.data import glue
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
-from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
-from lite_bert.modes import distill
-from lite_bert.modes import setup
 from lite_bert.train import loop
 from lite_bert.train import objectives
+from lite_bert.train import setup
 from lite_bert.train import task_distillation
-from lite_bert.train import task_metrics
-
-
-@dataclasses.dataclass
-class TaskData:
-  """A task's encoded splits: what the loss and the evaluation read."""
-
-  spec: glue.TaskSpec
-  train: list  # [(input ids, token types)]
-  train_labels: np.ndarray
-  eval_splits: dict  # split -> (rows, encoded, labels)
-
-
-def task_spec(config) -> glue.TaskSpec:
-  spec = config.finetune.get("task_spec")
-  if spec:
-    return glue.TaskSpec.from_dict(spec)
-  return glue.get_task(config.finetune.task)
-
-
-def read_split(config, spec: glue.TaskSpec, split: str) -> list[dict]:
-  if config.finetune.source == "tfds":
-    return glue.read_task_from_tfds(spec, split, config.finetune.data_dir or None)
-  if config.finetune.source != "tsv":
-    raise UserError(f"finetune.source must be 'tsv' or 'tfds', got {config.finetune.source!r}")
-  return glue.read_task(spec, split, config.finetune.data_dir or None)
-
-
-def encode_split(config, spec, tokenizer, split: str):
-  rows = read_split(config, spec, split)
-  encoded = classification.encode_rows(rows, spec.text_fields, tokenizer,
-                                       config.data.max_seq_length)
-  labels = np.asarray([row["label"] for row in rows],
-                      np.float32 if spec.is_regression else np.int32)
-  return rows, encoded, labels
-
-
-def load_task_data(config, spec, tokenizer, *, with_train: bool = True) -> TaskData:
-  train, train_labels = [], np.zeros((0,))
-  if with_train:
-    _, train, train_labels = encode_split(config, spec, tokenizer, "train")
-  splits = {split: encode_split(config, spec, tokenizer, split)
-            for split in config.finetune.eval_splits}
-  return TaskData(spec, train, train_labels, splits)
+from lite_bert.train import task_eval
 
 
 def model_and_tokenizer(config, workdir: str):
@@ -114,78 +67,6 @@ def model_and_tokenizer(config, workdir: str):
   return cfg, tokenizer, source
 
 
-def tokenizer_of_run(run_config, workdir: str):
-  """The tokenizer a finished fine-tuning run used (recorded in its config.json)."""
-  if not run_config.tokenizer.path:
-    raise UserError(f"{workdir}/config.json names no tokenizer.path")
-  return tokenizers.load_tokenizer(run_config.tokenizer.path)
-
-
-def predict(apply_fn, params, batches, to_global) -> np.ndarray:
-  """Logits [examples, num_labels] in the original row order."""
-  outputs = {}
-  for batch in batches:
-    logits = np.asarray(jax.device_get(apply_fn(params, to_global(batch))))
-    for row, example in enumerate(batch["example_ids"]):
-      if example >= 0:
-        outputs[int(example)] = logits[row]
-  return np.stack([outputs[i] for i in range(len(outputs))])
-
-
-def predictions_from_logits(spec: glue.TaskSpec, logits: np.ndarray) -> np.ndarray:
-  return logits[:, 0] if spec.is_regression else np.argmax(logits, axis=-1)
-
-
-def write_predictions(path: str, spec: glue.TaskSpec, rows, predictions) -> None:
-  """GLUE submission layout: a header `index<TAB>prediction`, one row per example."""
-  with open(path + ".tmp", "w") as f:
-    f.write("index\tprediction\n")
-    for row, prediction in zip(rows, predictions):
-      value = f"{prediction:.6f}" if spec.is_regression else spec.labels[int(prediction)]
-      f.write(f"{row['idx']}\t{value}\n")
-  os.replace(path + ".tmp", path)
-
-
-def write_json(path: str, value: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
-
-
-EVAL_FILES = ("eval_{split}.json", "predictions_{split}.tsv")
-
-
-def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, *,
-                files: tuple[str, str] = EVAL_FILES):
-  """(params, frozen, to_global) -> metrics per eval split; writes metrics and predictions."""
-  apply_fn = jax.jit(lambda params, batch: model.apply(
-      {"params": params}, batch["input_ids"], batch["attention_mask"],
-      batch["token_type_ids"])["logits"])
-  batches = {
-      split: classification.eval_batches(
-          encoded, labels, batch_size=config.finetune.eval_batch_size,
-          pad_id=pad_id, pad_multiple=config.finetune.pad_multiple,
-          max_seq_length=config.data.max_seq_length, regression=spec.is_regression)
-      for split, (_, encoded, labels) in data.eval_splits.items()}
-
-  def score(params, frozen, to_global):
-    del frozen
-    numbers = {}
-    for split, (rows, _, labels) in data.eval_splits.items():
-      logits = predict(apply_fn, params, batches[split], to_global)
-      predictions = predictions_from_logits(spec, logits)
-      metrics = task_metrics.compute(spec.metrics, predictions, labels)
-      if jax.process_index() == 0:
-        write_json(os.path.join(workdir, files[0].format(split=split)),
-                   dict(metrics, task=spec.name, split=split, examples=len(rows)))
-        write_predictions(os.path.join(workdir, files[1].format(split=split)),
-                          spec, rows, predictions)
-      numbers.update({f"{split}_{name}": value for name, value in metrics.items()})
-    return numbers
-
-  return score
-
-
 def keep_best(config, spec, workdir: str):
   """on_eval callback: saves params + eval files when the first metric improves."""
   first_split = config.finetune.eval_splits[0]
@@ -207,9 +88,9 @@ def keep_best(config, spec, workdir: str):
       checkpointer.save(os.path.abspath(os.path.join(tmp, "params")), params)
     if jax.process_index() == 0:
       for split in config.finetune.eval_splits:
-        for name in (pattern.format(split=split) for pattern in EVAL_FILES):
+        for name in (pattern.format(split=split) for pattern in task_eval.EVAL_FILES):
           shutil.copy(os.path.join(workdir, name), os.path.join(tmp, name))
-      write_json(os.path.join(tmp, "best.json"), {"step": step, "metric": key,
+      task_eval.write_json(os.path.join(tmp, "best.json"), {"step": step, "metric": key,
                                                   "value": numbers[key]})
       shutil.rmtree(best_dir, ignore_errors=True)
       os.replace(tmp, best_dir)
@@ -236,9 +117,9 @@ def check_batching(config) -> None:
 
 def build_job(config, workdir: str) -> loop.Job:
   check_batching(config)
-  spec = task_spec(config)
+  spec = task_eval.task_spec(config)
   cfg, tokenizer, source = model_and_tokenizer(config, workdir)
-  data = load_task_data(config, spec, tokenizer)
+  data = task_eval.load_task_data(config, spec, tokenizer)
   steps_for_epochs(config, len(data.train))
   # The loop writes config.json (now with the real model and step count) once
   # the checkpoint check passed; its own fields are checked here, before any work.
@@ -260,9 +141,9 @@ def build_job(config, workdir: str) -> loop.Job:
   # Task-specific distillation: a fine-tuned teacher's soft labels, frozen in the step.
   frozen, teacher_meta = None, {}
   if config.finetune.teacher:
-    teacher = task_distillation.load_task_teacher(
+    teacher = teachers.load_task_teacher(
         config.finetune.teacher, num_labels=spec.num_labels, tokenizer=tokenizer, dtype=cfg.dtype)
-    distill.check_same_teacher(workdir, teacher.identity, field="finetune.teacher")
+    teachers.check_same_teacher(workdir, teacher.identity, field="finetune.teacher")
     loss_fn = task_distillation.make_loss_fn(
         model, teacher.model, alpha_soft=config.finetune.alpha_soft,
         temperature=config.finetune.temperature, regression=spec.is_regression)
@@ -286,7 +167,8 @@ def build_job(config, workdir: str) -> loop.Job:
   return loop.Job(name=f"finetune {spec.name}", init_params=init_params, loss_fn=loss_fn,
                   make_train_iter=make_train_iter, meta=meta, load_params=load_params,
                   frozen=frozen,
-                  evaluate=make_scorer(config, spec, data, model, workdir, tokenizer.pad_id),
+                  evaluate=task_eval.make_scorer(config, spec, data, model, workdir,
+                                                 tokenizer.pad_id),
                   on_eval=keep_best(config, spec, workdir))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
-from lite_bert.modes import setup
+from lite_bert.train import setup
 
 
 def _held_out_paragraphs(documents, count: int, seed: int) -> set:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from lite_bert.errors import UserError
-from lite_bert.modes import setup
+from lite_bert.train import setup
 from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import guards
 from lite_bert.train import mesh as mesh_lib

@@ -1,7 +1,9 @@
-"""Pieces every training mode needs: the encoder config, the tokenizer, the model's fingerprint."""
+"""Pieces every training mode needs: the encoder config, the tokenizer, the corpus split and
+batch options, the model's fingerprint, the resolved config file."""
 
 import os
 
+import jax
 from ml_collections import config_dict
 
 from lite_bert import __version__
@@ -92,3 +94,50 @@ def write_config(config: config_dict.ConfigDict, workdir: str) -> str:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   os.replace(path + ".tmp", path)
   return path
+
+
+PAIR_OBJECTIVES = ("nsp", "sop", "none")
+MASKINGS = ("token", "whole_word", "ngram")
+
+
+def split_corpus(config):
+  """(train documents, eval documents) from `data.corpus` / `data.eval_corpus`."""
+  documents = corpora.open_corpus(config.data.corpus, format=config.data.format)
+  if config.data.eval_corpus:
+    return documents, corpora.open_corpus(config.data.eval_corpus, format=config.data.format)
+  held_out = config.data.eval_documents
+  if len(documents) <= held_out:
+    raise UserError(
+        f"corpus {config.data.corpus} has {len(documents)} documents; holding out "
+        f"data.eval_documents={held_out} for evaluation leaves none to train on. Set "
+        f"data.eval_corpus or lower data.eval_documents")
+  split_at = len(documents) - held_out
+  return documents[:split_at], documents[split_at:]
+
+
+def batch_options(config) -> dict:
+  """The `config.data` fields the pretraining pipeline takes."""
+  data = config.data
+  if data.pair_objective not in PAIR_OBJECTIVES:
+    raise UserError(f"data.pair_objective must be one of {PAIR_OBJECTIVES}, "
+                    f"got {data.pair_objective!r}")
+  if data.pair_objective != "none" and not config.pair_head:
+    raise UserError(f"data.pair_objective={data.pair_objective!r} needs a pair head "
+                    f"(pair_head=True); {config.name} has none")
+  if data.batch_size % jax.process_count():
+    raise UserError(f"data.batch_size={data.batch_size} is not divisible by the "
+                    f"{jax.process_count()} processes")
+  if data.masking not in MASKINGS:
+    raise UserError(f"data.masking must be one of {MASKINGS}, got {data.masking!r}")
+  return dict(
+      batch_size=data.batch_size // jax.process_count(),
+      max_seq_length=data.max_seq_length,
+      max_predictions_per_seq=data.max_predictions_per_seq,
+      masked_lm_prob=data.mask_rate,
+      whole_word_masking=data.masking in ("whole_word", "ngram"),
+      max_ngram=data.ngram_max if data.masking == "ngram" else 1,
+      short_seq_prob=data.short_seq_prob,
+      pair_objective=None if data.pair_objective == "none" else data.pair_objective,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )

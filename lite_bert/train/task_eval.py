@@ -1,0 +1,135 @@
+"""A GLUE-format task's data and scoring, shared by fine-tuning and `mode=evaluate`.
+
+`load_task_data` reads and encodes a task's splits (`data/glue.py`,
+`data/classification.py`); `make_scorer` runs a `ClassificationModel` over an
+eval split and scores it with the task's official metrics, writing
+`eval_<split>.json` and `predictions_<split>.tsv` (GLUE submission layout).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from lite_bert.data import classification
+from lite_bert.data import glue
+from lite_bert.data import tokenizers
+from lite_bert.errors import UserError
+from lite_bert.train import task_metrics
+
+
+@dataclasses.dataclass
+class TaskData:
+  """A task's encoded splits: what the loss and the evaluation read."""
+
+  spec: glue.TaskSpec
+  train: list  # [(input ids, token types)]
+  train_labels: np.ndarray
+  eval_splits: dict  # split -> (rows, encoded, labels)
+
+
+def task_spec(config) -> glue.TaskSpec:
+  spec = config.finetune.get("task_spec")
+  if spec:
+    return glue.TaskSpec.from_dict(spec)
+  return glue.get_task(config.finetune.task)
+
+
+def read_split(config, spec: glue.TaskSpec, split: str) -> list[dict]:
+  if config.finetune.source == "tfds":
+    return glue.read_task_from_tfds(spec, split, config.finetune.data_dir or None)
+  if config.finetune.source != "tsv":
+    raise UserError(f"finetune.source must be 'tsv' or 'tfds', got {config.finetune.source!r}")
+  return glue.read_task(spec, split, config.finetune.data_dir or None)
+
+
+def encode_split(config, spec, tokenizer, split: str):
+  rows = read_split(config, spec, split)
+  encoded = classification.encode_rows(rows, spec.text_fields, tokenizer,
+                                       config.data.max_seq_length)
+  labels = np.asarray([row["label"] for row in rows],
+                      np.float32 if spec.is_regression else np.int32)
+  return rows, encoded, labels
+
+
+def load_task_data(config, spec, tokenizer, *, with_train: bool = True) -> TaskData:
+  train, train_labels = [], np.zeros((0,))
+  if with_train:
+    _, train, train_labels = encode_split(config, spec, tokenizer, "train")
+  splits = {split: encode_split(config, spec, tokenizer, split)
+            for split in config.finetune.eval_splits}
+  return TaskData(spec, train, train_labels, splits)
+
+
+def tokenizer_of_run(run_config, workdir: str):
+  """The tokenizer a finished fine-tuning run used (recorded in its config.json)."""
+  if not run_config.tokenizer.path:
+    raise UserError(f"{workdir}/config.json names no tokenizer.path")
+  return tokenizers.load_tokenizer(run_config.tokenizer.path)
+
+
+def predict(apply_fn, params, batches, to_global) -> np.ndarray:
+  """Logits [examples, num_labels] in the original row order."""
+  outputs = {}
+  for batch in batches:
+    logits = np.asarray(jax.device_get(apply_fn(params, to_global(batch))))
+    for row, example in enumerate(batch["example_ids"]):
+      if example >= 0:
+        outputs[int(example)] = logits[row]
+  return np.stack([outputs[i] for i in range(len(outputs))])
+
+
+def predictions_from_logits(spec: glue.TaskSpec, logits: np.ndarray) -> np.ndarray:
+  return logits[:, 0] if spec.is_regression else np.argmax(logits, axis=-1)
+
+
+def write_predictions(path: str, spec: glue.TaskSpec, rows, predictions) -> None:
+  """GLUE submission layout: a header `index<TAB>prediction`, one row per example."""
+  with open(path + ".tmp", "w") as f:
+    f.write("index\tprediction\n")
+    for row, prediction in zip(rows, predictions):
+      value = f"{prediction:.6f}" if spec.is_regression else spec.labels[int(prediction)]
+      f.write(f"{row['idx']}\t{value}\n")
+  os.replace(path + ".tmp", path)
+
+
+def write_json(path: str, value: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+EVAL_FILES = ("eval_{split}.json", "predictions_{split}.tsv")
+
+
+def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, *,
+                files: tuple[str, str] = EVAL_FILES):
+  """(params, frozen, to_global) -> metrics per eval split; writes metrics and predictions."""
+  apply_fn = jax.jit(lambda params, batch: model.apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"],
+      batch["token_type_ids"])["logits"])
+  batches = {
+      split: classification.eval_batches(
+          encoded, labels, batch_size=config.finetune.eval_batch_size,
+          pad_id=pad_id, pad_multiple=config.finetune.pad_multiple,
+          max_seq_length=config.data.max_seq_length, regression=spec.is_regression)
+      for split, (_, encoded, labels) in data.eval_splits.items()}
+
+  def score(params, frozen, to_global):
+    del frozen
+    numbers = {}
+    for split, (rows, _, labels) in data.eval_splits.items():
+      logits = predict(apply_fn, params, batches[split], to_global)
+      predictions = predictions_from_logits(spec, logits)
+      metrics = task_metrics.compute(spec.metrics, predictions, labels)
+      if jax.process_index() == 0:
+        write_json(os.path.join(workdir, files[0].format(split=split)),
+                   dict(metrics, task=spec.name, split=split, examples=len(rows)))
+        write_predictions(os.path.join(workdir, files[1].format(split=split)),
+                          spec, rows, predictions)
+      numbers.update({f"{split}_{name}": value for name, value in metrics.items()})
+    return numbers
+
+  return score
