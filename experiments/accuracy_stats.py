@@ -165,7 +165,7 @@ def analyse(data: dict, *, reference: str = "teacher", control: str = "init",
   fns = scorers(data)
   for t in tasks:
     task = data[t]
-    entry = {"majority_label": task["spec"].labels[task["majority"]],
+    entry = {"name": task["spec"].name, "majority_label": task["spec"].labels[task["majority"]],
              "majority_score": float(mean_score(fns[t]["__majority__"], full[t])),
              "dev_examples": int(len(task["labels"])), "metrics": list(task["spec"].metrics),
              "variants": {}}

@@ -554,12 +554,45 @@ class Sources:
 
   def dir_bytes(self, rel: str) -> Optional[Num]:
     top = self.path(rel)
-    if not os.path.isdir(top):
-      return None
+    if not os.path.isdir(top):  # a published copy: the sizes measured before publishing
+      return self.get(SIZES_FILE, "bytes", rel)
     total = 0
     for folder, _, files in os.walk(top):
       total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     return Num(total, {"dir_bytes": rel})
+
+
+SIZES_FILE = "sizes.json"  # written by `publish`: the folders it leaves behind, in bytes
+ACCURACY_FILE = "accuracy_stats.json"  # written by `report`: intervals and majority baselines
+
+
+def finetune_runs(root: str, task: str) -> dict:
+  """{model: [(seed, folder)]} of the fine-tuning stages with dev predictions."""
+  return {m: [(0, f"finetune_{m}_{task}")] for m in MODELS
+          if os.path.exists(os.path.join(root, f"finetune_{m}_{task}",
+                                         "predictions_validation.tsv"))}
+
+
+def write_accuracy_stats(root: str) -> None:
+  """ACCURACY_FILE: each task's majority-class score and, when every model's dev
+  predictions are there, `accuracy_stats.analyse` against BERT (intervals, verdicts)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from experiments import accuracy_stats  # pylint: disable=import-outside-toplevel
+  if not all(os.path.exists(os.path.join(root, f"finetune_{m}_{t}", "eval_validation.json"))
+             for m in MODELS for t in TASKS):
+    return
+  if all(len(finetune_runs(root, t)) == len(MODELS) for t in TASKS):
+    data = accuracy_stats.collect(root, list(TASKS), lambda t: finetune_runs(root, t))
+    numbers = accuracy_stats.analyse(data, reference="bert", control="", order=MODELS)
+    numbers["intervals"] = True
+  else:  # runs published before their predictions were: no interval can be drawn
+    numbers = {"intervals": False, "tasks": {}}
+    for t in TASKS:
+      data = accuracy_stats.task_data(t)
+      majority = np.full_like(data["labels"], data["majority"])
+      numbers["tasks"][t] = {"majority_score": accuracy_stats.task_score(
+          data["spec"], majority, data["labels"])}
+  write_json(os.path.join(root, ACCURACY_FILE), numbers)
 
 
 def study(key: str, field: str = "value") -> Num:
@@ -808,38 +841,52 @@ class Report:
     return [n.study_claim(key), f"latency ratio {measured}", verdict]
 
   def glue_claim(self) -> list:
-    """97%: DistilBERT's mean dev score over BERT's, on the tasks where both learned."""
+    """97%: DistilBERT's macro dev score over BERT's, with its interval and the majority class."""
     n = self.n
     key = "distilbert_glue"
-    pair = ("bert", "distilbert")
-    if any(self.task_score(m, t) is None for m in pair for t in TASKS):
+    if not self.src.exists(ACCURACY_FILE):
       return [n.study_claim(key), "n/a", "not measured yet"]
-    guessed = [t for t in TASKS if any(self.one_class(m, t) for m in pair)]
-    tasks = [t for t in TASKS if t not in guessed]
+    stats = self.src.raw(ACCURACY_FILE)
+    get = lambda *keys: self.src.get(ACCURACY_FILE, *keys)
     steps = self.final_step("pretrain_bert")
-    left_out = "; ".join(
-        f"{TASK_NAMES[t]} left out: "
-        f"{' and '.join(NAMES[m] for m in pair if self.one_class(m, t))} predict one class for "
-        f"every dev example there" for t in guessed)
-    if not tasks:
+    names = " + ".join(TASK_NAMES[t] for t in TASKS)
+    majority = "; ".join(f"{TASK_NAMES[t]} {n(get('tasks', t, 'majority_score'), '.1f', 100)}"
+                         for t in TASKS)
+    scale_note = (f"At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps, "
+                  f"one seed a model; the study's figure is for BERT-base pretrained to "
+                  f"convergence, on all of GLUE")
+    confidence = lambda: n(Num.of(0.95), ".0f", 100)  # each use is a number of the text
+    if not stats["intervals"]:
+      scores = "; ".join(f"{NAMES[m]} " + ", ".join(
+          f"{TASK_NAMES[t]} {n(self.task_score(m, t), '.1f', 100)}" for t in TASKS)
+          for m in ("bert", "distilbert"))
       return [n.study_claim(key), "n/a",
-              f"not testable at this scale: {left_out} (after {n(steps, ',.0f')} pretraining "
-              f"steps), so a ratio would compare constant guesses"]
-    mean = lambda m: reduce_nums("mean", [self.task_score(m, t) for t in tasks])
-    retention = mean("distilbert") / mean("bert")
-    agrees = retention.value >= study(key, "min_retention").value
-    per_task = ", ".join(
-        f"{TASK_NAMES[t]} "
-        f"{n(self.task_score('distilbert', t) / self.task_score('bert', t), '.1f', 100)}%"
-        for t in tasks) if len(tasks) > 1 else ""
-    names = " and ".join(TASK_NAMES[t] for t in tasks)
-    verdict = (f"{'agrees' if agrees else 'disagrees'}: ours keeps {n(retention, '.1f', 100)}% "
-               f"{f'({per_task}) ' if per_task else ''}of BERT's {names} dev score"
-               f"{'s' if len(tasks) > 1 else ''}" + (f"; {left_out}" if guessed else "") +
-               f". At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps; the "
-               f"study's figure is for BERT-base pretrained to convergence, on all of GLUE")
-    return [n.study_claim(key), f"{n(retention, '.1f', 100)}% of BERT's score ({names})",
-            verdict]
+              f"inconclusive: the fine-tuning runs' per-example dev predictions were not kept, "
+              f"so no interval can be drawn. Scores: {scores}; the majority class scores "
+              f"{majority} (GLUE score, %). {scale_note}"]
+    retention = get("variants", "distilbert", "retention")
+    ci = lambda: (f"{confidence()}% CI "
+                  f"{n(get('variants', 'distilbert', 'retention_ci', 0), '.1f', 100)} to "
+                  f"{n(get('variants', 'distilbert', 'retention_ci', 1), '.1f', 100)}%")
+
+    def points(num):  # a signed difference in words (the report's numbers carry no sign)
+      side = "below" if num.value < 0 else "above"
+      return f"{n(abs(num), '.1f', 100)} points {side}"
+
+    below = [f"{NAMES[m]} on {TASK_NAMES[t]} scores "
+             f"{n(get('tasks', t, 'variants', m, 'mean'), '.1f', 100)}, its {confidence()}% CI "
+             f"from {points(get('tasks', t, 'variants', m, 'minus_majority_ci', 0))} to "
+             f"{points(get('tasks', t, 'variants', m, 'minus_majority_ci', 1))} the majority"
+             for m in ("bert", "distilbert") for t in TASKS
+             if stats["tasks"][t]["variants"][m]["vs_majority"] != "above"]
+    word = stats["variants"]["distilbert"]["retention_verdict"]
+    why = (f"not above the majority class: {'; '.join(below)}" if below else
+           f"the interval {'lies at or above' if word == 'agrees' else 'lies below' if word == 'disagrees' else 'straddles'} "
+           f"the study's figure less its rounding")
+    verdict = (f"{word}: ours keeps {n(retention, '.1f', 100)}% ({ci()}) of BERT's {names} "
+               f"score; {why}. Majority class: {majority} (GLUE score, %). {scale_note}")
+    measured = f"{n(retention, '.1f', 100)}% of BERT's score ({ci()})"
+    return [n.study_claim(key), measured, verdict]
 
   def parameters(self) -> list:
     n = self.n
@@ -1192,6 +1239,7 @@ def stage_names(root: str, settings: dict) -> list:
 def report(root: str) -> str:
   """Writes report.md, report_numbers.json and the plots from `root`'s files; returns the text."""
   root = os.path.abspath(root)
+  write_accuracy_stats(root)
   rep = Report(root)
   write_plots(root, rep)  # first: the report links the plots that exist
   text = rep.render(stage_names(root, rep.settings))
@@ -1211,6 +1259,18 @@ def _source_files(source) -> set:
   return set()
 
 
+def _dir_of(source) -> Optional[str]:
+  """The folder a `dir_bytes` source (or its first such argument) names."""
+  if isinstance(source, dict):
+    if "dir_bytes" in source:
+      return source["dir_bytes"]
+    for arg in source.get("args", []):
+      found = _dir_of(arg)
+      if found:
+        return found
+  return None
+
+
 def publish(root: str, dest: str) -> list:
   """Copies the report, its plots and every small file it was computed from to `dest`.
 
@@ -1227,10 +1287,18 @@ def publish(root: str, dest: str) -> list:
     numbers = json.load(f)
   files = set().union(*(_source_files(item["source"]) for item in numbers))
   patterns = ["report.md", "report_numbers.json", "*.png", "run.json", "stages/*.json",
-              "*/config.json", "*/metrics.jsonl", "benchmark/BENCHMARKS.md",
+              "*/config.json", "*/metrics.jsonl", "*/predictions_validation.tsv",
+              ACCURACY_FILE, "benchmark/BENCHMARKS.md",
               "benchmark/benchmark.json", "benchmark/*.png"]
   for pattern in patterns:
     files |= {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))}
+  sizes = {_dir_of(item["source"]): None for item in numbers if _dir_of(item["source"])}
+  sizes = {rel: Sources(root).dir_bytes(rel) for rel in sizes}
+  if any(os.path.isdir(os.path.join(root, rel)) for rel in sizes):
+    os.makedirs(dest, exist_ok=True)
+    write_json(os.path.join(dest, SIZES_FILE), {
+        "bytes": {rel: num.value for rel, num in sizes.items() if num is not None},
+        "measured_in": root})
   copied = []
   for rel in sorted(files):
     src = os.path.join(root, rel)

@@ -80,7 +80,7 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
         f"- **{entry['text']}** keeps {pct(entry['retention'])}% "
         f"(95% CI {verdicts.describe(entry['retention_ci'])}) of the teacher's macro score"
         f"{speed}: **{entry['retention_verdict']}** with the study's 97% (DistilBERT on "
-        f"GLUE; ours is MiniLM-L6 -> 3 layers on {' + '.join(t.upper() for t in tasks)})"
+        f"GLUE; ours is MiniLM-L6 -> 3 layers on {' + '.join(names[t]['name'] for t in tasks)})"
         + ("" if entry["above_majority_on_every_task"] else
            " - not above the majority class on every task"))
     if "vs_init" in entry:
@@ -90,7 +90,7 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
   out += ["## Verdicts", ""] + verdict_rows + [""]
   out += ["## Dev scores", "",
           "| variant | " + " | ".join(
-              f"{t.upper()} mean +- std (seeds) | - majority, 95% CI" for t in tasks)
+              f"{names[t]['name']} mean +- std (seeds) | minus majority, 95% CI" for t in tasks)
           + " | macro |",
           "|---|" + "---|---|" * len(tasks) + "---|"]
   for v in ORDER:
@@ -111,7 +111,7 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
   for t in tasks:
     parts = [f"{v} {pct(e['retention'])}% {verdicts.describe(e['retention_ci'])}"
              for v, e in names[t]["variants"].items() if "retention" in e]
-    out.append(f"- {t.upper()}: " + "; ".join(parts))
+    out.append(f"- {names[t]['name']}: " + "; ".join(parts))
   out += ["", "## Latency (same run)", ""] + latency_md
   out += ["", "![scores](scores.png)", "", "![retention](retention.png)", ""]
   return "\n".join(out) + "\n"
@@ -132,8 +132,8 @@ def plots(numbers: dict, folder: str) -> None:
       ax.hlines(100 * entry["variants"][v]["mean"], x - 0.3, x + 0.3, color="C0")
     ax.axhline(100 * entry["majority_score"], color="C3", ls="--", label="majority class")
     ax.set_xticks(range(len(names)), names)
-    ax.set_title(f"{t.upper()} dev score (dots: seeds)")
-    ax.legend(loc="lower right")
+    ax.set_title(f"{entry['name']} dev score (dots: seeds)")
+    ax.legend(loc="best")
   fig.tight_layout()
   fig.savefig(os.path.join(folder, "scores.png"), dpi=110)
   plt.close(fig)

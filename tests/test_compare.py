@@ -234,16 +234,23 @@ def test_claims_and_verdicts(root):
       "agrees: " if ratio["distilbert"] <= 0.6 else "disagrees: ")
   assert verdict("albert_not_faster").startswith(
       "agrees: " if 0.9 <= ratio["albert"] <= 1.1 else "disagrees: ")
-  # Retention over the tasks where neither BERT nor DistilBERT predicts one class.
-  tasks = [t for t in ("sst2", "mrpc")
-           if not any(one_class(root, m, t) for m in ("bert", "distilbert"))]
-  if not tasks:
-    assert verdict("distilbert_glue").startswith("not testable at this scale: ")
-  else:
-    kept = (sum(task_score(root, "distilbert", t) for t in tasks) / len(tasks)) / (
-        sum(task_score(root, "bert", t) for t in tasks) / len(tasks))
-    assert verdict("distilbert_glue").startswith("agrees: " if kept >= 0.97 else "disagrees: ")
-    assert f"keeps {kept * 100:.1f}%" in verdict("distilbert_glue")
+  # Retention with its bootstrap interval (accuracy_stats.json, computed from the runs'
+  # dev predictions); the word follows the interval and the majority-class check.
+  stats = load(root / compare.ACCURACY_FILE)
+  assert stats["intervals"]
+  entry = stats["variants"]["distilbert"]
+  low, high = entry["retention_ci"]
+  assert low <= entry["retention"] <= high
+  above = {m: all(stats["tasks"][t]["variants"][m]["vs_majority"] == "above"
+                  for t in ("sst2", "mrpc")) for m in ("bert", "distilbert")}
+  word = ("inconclusive" if not all(above.values()) else "agrees" if low >= 0.965 else
+          "disagrees" if high < 0.965 else "inconclusive")
+  assert verdict("distilbert_glue").startswith(word + ": "), verdict("distilbert_glue")
+  assert f"keeps {entry['retention'] * 100:.1f}%" in verdict("distilbert_glue")
+  assert "Majority class: SST-2" in verdict("distilbert_glue")
+  kept = (sum(task_score(root, "distilbert", t) for t in ("sst2", "mrpc"))) / (
+      sum(task_score(root, "bert", t) for t in ("sst2", "mrpc")))
+  assert entry["retention"] == pytest.approx(kept)
 
 
 def test_header_names_date_commit_machine_and_command(root):
@@ -261,7 +268,9 @@ def test_header_names_date_commit_machine_and_command(root):
 
 
 def test_report_only_is_identical_and_runs_nothing(root):
-  outputs = ["report.md", "report_numbers.json"] + [name for name, _ in compare.PLOTS]
+  # accuracy_stats.json is the report's too (bootstrap with a fixed seed: the same bytes).
+  outputs = ["report.md", "report_numbers.json", compare.ACCURACY_FILE] + [
+      name for name, _ in compare.PLOTS]
   before = {name: (root / name).read_bytes() for name in outputs}
   kept = {p: p.stat().st_mtime_ns for p in root.rglob("*")
           if p.is_file() and p.name not in outputs}
