@@ -1605,7 +1605,10 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
               f"than fp32 ({default['fp32_2048']:.0f}). Asking for an fp32 result "
               f"(`preferred_element_type`) gives a native bf16 kernel: "
               f"{acc['bf16_2048_f32acc']:.0f} GFLOP/s ({acc['variant']}), "
-              f"{acc['bf16_2048_f32acc'] / default['fp32_2048']:.1f}x fp32. Our models use "
+              f"{acc['bf16_2048_f32acc'] / acc['fp32_2048']:.2f}x its fp32 "
+              f"({acc['fp32_2048']:.0f}); with default settings "
+              f"{default['bf16_2048_f32acc']:.0f} vs {default['fp32_2048']:.0f}, "
+              f"{default['bf16_2048_f32acc'] / default['fp32_2048']:.2f}x. Our models use "
               f"that form for every matmul in bf16 (`f32_accumulating_dot_general`)")
       f32, b16 = default.get("bert_base_8x128_float32_ms"), default.get("bert_base_8x128_bfloat16_ms")
       if f32 and b16:
