@@ -56,7 +56,7 @@ def run(config, workdir: str):
   # One run per workdir; a killed run leaves no stale lock. The mode writes
   # config.json once its inputs are validated (the loop: after the restore
   # check), so a refused run leaves the workdir as it found it.
-  with guards.WorkdirLock(workdir):
+  with guards.StopOnSigterm(), guards.WorkdirLock(workdir):
     return module.run(config, workdir)
 
 
@@ -146,6 +146,10 @@ def main(argv):
   debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
   try:
     run(config, _WORKDIR.value)
+  except guards.Preempted:
+    print(f"{config.get('mode')}: stopped by SIGTERM during start-up, before the first "
+          f"training step; nothing to save. Rerun the same command to start", flush=True)
+    sys.exit(0)
   except UserError as e:
     if debug:
       raise

@@ -880,3 +880,23 @@ def test_debug_shows_the_traceback(tmp_path, cli_env):
   out = run_cli(SUMMARY + ["--config.model.num_heads=3", "--debug"], tmp_path / "w", cli_env)
   assert out.returncode != 0
   assert "Traceback" in out.stderr and "UserError" in out.stderr
+
+
+def test_sigterm_during_tokenizer_training_exits_cleanly(tmp_path, cli_env):
+  """SIGTERM while the tokenizer trains: one line, status 0, no half-made tokenizer, no config."""
+  workdir = tmp_path / "run"
+  args = ["--config=configs/bert.py:tiny", "--config.mode=pretrain",
+          "--config.tokenizer.max_sentences=300000", *DATA]
+  proc = subprocess.Popen(command(args, workdir), cwd=REPO, env=cli_env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while not (workdir / "tokenizer").is_dir():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.01)
+  time.sleep(0.2)  # inside sentencepiece's training
+  assert not (workdir / "tokenizer" / "spm.model").exists()  # the kill lands mid-training
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "stopped by SIGTERM during start-up" in out and err.strip() == "", (out, err)
+  assert not (workdir / "tokenizer").exists() and not (workdir / "config.json").exists()

@@ -9,7 +9,10 @@ holds the owner's pid while it runs and is empty otherwise.
 `SigtermFlag` turns SIGTERM (how Slurm, Kubernetes and TPU/GPU schedulers
 preempt) into a flag the train loop reads at each step boundary: it saves a
 checkpoint there and exits 0, so the scheduler's restart resumes with no lost
-step.
+step. Before the loop runs (tokenizer training, data encoding, compiling)
+there is nothing to save: `StopOnSigterm` turns a SIGTERM then into
+`Preempted`, which unwinds the start-up's own clean-up (a half-trained
+tokenizer is removed) and ends the run with status 0.
 """
 
 import fcntl
@@ -67,6 +70,33 @@ class SigtermFlag:
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(BaseException):
+  """A SIGTERM before the train loop took over: nothing to save, stop cleanly."""
+
+
+class StopOnSigterm:
+  """Raises `Preempted` on SIGTERM (the train loop's `SigtermFlag` overrides it inside)."""
+
+  def __init__(self):
+    self._previous = None
+
+  @staticmethod
+  def _handle(signum, frame):
+    del signum, frame
+    raise Preempted()
+
+  def __enter__(self) -> "StopOnSigterm":
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
       self._previous = None
     return self
 
