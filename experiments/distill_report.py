@@ -82,7 +82,9 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
         f"{speed}: **{entry['retention_verdict']}** with the study's 97% (DistilBERT on "
         f"GLUE; ours is MiniLM-L6 -> 3 layers on {' + '.join(names[t]['name'] for t in tasks)})"
         + ("" if entry["above_majority_on_every_task"] else
-           " - not above the majority class on every task"))
+           f": it is not above the majority class on "
+           f"{', '.join(names[t]['name'] for t in tasks if names[t]['variants'][v]['vs_majority'] != verdicts.ABOVE)}"
+           f" (the interval alone: {verdicts.retention(entry['retention_ci'])})"))
     if "vs_init" in entry:
       verdict_rows.append(
           f"  - vs the no-distillation student: {entry['minus_init'] * 100:+.1f} points "
@@ -105,7 +107,8 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
     out.append(f"| {numbers['variants'][v]['text']} | " + " | ".join(cells)
                + f" | {pct(numbers['variants'][v]['macro'])} |")
   out.append("| majority class | " + " | ".join(
-      f"{pct(names[t]['majority_score'])} ({names[t]['majority_label']}) | -" for t in tasks)
+      f"{pct(names[t]['majority_score'])} (always '{names[t]['majority_label']}') | -"
+      for t in tasks)
       + " | " + pct(float(np.mean([names[t]["majority_score"] for t in tasks]))) + " |")
   out += ["", "Per-task retention (student / teacher, 95% CI):", ""]
   for t in tasks:
