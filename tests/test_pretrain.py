@@ -135,7 +135,10 @@ def test_tiny_model_learns_on_wikitext(tmp_path, module):
   print(module.__name__, "first", json.dumps(first), "final", json.dumps(final))
   measured = LEARNING_MEASURED[module.__name__]
   assert final["mlm_loss"] < first["mlm_loss"] - measured["mlm_drop"] / 2
-  assert final["mlm_accuracy"] > measured["mlm_accuracy"] / 2
+  # Off the unigram plateau (the best constant guess on the same masked tokens, measured in
+  # the eval): at least half of the measured margin over it.
+  margin = measured["mlm_accuracy"] - measured["mlm_unigram_accuracy"]
+  assert final["mlm_accuracy"] > final["mlm_unigram_accuracy"] + margin / 2
   # 1,280 held-out pairs: chance gives 0.5 +- 0.014 (one standard deviation).
   assert final["pair_accuracy"] >= measured["pair_accuracy"] - 0.02
   assert final["pair_accuracy"] > 0.5 + 2 * 0.014
@@ -144,7 +147,11 @@ def test_tiny_model_learns_on_wikitext(tmp_path, module):
 # (start train MLM loss - final held-out MLM loss, final held-out MLM and pair accuracy).
 # Measured 2026-11-24 (750 steps, this file's config, 2-core AMD EPYC): BERT MLM 8.29 -> 6.22
 # (8.8% accuracy), NSP 0.548 (701 / 1,280); ALBERT 8.45 -> 6.16 (9.5%), SOP 0.557 (713 / 1,280).
+# The unigram level of the same held-out masked tokens (measured 2026-11-30, same runs, same
+# accuracies): BERT 0.0444, ALBERT 0.0472, so the models score about twice the plateau.
 LEARNING_MEASURED = {
-    "configs.bert": {"mlm_drop": 2.07, "mlm_accuracy": 0.0881, "pair_accuracy": 0.5477},
-    "configs.albert": {"mlm_drop": 2.30, "mlm_accuracy": 0.0953, "pair_accuracy": 0.5570},
+    "configs.bert": {"mlm_drop": 2.07, "mlm_accuracy": 0.0881, "pair_accuracy": 0.5477,
+                     "mlm_unigram_accuracy": 0.0444},
+    "configs.albert": {"mlm_drop": 2.30, "mlm_accuracy": 0.0953, "pair_accuracy": 0.5570,
+                       "mlm_unigram_accuracy": 0.0472},
 }
