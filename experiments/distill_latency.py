@@ -32,19 +32,23 @@ POINTS = ((1, 64), (1, 128), (32, 64), (32, 128))
 REPEATS = 7
 
 
-def candidate(name: str, source: str, batch: int, seq: int) -> benchmark.Candidate:
+def load(source: str) -> tuple:
+  """(cfg, encoder params) of a source, in the unrolled fp32 inference layout."""
   loaded = pretrained.load(source)
   cfg = dataclasses.replace(loaded.cfg, scan_layers=False, dtype="float32")
+  encoder = unstack_layers({"encoder": dict(loaded.params["encoder"])}, cfg)["encoder"]
+  if not cfg.pooler:
+    encoder.pop("pooler", None)
+  return cfg, encoder
+
+
+def candidate(name: str, model_source: tuple, batch: int, seq: int) -> benchmark.Candidate:
+  cfg, encoder = model_source
   model = ClassificationModel(cfg, num_labels=2)
   ids = jnp.asarray(np.random.default_rng(0).integers(1000, cfg.vocab_size, (batch, seq)),
                     jnp.int32)
   mask = jnp.ones_like(ids)
-  params = model.init(jax.random.key(0), ids[:1])["params"]
-  params = dict(params, encoder=unstack_layers({"encoder": dict(loaded.params["encoder"])},
-                                               cfg)["encoder"])
-  params = {k: v for k, v in params.items()}
-  if not cfg.pooler:
-    params["encoder"].pop("pooler", None)
+  params = dict(model.init(jax.random.key(0), ids[:1])["params"], encoder=encoder)
   apply = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["logits"])
   state = {}
 
@@ -53,21 +57,20 @@ def candidate(name: str, source: str, batch: int, seq: int) -> benchmark.Candida
     apply(state["params"], ids, mask).block_until_ready()
     return {}
 
-  def run():
-    seconds, rss, cpu = benchmark.timed_call(
-        lambda: apply(state["params"], ids, mask).block_until_ready())
-    return seconds, rss, cpu
-
-  c = benchmark.Candidate(model=name, impl="ours", prepare=prepare, run=run,
-                          info={"layers": cfg.num_layers, "hidden": cfg.hidden_size})
+  c = benchmark.Candidate(
+      model=name, impl="ours", prepare=prepare,
+      run=lambda: benchmark.timed_call(
+          lambda: apply(state["params"], ids, mask).block_until_ready()),
+      info={"layers": cfg.num_layers, "hidden": cfg.hidden_size})
   c.target = REPEATS
   return c
 
 
 def measure(student: str, teacher: str) -> dict:
+  sources = {"teacher": load(teacher), "student": load(student)}  # loaded once, timed per point
   points = []
   for batch, seq in POINTS:
-    pair = [candidate("teacher", teacher, batch, seq), candidate("student", student, batch, seq)]
+    pair = [candidate(name, sources[name], batch, seq) for name in ("teacher", "student")]
     for c in pair:
       c.prepare()
     benchmark.time_round_robin(pair)

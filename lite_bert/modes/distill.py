@@ -23,8 +23,9 @@ teacher layers; the last pair is the two last hidden states).
 A teacher without an MLM head (a sentence encoder such as all-MiniLM-L6-v2)
 can teach through the hidden-state terms alone (alpha_ce = alpha_mse = 0):
 the teacher then runs as a bare encoder and the student's MLM head only at
-the masked positions, so no [batch, seq, vocab] logits are computed. The held-out evaluation
-gives the student's MLM loss / accuracy / perplexity, the KL and cosine terms,
+the masked positions, so no [batch, seq, vocab] logits are computed.
+
+The held-out evaluation gives the student's MLM loss / accuracy / perplexity, the KL and cosine terms,
 the weighted total, and (once, for reference) the teacher's own MLM numbers on
 the same batches.
 
@@ -70,8 +71,8 @@ def loss_options(config) -> dict:
     if not value >= 0.0:  # also refuses NaN
       raise UserError(f"distill.{name} must be >= 0, got {value!r}")
   if not any(options.values()):
-    raise UserError("distill.alpha_ce, alpha_mlm, alpha_cos, alpha_mse and alpha_hidden are all 0: "
-                    "the student would have nothing to learn")
+    raise UserError("distill.alpha_ce, alpha_mlm, alpha_cos, alpha_mse and alpha_hidden are "
+                    "all 0: the student would have nothing to learn")
   if not float(d.temperature) > 0.0:
     raise UserError(f"distill.temperature must be > 0, got {d.temperature!r}")
   options["temperature"] = float(d.temperature)
