@@ -35,13 +35,13 @@ resume with a different teacher is refused before anything is restored.
 """
 
 import os
-import shutil
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lite_bert import files
 from lite_bert import teachers
 from lite_bert.data import pipeline
 from lite_bert.data import tokenizers
@@ -124,12 +124,12 @@ def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> str:
   src = tokenizer.source
   folder = os.path.join(workdir, "tokenizer")
   name = "spm.model" if src.endswith(".model") else os.path.basename(src)
-  files = [(src, name)] + [
+  copies = [(src, name)] + [
       (os.path.join(os.path.dirname(src), extra), extra)
       for extra in ("tokenizer_config.json", "special_tokens_map.json")
       if os.path.isfile(os.path.join(os.path.dirname(src), extra))]
   os.makedirs(folder, exist_ok=True)
-  for path, target_name in files:
+  for path, target_name in copies:
     target = os.path.join(folder, target_name)
     if os.path.realpath(path) == os.path.realpath(target):
       continue
@@ -141,8 +141,7 @@ def keep_tokenizer(tokenizer: tokenizers.Tokenizer, workdir: str) -> str:
           raise UserError(f"{target} differs from the teacher's tokenizer file {path}: "
                           f"this workdir was made with another vocabulary; use a new --workdir")
       continue
-    shutil.copyfile(path, target + ".tmp")
-    os.replace(target + ".tmp", target)
+    files.atomic_copy(path, target)
   return os.path.join(folder, name)
 
 

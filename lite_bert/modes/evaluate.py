@@ -25,7 +25,6 @@ and seed are scored on exactly the same masked tokens.
 """
 
 import functools
-import json
 import os
 import re
 
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lite_bert import files
 from lite_bert import pretrained
 from lite_bert.data import corpora
 from lite_bert.data import pipeline
@@ -175,9 +175,7 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
                 max_seq_length=run_config.data.max_seq_length, seed=run_config.seed + 1)
   path = mlm_result_path(workdir, corpus)
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    files.atomic_write_json(path, result)
     print(f"{run_config.get('name', mode)} step {loaded.step} on {corpus} "
           f"({result['masked_tokens']} masked tokens, {run_config.data.masking} masking): " +
           " ".join(f"{k}={v:.4f}" for k, v in numbers.items()) + f" -> {path}")

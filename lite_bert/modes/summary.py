@@ -5,9 +5,9 @@ Prints the table and writes `<workdir>/summary.json` with `params_total`
 parts, and the model config it describes.
 """
 
-import json
 import os
 
+from lite_bert import files
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models import summary
 
@@ -20,8 +20,6 @@ def run(config, workdir: str) -> dict:
   result = dict(counts, name=config.get("name", "model"), model=cfg.to_dict())
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "summary.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.atomic_write_json(path, result, sort_keys=False)
   print(f"wrote {path}")
   return result

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Optional
 
+from lite_bert import files
+
 
 def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
   """All records of `workdir/metrics.jsonl` (optionally of one split)."""
@@ -45,9 +47,7 @@ class MetricWriter:
       lines = [line for line in f if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
+      files.atomic_write(self.path, "".join(kept))
 
   def write(self, step: int, split: str, values: dict) -> None:
     if not self.enabled:

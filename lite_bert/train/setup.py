@@ -7,6 +7,7 @@ import jax
 from ml_collections import config_dict
 
 from lite_bert import __version__
+from lite_bert import files
 from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
@@ -90,10 +91,7 @@ def write_config(config: config_dict.ConfigDict, workdir: str) -> str:
   mode = config.get("mode")
   name = "config.json" if mode in TRAINING_MODES else f"config_{mode}.json"
   path = os.path.join(workdir, name)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
-  return path
+  return files.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 PAIR_OBJECTIVES = ("nsp", "sop", "none")

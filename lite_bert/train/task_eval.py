@@ -7,12 +7,12 @@ eval split and scores it with the task's official metrics, writing
 """
 
 import dataclasses
-import json
 import os
 
 import jax
 import numpy as np
 
+from lite_bert import files
 from lite_bert.data import classification
 from lite_bert.data import glue
 from lite_bert.data import tokenizers
@@ -87,18 +87,14 @@ def predictions_from_logits(spec: glue.TaskSpec, logits: np.ndarray) -> np.ndarr
 
 def write_predictions(path: str, spec: glue.TaskSpec, rows, predictions) -> None:
   """GLUE submission layout: a header `index<TAB>prediction`, one row per example."""
-  with open(path + ".tmp", "w") as f:
-    f.write("index\tprediction\n")
-    for row, prediction in zip(rows, predictions):
-      value = f"{prediction:.6f}" if spec.is_regression else spec.labels[int(prediction)]
-      f.write(f"{row['idx']}\t{value}\n")
-  os.replace(path + ".tmp", path)
+  lines = ["index\tprediction\n"]
+  for row, prediction in zip(rows, predictions):
+    value = f"{prediction:.6f}" if spec.is_regression else spec.labels[int(prediction)]
+    lines.append(f"{row['idx']}\t{value}\n")
+  files.atomic_write(path, "".join(lines))
 
 
-def write_json(path: str, value: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+write_json = files.atomic_write_json
 
 
 EVAL_FILES = ("eval_{split}.json", "predictions_{split}.tsv")
