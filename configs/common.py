@@ -79,6 +79,9 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   config.checkpoint.max_to_keep = 3
   config.checkpoint.async_save = True
 
+  config.evaluate = config_dict.ConfigDict()
+  config.evaluate.checkpoint = "latest"  # mode=evaluate: latest | a step number
+
   config.distributed = config_dict.ConfigDict()
   # host:port of process 0 for multi-host runs; empty = single process
   # (or set `enabled` to let jax.distributed auto-detect a cluster).

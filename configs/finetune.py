@@ -66,6 +66,7 @@ def get_config(arg: str = "sst2"):
   config.finetune.data_dir = ""  # the task's folder; '' = <data>/glue/<task folder>
   config.finetune.source = "tsv"  # tsv | tfds (glue/<task> prepared by tfds)
   config.finetune.init = ""  # lite_bert workdir, HF folder, or '' = random init
+  config.finetune.init_step = 0  # checkpoint step of an init workdir (0: its newest)
   config.finetune.epochs = 3.0  # sets train.num_steps when > 0
   config.finetune.eval_splits = ("validation",)  # MNLI: validation_matched, ..._mismatched
   config.finetune.pad_multiple = 8  # dynamic padding: batch length rounded up to this
@@ -76,12 +77,13 @@ def get_config(arg: str = "sst2"):
   # Task-specific distillation: a fine-tuned teacher workdir; its soft labels
   # (temperature) are mixed with the hard labels with weight alpha_soft.
   config.finetune.teacher = ""
+  config.finetune.teacher_step = 0  # checkpoint step of a teacher workdir (0: its newest)
   config.finetune.alpha_soft = 0.5
   config.finetune.temperature = 2.0
 
   config.evaluate = config_dict.ConfigDict()  # mode=evaluate on a fine-tuned workdir
   config.evaluate.split = "validation"  # any split of the task
-  config.evaluate.checkpoint = "best"  # best (by dev metric) | latest
+  config.evaluate.checkpoint = "best"  # best (by dev metric) | latest | a step number
 
   config.data.max_seq_length = recipe["max_seq_length"]
   config.data.batch_size = 32

@@ -31,7 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="transformers family (default: the source's own)")
   args = parser.parse_args(argv)
   try:
-    loaded = pretrained.load(args.source, step=args.step)
+    loaded = pretrained.load(args.source, step=args.step, choose_with="--step={step}")
     info = export.export_huggingface(loaded, None, args.out, arch=args.arch)
   except UserError as e:
     if os.environ.get("LITE_BERT_DEBUG") == "1":

@@ -13,14 +13,15 @@ import json
 import os
 from typing import Any, Optional
 
+import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
+from lite_bert.train import checkpoint
 
 
 @dataclasses.dataclass
@@ -65,23 +66,17 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f"cannot read the run config {path}: {e}") from e
 
 
-def restore_params(checkpoint_dir: str, step: Optional[int] = None) -> tuple[dict, int]:
-  """(params as numpy, step) of a lite_bert checkpoint (latest if step is None)."""
-  checkpoint_dir = os.path.abspath(checkpoint_dir)  # Orbax restores absolute paths only
-  if not os.path.isdir(checkpoint_dir):
-    raise UserError(f"no checkpoints in {checkpoint_dir}")
-  manager = ocp.CheckpointManager(checkpoint_dir, item_names=("state", "data", "meta"))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise UserError(f"no finished checkpoint in {checkpoint_dir}")
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot read checkpoint step {step} in {checkpoint_dir}: {e}") from e
-  finally:
-    manager.close()
-  params = restored.state["params"]
-  return _to_numpy(params), int(step)
+def restore_params(checkpoint_dir: str, step: Optional[int] = None, *,
+                   choose_with: str = "step={step}") -> tuple[dict, int]:
+  """(params as numpy, step) of a lite_bert checkpoint (latest if step is None), verified.
+
+  Reads through `checkpoint.load_verified`: a step whose arrays or data state
+  fail their sha256 is refused, naming the newest good step and how to choose
+  it (`choose_with`, e.g. "--config.distill.teacher_step={step}").
+  """
+  restored = checkpoint.load_verified(os.path.abspath(checkpoint_dir), step,
+                                      choose_with=choose_with)
+  return _to_numpy(jax.device_get(restored.state["params"])), int(restored.step)
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -99,8 +94,9 @@ def workdir_tokenizer(workdir: str, config: ml_collections.ConfigDict):
   return tokenizers.load_tokenizer(path)
 
 
-def load(source: str, *, step: Optional[int] = None) -> Loaded:
-  """Loads a lite_bert workdir or a Hugging Face checkpoint folder."""
+def load(source: str, *, step: Optional[int] = None,
+         choose_with: str = "step={step}") -> Loaded:
+  """Loads a lite_bert workdir (verified, see `restore_params`) or a Hugging Face folder."""
   source = os.fspath(source)
   if not os.path.exists(source):
     raise UserError(f"{source} does not exist (expected a lite_bert workdir or a "
@@ -108,7 +104,8 @@ def load(source: str, *, step: Optional[int] = None) -> Loaded:
   if is_workdir(source):
     config = read_run_config(source)
     cfg = EncoderConfig.from_dict(config.model.to_dict())
-    params, step = restore_params(os.path.join(source, "checkpoints"), step)
+    params, step = restore_params(os.path.join(source, "checkpoints"), step,
+                                  choose_with=choose_with)
     return Loaded(cfg=cfg, params=params, tokenizer=workdir_tokenizer(source, config),
                   config=config, source=source, kind="workdir", arch=config.get("arch"),
                   pair_head="pair_head" in params, step=step)

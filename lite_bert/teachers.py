@@ -53,7 +53,8 @@ def load_teacher(config, student_cfg: EncoderConfig, *, needs_logits: bool) -> T
     raise UserError(f"--config.distill.teacher={source} does not exist (expected a lite_bert "
                     f"pretraining workdir or a Hugging Face BERT folder)")
   step = int(config.distill.teacher_step) or None
-  loaded = pretrained.load(source, step=step)
+  loaded = pretrained.load(source, step=step,
+                           choose_with="--config.distill.teacher_step={step}")
   where = f"teacher {source}"
   if step is not None and loaded.kind != "workdir":
     raise UserError(f"distill.teacher_step={step} is for lite_bert workdirs; {source} is a "
@@ -187,7 +188,7 @@ def check_same_vocabulary(student: tokenizers.Tokenizer, teacher: tokenizers.Tok
 
 def load_task_teacher(source: str, *, num_labels: int,
                       tokenizer: Optional[tokenizers.Tokenizer] = None,
-                      dtype: Optional[str] = None) -> TaskTeacher:
+                      dtype: Optional[str] = None, step: Optional[int] = None) -> TaskTeacher:
   """Loads a fine-tuned teacher (a lite_bert finetune workdir, or an HF folder with a classifier).
 
   Args:
@@ -196,8 +197,10 @@ def load_task_teacher(source: str, *, num_labels: int,
     tokenizer: the student's tokenizer; when given, the teacher's must be the
       same vocabulary.
     dtype: compute dtype to run the teacher in (None: its own).
+    step: checkpoint step of a teacher workdir (None: its newest).
   """
-  loaded = pretrained.load(source)
+  loaded = pretrained.load(source, step=step,
+                           choose_with="--config.finetune.teacher_step={step}")
   where = f"teacher {source}"
   head = loaded.params.get("classifier_head")
   if head is None:

@@ -369,3 +369,91 @@ def test_async_save_snapshots_the_metric_window(tmp_path, monkeypatch):
                                    "metadata").read_text())["window"]) for step in steps}
   # Step 12 is the last: its log line empties the window before the save.
   assert windows == {step: step if step < 12 else 0 for step in steps}, windows
+
+
+# ---------------------------------------------------------------------------
+# Only evidence of damage quarantines; everything else stops, moving nothing.
+
+
+def fail_state_reads(monkeypatch, error):
+  """Makes Orbax's restore of the state item raise `error` (meta reads still work)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  restore = ocp.CheckpointManager.restore
+
+  def failing(self, step, args=None, **kwargs):
+    if args is not None and "state" in args.keys():
+      raise error
+    return restore(self, step, args=args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", failing)
+
+
+@pytest.mark.parametrize("error, cause", [
+    (OSError(5, "Input/output error"), "OSError: [Errno 5] Input/output error"),
+    (PermissionError(13, "Permission denied"), "Permission denied"),
+    (ValueError("INVALID_ARGUMENT: Sharding of shape (64, 32) does not fit 3 devices"),
+     "INVALID_ARGUMENT: Sharding"),
+    (MemoryError(), "out of host memory"),
+])
+def test_a_failed_read_that_is_not_damage_stops_and_moves_nothing(tmp_path, monkeypatch,
+                                                                   error, cause):
+  save_steps(tmp_path, [1, 2])
+  before = snapshot(tmp_path)
+  fail_state_reads(monkeypatch, error)
+  checkpointer = ckpt_lib.Checkpointer(tmp_path, max_to_keep=3, save_every_steps=1)
+  with pytest.raises(ckpt_lib.CheckpointReadError) as raised:
+    checkpointer.restore_latest_good(abstract_of(make_state(2)), meta_now=meta_of(make_state(2)))
+  message = str(raised.value)
+  assert f"cannot read checkpoint step 2 in {tmp_path}" in message and cause in message
+  assert "left in place" in message
+  checkpointer.close()
+  assert snapshot(tmp_path) == before  # step 2 neither skipped nor moved to corrupt/
+  assert not (tmp_path / "corrupt").exists()
+
+
+@pytest.mark.parametrize("error", [
+    ValueError('DATA_LOSS: Error reading "params.dense.kernel/0.0" in OCDBT database'),
+    ValueError('NOT_FOUND: Error reading "params.dense.kernel/.zarray"'),
+    ValueError("OUT_OF_RANGE: Requested byte range [0, 7606) is not valid"),
+    FileNotFoundError(2, "No such file or directory"),
+    json.JSONDecodeError("Expecting value", "{", 1),
+])
+def test_evidence_of_damage_is_sorted_as_damage(error):
+  wrapped = RuntimeError("Encountered error while reading array index")
+  wrapped.__cause__ = error
+  assert ckpt_lib.is_damage(error) and ckpt_lib.is_damage(wrapped)
+
+
+def test_the_verified_loader_refuses_a_damaged_step_and_offers_the_newest_good(tmp_path):
+  save_steps(tmp_path, [1, 2, 3])
+  flip_bytes(largest_file(tmp_path / "3"))
+  largest_file(tmp_path / "2").unlink()
+  before = snapshot(tmp_path)
+  with pytest.raises(ckpt_lib.CorruptCheckpointError) as raised:
+    ckpt_lib.load_verified(tmp_path, choose_with="--config.x.step={step}")
+  message = str(raised.value)
+  assert f"checkpoint step 3 in {tmp_path} is unusable" in message
+  assert "sha256" in message
+  assert "the newest good step is 1: choose it with --config.x.step=1" in message
+  with pytest.raises(ckpt_lib.CorruptCheckpointError,
+                     match=r"step 2 .* unusable: reading it failed .*good step is 1: .* step=1$"):
+    ckpt_lib.load_verified(tmp_path, step=2)
+  with pytest.raises(UserError, match="has no checkpoint step 7; it has steps"):
+    ckpt_lib.load_verified(tmp_path, step=7)
+  restored = ckpt_lib.load_verified(tmp_path, step=1)  # no model, no abstract state needed
+  assert restored.step == 1 and restored.data_state == {"position": 1}
+  for path, leaf in ckpt_lib.leaf_paths(make_state(1)):
+    got = dict(ckpt_lib.leaf_paths(restored.state))[path]
+    assert np.asarray(got).tobytes() == np.asarray(leaf).tobytes(), path
+  assert snapshot(tmp_path) == before  # a reader never moves or repairs anything
+  flip_bytes(largest_file(tmp_path / "1"))
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match="no older step is good either"):
+    ckpt_lib.load_verified(tmp_path)
+
+
+def test_the_verified_loader_checks_the_data_state(tmp_path):
+  save_steps(tmp_path, [1, 2])
+  (tmp_path / "2" / "data" / "metadata").write_text(json.dumps({"position": 3}))
+  with pytest.raises(ckpt_lib.CorruptCheckpointError,
+                     match="data-iterator state differs.*newest good step is 1"):
+    ckpt_lib.load_verified(tmp_path)

@@ -763,13 +763,24 @@ BAD_INPUTS = [
     ("evaluate/unknown_split", "finetuned", lambda c: EVALUATE + ["--config.evaluate.split=tset"],
      r"no split 'tset'"),
     ("evaluate/bad_checkpoint_choice", "finetuned",
-     lambda c: EVALUATE + ["--config.evaluate.checkpoint=newest"], r"'best' or 'latest'.*newest"),
+     lambda c: EVALUATE + ["--config.evaluate.checkpoint=newest"], r"'best', 'latest' or a step number.*newest"),
     ("evaluate/params_of_other_architecture", "finetuned_edited", lambda c: EVALUATE,
      r"hidden_size|num_layers|kernel"),
     ("evaluate/unknown_key", "finetuned", lambda c: EVALUATE + ["--config.evaluate.splits=dev"],
      r"unknown config field.*splits"),
+    # Damaged checkpoints (newest step's bytes flipped): every reader refuses and offers a step.
+    ("evaluate/damaged_checkpoint", "damaged",
+     lambda c: EVALUATE + [f"--config.data.eval_corpus={WIKI / 'wiki.valid.raw'}"],
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"{NUM_STEPS - 2}: choose it with --config\.evaluate\.checkpoint={NUM_STEPS - 2}$"),
+    ("finetune/damaged_init", "fresh", lambda c: finetune_args(c.damaged_ref, c.sst2_dir),
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"{NUM_STEPS - 2}: choose it with --config\.finetune\.init_step={NUM_STEPS - 2}$"),
+    ("distill/damaged_teacher", "fresh", lambda c: distill_args(c.damaged_ref),
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
 ]
-N_BAD_INPUTS = 59  # README "Reliability" quotes this count
+N_BAD_INPUTS = 62  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():
@@ -782,7 +793,7 @@ def test_catalogue_size():
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
           "--bounding-set=-dac_override,-dac_read_search"]
 REFERENCE_OF = {"pretrained": "pretrain_ref", "finetuned": "finetune_ref",
-                "finetuned_edited": "finetune_ref"}
+                "finetuned_edited": "finetune_ref", "damaged": "pretrain_ref"}
 
 
 class Context:
@@ -811,6 +822,8 @@ def prepare_case(case, root, ctx, references):
     shutil.copytree(references[REFERENCE_OF[kind]], workdir)
   if kind == "finetuned_edited":  # config.json now describes another model
     edit_json(workdir / "config.json", set_model("hidden_size", 32))
+  if kind == "damaged":
+    flip_bytes(checkpoint_dir(workdir) / str(committed_steps(workdir)[-1]))
   return prefix, workdir, snapshot(workdir)
 
 
@@ -846,8 +859,13 @@ def catalogue(request, cli_env, tmp_path_factory, bad_files, sst2_dir):
   if any(case[1] in ("finetuned", "finetuned_edited") for case in cases):
     references["finetune_ref"] = request.getfixturevalue("finetune_ref")
   ctx = Context(files=bad_files, sst2_dir=sst2_dir,
-                pretrain_ref=references.get("pretrain_ref", pathlib.Path("/no_reference_run")))
+                pretrain_ref=references.get("pretrain_ref", pathlib.Path("/no_reference_run")),
+                damaged_ref=pathlib.Path("/no_damaged_run"))
   root = tmp_path_factory.mktemp("catalogue")
+  if any("damaged_ref" in case[2].__code__.co_names for case in cases):
+    ctx.damaged_ref = root / "damaged_ref"  # a teacher / init whose newest step is damaged
+    shutil.copytree(references["pretrain_ref"], ctx.damaged_ref)
+    flip_bytes(checkpoint_dir(ctx.damaged_ref) / str(committed_steps(ctx.damaged_ref)[-1]))
   prepared = {case[0]: prepare_case(case, root / case[0].replace("/", "-"), ctx, references)
               for case in cases}
   workers = max(2, min(4, os.cpu_count() or 1))
@@ -900,3 +918,26 @@ def test_sigterm_during_tokenizer_training_exits_cleanly(tmp_path, cli_env):
   assert proc.returncode == 0, err[-3000:]
   assert "stopped by SIGTERM during start-up" in out and err.strip() == "", (out, err)
   assert not (workdir / "tokenizer").exists() and not (workdir / "config.json").exists()
+
+
+def test_export_refuses_a_damaged_step_then_exports_the_offered_one(tmp_path, cli_env,
+                                                                     pretrain_ref):
+  """`python -m lite_bert.export` reads through the verified loader too; it moves nothing."""
+  source = tmp_path / "source"
+  shutil.copytree(pretrain_ref, source)
+  flip_bytes(checkpoint_dir(source) / str(NUM_STEPS))
+  before = snapshot(source)
+  export = [sys.executable, "-m", "lite_bert.export", f"--source={source}"]
+  out = subprocess.run(export + [f"--out={tmp_path / 'refused'}"], cwd=REPO, env=cli_env,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert out.returncode == 2 and len(lines) == 1, out.stderr
+  assert re.fullmatch(rf"error: checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*"
+                      rf"newest good step is {NUM_STEPS - 2}: choose it with "
+                      rf"--step={NUM_STEPS - 2}", lines[0]), lines[0]
+  assert not (tmp_path / "refused").exists()
+  out = subprocess.run(export + [f"--out={tmp_path / 'exported'}", f"--step={NUM_STEPS - 2}"],
+                       cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (tmp_path / "exported" / "model.safetensors").exists()
+  assert snapshot(source) == before

@@ -30,7 +30,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from lite_bert import files
 from lite_bert import pretrained
@@ -48,11 +47,12 @@ from lite_bert.train import task_eval
 
 
 def restore_best(workdir: str) -> dict:
+  """The best-dev params of a fine-tuning workdir (best/params), verified."""
   path = os.path.abspath(os.path.join(workdir, "best", "params"))
   if not os.path.isdir(path):
     raise UserError(f"{workdir} has no best/ params (was it fine-tuned with an evaluation?)")
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path)
+  params, _ = pretrained.restore_params(path)
+  return params
 
 
 def check_params_fit(model, params, run_config, workdir: str, choice: str) -> None:
@@ -77,12 +77,15 @@ def run(config, workdir: str) -> dict:
                     f"pretraining or distillation run")
   split = config.evaluate.split
   choice = config.evaluate.checkpoint
-  if choice == "best":
+  if str(choice) == "best":
     params = restore_best(workdir)
-  elif choice == "latest":
-    params, _ = pretrained.restore_params(os.path.join(workdir, "checkpoints"))
+  elif str(choice) == "latest" or str(choice).isdigit():
+    params, _ = pretrained.restore_params(
+        os.path.join(workdir, "checkpoints"), None if choice == "latest" else int(choice),
+        choose_with="--config.evaluate.checkpoint={step}")
   else:
-    raise UserError(f"evaluate.checkpoint must be 'best' or 'latest', got {choice!r}")
+    raise UserError(f"evaluate.checkpoint must be 'best', 'latest' or a step number, "
+                    f"got {choice!r}")
   spec = task_eval.task_spec(run_config)
   if split not in spec.splits:
     raise UserError(f"task {spec.name} has no split {split!r}; it has {sorted(spec.splits)}")
@@ -147,7 +150,13 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
     run_config.data.format = data.get("format", run_config.data.format)
     run_config.data.pair_objective = "none"  # single segments: the same batches for every model
   options = setup.batch_options(run_config)  # checks masking; refuses before any work
-  loaded = pretrained.load(workdir)
+  # A pretraining run keeps no best-dev params: 'best' (fine-tuning's default) = the newest.
+  choice = str(config.get("evaluate", {}).get("checkpoint", "latest"))
+  if choice not in ("best", "latest") and not choice.isdigit():
+    raise UserError(f"evaluate.checkpoint must be 'latest' or a step number for a {mode} run, "
+                    f"got {choice!r}")
+  loaded = pretrained.load(workdir, step=int(choice) if choice.isdigit() else None,
+                           choose_with="--config.evaluate.checkpoint={step}")
   if "mlm_head" not in loaded.params:
     raise UserError(f"{workdir} has no MLM head weights to score")
   if loaded.tokenizer is None:

@@ -9,7 +9,8 @@ are scored with the official metrics every epoch (or `train.eval_every`
 steps) and at the end. Outputs in DIR besides the loop's: `eval_<split>.json`
 (metrics of the latest evaluation), `predictions_<split>.tsv` (GLUE
 submission layout: index, prediction), and `best/` (params, metrics and
-predictions of the best evaluation by the task's first metric).
+predictions of the best evaluation by the task's first metric; the params as a
+one-step checkpoint, written and verified like the run's own).
 """
 
 import json
@@ -20,7 +21,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from lite_bert import pretrained
 from lite_bert import teachers
@@ -29,6 +29,7 @@ from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
 from lite_bert.models.heads import ClassificationModel
+from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import loop
 from lite_bert.train import objectives
 from lite_bert.train import setup
@@ -45,7 +46,8 @@ def model_and_tokenizer(config, workdir: str):
   """
   source = None
   if config.finetune.init:
-    source = pretrained.load(config.finetune.init)
+    source = pretrained.load(config.finetune.init, step=int(config.finetune.init_step) or None,
+                             choose_with="--config.finetune.init_step={step}")
     with config.unlocked():
       for key, value in source.cfg.to_dict().items():
         if key not in setup.RUNTIME_FIELDS:
@@ -84,8 +86,13 @@ def keep_best(config, spec, workdir: str):
     tmp = best_dir + ".tmp"
     if jax.process_index() == 0:
       shutil.rmtree(tmp, ignore_errors=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(os.path.abspath(os.path.join(tmp, "params")), params)
+    # The same writer as the run's checkpoints: sha256 per array, verified on read.
+    writer = checkpoint_lib.Checkpointer(os.path.join(tmp, "params"), async_save=False)
+    try:
+      writer.save(step, {"params": params}, {}, checkpoint_lib.make_meta(config.model, params),
+                  force=True)
+    finally:
+      writer.close()
     if jax.process_index() == 0:
       for split in config.finetune.eval_splits:
         for name in (pattern.format(split=split) for pattern in task_eval.EVAL_FILES):
@@ -142,7 +149,8 @@ def build_job(config, workdir: str) -> loop.Job:
   frozen, teacher_meta = None, {}
   if config.finetune.teacher:
     teacher = teachers.load_task_teacher(
-        config.finetune.teacher, num_labels=spec.num_labels, tokenizer=tokenizer, dtype=cfg.dtype)
+        config.finetune.teacher, num_labels=spec.num_labels, tokenizer=tokenizer, dtype=cfg.dtype,
+        step=int(config.finetune.teacher_step) or None)
     teachers.check_same_teacher(workdir, teacher.identity, field="finetune.teacher")
     loss_fn = task_distillation.make_loss_fn(
         model, teacher.model, alpha_soft=config.finetune.alpha_soft,

@@ -66,6 +66,57 @@ class CorruptCheckpointError(UserError):
     self.reason = reason
 
 
+class CheckpointReadError(UserError):
+  """A checkpoint step that could not be read for a reason that is not evidence of damage.
+
+  An injected or transient I/O error, a permission problem, running out of
+  memory, a sharding the devices cannot hold: the step may be intact, so it
+  is neither skipped nor moved; the run stops naming the step and the cause.
+  """
+
+  def __init__(self, directory, step: int, cause: str):
+    super().__init__(f"cannot read checkpoint step {step} in {directory}: {cause} (the step "
+                     f"was left in place: this is not evidence that it is damaged)")
+    self.step = step
+    self.cause = cause
+
+
+# What marks a failed read as damage to the step's files (see `is_damage`).
+DAMAGE_ERRORS = (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, EOFError)
+DAMAGE_STATUSES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")  # tensorstore status codes
+
+
+def _chain(error: BaseException) -> list:
+  """The error and its causes/contexts, outermost first."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a failed read shows the step's files are damaged (missing, truncated, garbled).
+
+  Evidence: a missing file, undecodable JSON, a missing item, or a tensorstore
+  status of lost/missing/short data (`DATA_LOSS`, `NOT_FOUND`, `OUT_OF_RANGE`,
+  or `FAILED_PRECONDITION` on a compressed chunk that does not decode).
+  Anything else (permission denied, other OS errors, out of memory, a
+  sharding mismatch) is not.
+  """
+  for e in _chain(error):
+    if isinstance(e, DAMAGE_ERRORS):
+      return True
+    text = str(e)
+    if isinstance(e, KeyError) and "was not found in the checkpoint" in text:
+      return True
+    if isinstance(e, ValueError) and (
+        text.startswith(tuple(s + ":" for s in DAMAGE_STATUSES))
+        or (text.startswith("FAILED_PRECONDITION:") and "Zstd" in text)):
+      return True
+  return False
+
+
 class Restored(NamedTuple):
   """What `restore_latest_good` found."""
   step: int                 # the step restored
@@ -237,8 +288,8 @@ class Checkpointer:
   (saving and restoring are collective).
   """
 
-  def __init__(self, directory, *, max_to_keep: Optional[int],
-               save_every_steps: int, async_save: bool = True):
+  def __init__(self, directory, *, max_to_keep: Optional[int] = None,
+               save_every_steps: int = 1, async_save: bool = True, read_only: bool = False):
     """Opens (creating if needed) the checkpoint directory.
 
     Args:
@@ -249,6 +300,8 @@ class Checkpointer:
         (unless forced).
       async_save: return from `save` once arrays are copied to host memory and
         write in a background thread (call `wait`/`close` before exiting).
+      read_only: for readers of a finished run: nothing is created, cleaned up
+        or saved.
     """
     if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
       raise UserError(f"checkpoint max_to_keep must be a positive integer or None, "
@@ -258,14 +311,19 @@ class Checkpointer:
                       f"got {save_every_steps!r}")
     self.directory = _as_path(directory)
     self.save_every_steps = save_every_steps
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         save_interval_steps=1,  # the interval is decided in `save`
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
+        cleanup_tmp_directories=not read_only,  # a reader leaves a running save alone
+        create=not read_only)
+    # Handlers named up front (not inferred from the first save/restore) so that
+    # `item_metadata` can describe a step's state before anything is restored.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=ITEMS)
+                                          item_handlers=handlers)
 
   # -- saving ---------------------------------------------------------------
 
@@ -285,6 +343,8 @@ class Checkpointer:
       Whether a save was started. With async_save the write completes in the
       background; the step appears in `all_steps` once committed.
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
     # Orbax alone would also save the first step it sees, whatever the interval.
     if not force and (step % self.save_every_steps
                       or not self._manager.should_save(step)):
@@ -333,21 +393,41 @@ class Checkpointer:
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except  # any failure = unreadable
-      raise CorruptCheckpointError(self.directory, step,
-                                   f"meta unreadable ({_short(e)})") from e
+    except Exception as e:  # pylint: disable=broad-except  # sorted by `is_damage`
+      if is_damage(e):
+        raise CorruptCheckpointError(self.directory, step,
+                                     f"meta unreadable ({_short(e)})") from e
+      raise CheckpointReadError(self.directory, step, f"reading its meta failed ({_short(e)})"
+                                ) from e
     if not isinstance(restored.meta, dict):
       raise CorruptCheckpointError(self.directory, step, "meta is not a JSON object")
     return restored.meta
 
-  def restore(self, step: int, abstract_state, shardings=None, *,
+  def saved_abstract_state(self, step: int):
+    """The state of `step` as saved: a pytree of `jax.ShapeDtypeStruct` (no arrays read).
+
+    Dicts and lists in place of the saver's containers (optax's named tuples),
+    which leave the leaf paths, and so the checksums, as they were.
+    """
+    try:
+      tree = self._manager.item_metadata(step).state.tree
+    except Exception as e:  # pylint: disable=broad-except  # sorted by `is_damage`
+      if is_damage(e) or isinstance(e, (AttributeError, ValueError)):  # no/garbled metadata
+        raise CorruptCheckpointError(self.directory, step,
+                                     f"its state metadata is unreadable ({_short(e)})") from e
+      raise CheckpointReadError(self.directory, step, f"reading its state metadata failed "
+                                f"({_short(e)})") from e
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)
+
+  def restore(self, step: int, abstract_state=None, shardings=None, *,
               meta_now: Optional[Mapping[str, Any]] = None):
     """Reads step `step` onto the given shardings and verifies it.
 
     Args:
       step: a committed step.
       abstract_state: pytree of `jax.ShapeDtypeStruct` (`jax.eval_shape` of the
-        state init) with the structure the state must have.
+        state init) with the structure the state must have; None: the state
+        as saved (`saved_abstract_state`), for readers without a model.
       shardings: matching pytree of `jax.sharding.Sharding` (e.g. from
         `mesh.param_shardings`), or None for the first device.
       meta_now: `make_meta` of the model being built; when given, an
@@ -364,9 +444,12 @@ class Checkpointer:
     self.wait()
     where = f"checkpoint step {step} in {self.directory}"
     meta = self.read_meta(step)
+    as_saved = abstract_state is None
+    if as_saved:
+      abstract_state = self.saved_abstract_state(step)
     if meta_now is not None:
       check_compatible(meta, meta_now, where)
-    if "state_tree" in meta:
+    if "state_tree" in meta and not as_saved:
       difference = first_tree_difference(meta["state_tree"],
                                          tree_fingerprint(abstract_state))
       if difference:
@@ -385,11 +468,13 @@ class Checkpointer:
                                         data=ocp.args.JsonRestore()))
       state = restored.state
       checksums = tree_checksums(state)
-    except MemoryError:
-      raise  # this host's problem, not the checkpoint's
-    except Exception as e:  # pylint: disable=broad-except  # any failure = unreadable
-      raise CorruptCheckpointError(self.directory, step,
-                                   f"reading it failed ({_short(e)})") from e
+    except MemoryError as e:  # this host's problem, not the checkpoint's
+      raise CheckpointReadError(self.directory, step, "out of host memory") from e
+    except Exception as e:  # pylint: disable=broad-except  # sorted by `is_damage`
+      if is_damage(e):
+        raise CorruptCheckpointError(self.directory, step,
+                                     f"reading it failed ({_short(e)})") from e
+      raise CheckpointReadError(self.directory, step, f"reading it failed ({_short(e)})") from e
     if "checksums" not in meta:
       log.warning("%s has no checksums; restored without verifying its bytes", where)
     else:
@@ -459,6 +544,61 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("lite_bert_checkpoint_quarantine")
     self._manager.reload()
+
+
+def load_verified(directory, step: Optional[int] = None, *,
+                  choose_with: str = "step={step}") -> Restored:
+  """The one read path for a checkpoint someone else wrote: verified, never repaired.
+
+  Used by every reader of a finished or running run (`pretrained.load`,
+  evaluation, fine-tuning's init, a distillation teacher, export, predict);
+  resuming goes through `Checkpointer.restore_latest_good`, which may skip and
+  quarantine. The step's arrays are checked against their sha256 and its data
+  state against its sha256, as at resume. Nothing is moved or deleted.
+
+  Args:
+    directory: a checkpoint directory (`WORKDIR/checkpoints`).
+    step: the step to read; None: the newest committed one.
+    choose_with: how the caller's user picks a step (`{step}` is filled in),
+      e.g. "--config.distill.teacher_step={step}"; quoted when a step is bad.
+
+  Returns:
+    A `Restored` (state as saved, on the first device; `bad_steps` empty).
+
+  Raises:
+    UserError: no such directory or step.
+    CorruptCheckpointError: the step is damaged; the message names the newest
+      good older step and how to choose it, or says there is none.
+    CheckpointReadError: it could not be read for another reason.
+  """
+  if not os.path.isdir(os.fspath(directory)):
+    raise UserError(f"no checkpoints in {directory}")
+  checkpointer = Checkpointer(directory, read_only=True)
+  try:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise UserError(f"no finished checkpoint in {directory}")
+    if step is not None and step not in steps:
+      raise UserError(f"{directory} has no checkpoint step {step}; it has steps {steps}")
+    wanted = steps[-1] if step is None else step
+    try:
+      state, data_state, meta = checkpointer.restore(wanted)
+    except CorruptCheckpointError as e:
+      good = None
+      for older in reversed([s for s in steps if s < wanted]):
+        try:
+          checkpointer.restore(older)
+        except CorruptCheckpointError:
+          continue
+        good = older
+        break
+      offer = (f"; the newest good step is {good}: choose it with "
+               f"{choose_with.format(step=good)}" if good is not None
+               else "; no older step is good either")
+      raise CorruptCheckpointError(directory, wanted, e.reason + offer) from e
+    return Restored(wanted, state, data_state, meta, {})
+  finally:
+    checkpointer.close()
 
 
 def json_sha256(value) -> str:
