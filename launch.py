@@ -46,9 +46,10 @@ def run(config, workdir: str):
   if not os.access(workdir, os.W_OK):
     raise UserError(f"workdir {workdir} is not writable")
   module = importlib.import_module(f"lite_bert.modes.{mode}")
-  if mode in ("pretrain", "distill"):  # the loop's fields, before the mode writes anything
+  if mode in ("pretrain", "distill", "finetune"):  # the loop's fields, before any write
     from lite_bert.train import loop  # pylint: disable=import-outside-toplevel  # jax
-    loop.check_config(config)
+    # Fine-tuning sets train.num_steps from finetune.epochs once it has read the data.
+    loop.check_config(config, check_schedule=mode != "finetune")
   if mode not in setup.TRAINING_MODES:
     result = module.run(config, workdir)
     setup.write_config(config, workdir)  # config_<mode>.json: only for a run that worked

@@ -768,6 +768,24 @@ BAD_INPUTS = [
      r"hidden_size|num_layers|kernel"),
     ("evaluate/unknown_key", "finetuned", lambda c: EVALUATE + ["--config.evaluate.splits=dev"],
      r"unknown config field.*splits"),
+    # Validated before anything is written (#21): batch, mesh, a rerun's settings.
+    ("pretrain/batch_size_zero", "fresh", lambda c: PRETRAIN + ["--config.data.batch_size=0"],
+     r"data\.batch_size must be an integer >= 1, got 0"),
+    ("pretrain/more_devices_than_the_machine", "fresh",
+     lambda c: PRETRAIN + ["--config.mesh.num_devices=8"],
+     r"mesh\.num_devices must be an integer in \[0, 1\].*got 8"),
+    ("pretrain/batch_not_split_over_devices", "fresh_2_devices",
+     lambda c: PRETRAIN + ["--config.data.batch_size=7"],
+     r"data\.batch_size=7 does not split over the mesh.*2 device\(s\); use a multiple of 2"),
+    ("pretrain/rerun_with_another_seed", "pretrained",
+     lambda c: PRETRAIN + ["--config.seed=1"],
+     r"holds a run made with seed=0; this config has seed=1\. .*config\.json left as it was"),
+    ("finetune/batch_size_zero", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.data.batch_size=0"],
+     r"data\.batch_size must be an integer >= 1, got 0"),
+    ("finetune/batch_size_negative", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.data.batch_size=-1"],
+     r"data\.batch_size must be an integer >= 1, got -1"),
     # Damaged checkpoints (newest step's bytes flipped): every reader refuses and offers a step.
     ("evaluate/damaged_checkpoint", "damaged",
      lambda c: EVALUATE + [f"--config.data.eval_corpus={WIKI / 'wiki.valid.raw'}"],
@@ -780,7 +798,7 @@ BAD_INPUTS = [
      rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
 ]
-N_BAD_INPUTS = 62  # README "Reliability" quotes this count
+N_BAD_INPUTS = 68  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():
@@ -818,6 +836,8 @@ def prepare_case(case, root, ctx, references):
         return None  # root without setpriv: no way to make a folder unwritable
       prefix = NO_DAC  # root minus CAP_DAC_OVERRIDE: permissions apply again
     workdir.chmod(0o555)
+  elif kind == "fresh_2_devices":  # a machine with two (simulated CPU) devices
+    prefix = ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2"]
   elif kind != "fresh":
     shutil.copytree(references[REFERENCE_OF[kind]], workdir)
   if kind == "finetuned_edited":  # config.json now describes another model

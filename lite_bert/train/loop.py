@@ -110,11 +110,37 @@ def check_config(config, *, check_schedule: bool = True) -> None:
   if (isinstance(accumulation, bool) or not isinstance(accumulation, int)
       or accumulation < 1):
     raise UserError(f"optim.accumulation_steps must be an integer >= 1, got {accumulation!r}")
+  check_batch_and_mesh(config)
   if check_schedule:
     if tcfg.num_steps < accumulation:
       raise UserError(f"train.num_steps={tcfg.num_steps} is fewer than "
                       f"optim.accumulation_steps={accumulation}: no update would be made")
     optim.make_optimizer(config.optim, int(tcfg.num_steps) // accumulation)
+
+
+def check_batch_and_mesh(config) -> None:
+  """Refuses a batch or mesh the devices cannot run, before anything is written.
+
+  The global batch must be a positive integer that splits over the processes,
+  and each process's share over its devices in the mesh; `mesh.num_devices`
+  must exist. Joins a multi-process job first (the mesh spans all processes).
+
+  Raises:
+    UserError: naming the field and what it must be.
+  """
+  for name in ("batch_size", "max_seq_length"):
+    value = config.data[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f"data.{name} must be an integer >= 1, got {value!r}")
+  mesh_lib.maybe_initialize_distributed(config)
+  mesh = mesh_lib.make_mesh(config.mesh)  # checks mesh.num_devices
+  processes, batch = jax.process_count(), config.data.batch_size
+  local_devices = len(mesh.local_devices)
+  if batch % processes or (batch // processes) % local_devices:
+    raise UserError(
+        f"data.batch_size={batch} does not split over the mesh: each of the {processes} "
+        f"process(es) takes batch/{processes} examples, which must be a multiple of its "
+        f"{local_devices} device(s); use a multiple of {processes * local_devices}")
 
 
 def train_step(state: dict, frozen: PyTree, batch: dict, *, loss_fn, optimizer,
@@ -219,6 +245,7 @@ def train(config, workdir: str, job: Job) -> dict:
       # so a resumed run reads and logs exactly what an uninterrupted one would.
       data_state, window = restored.data_state["iterator"], restored.data_state["window"]
       first_step = int(state["step"])
+      setup.check_same_run(config, workdir)
       if is_main:
         print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
     else:

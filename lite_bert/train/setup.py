@@ -1,6 +1,7 @@
 """Pieces every training mode needs: the encoder config, the tokenizer, the corpus split and
 batch options, the model's fingerprint, the resolved config file."""
 
+import json
 import os
 
 import jax
@@ -92,6 +93,51 @@ def write_config(config: config_dict.ConfigDict, workdir: str) -> str:
   name = "config.json" if mode in TRAINING_MODES else f"config_{mode}.json"
   path = os.path.join(workdir, name)
   return files.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# Fields a rerun of a workdir may change and still be the same run: how long it
+# runs, how often it logs, evaluates and saves, and on what devices.
+RERUN_MAY_CHANGE = ("name", "train.num_steps", "train.log_every", "train.eval_every",
+                    "train.sync_every", "train.stop_after", "train.on_nonfinite", "checkpoint.",
+                    "mesh.", "distributed.", "evaluate.", "data.eval_batches",
+                    "finetune.eval_batch_size")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def check_same_run(config: config_dict.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir's run with settings that would make it another run.
+
+  Compares the config with the workdir's config.json (which describes the
+  checkpoints beside it) field by field, except `RERUN_MAY_CHANGE`; a refused
+  rerun leaves config.json as it was.
+
+  Raises:
+    UserError: naming the differing fields, their values in config.json and here.
+  """
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+  except (OSError, ValueError):
+    return  # no readable record to hold the run to
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  differ = [key for key in sorted(set(saved) | set(now))
+            if not key.startswith(RERUN_MAY_CHANGE) and key not in RERUN_MAY_CHANGE
+            and saved.get(key, "<absent>") != now.get(key, "<absent>")]
+  if differ:
+    shown = lambda values: ", ".join(f"{k}={values.get(k, '<absent>')!r}" for k in differ[:4])
+    more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+    raise UserError(f"{workdir} holds a run made with {shown(saved)}; this config has "
+                    f"{shown(now)}{more}. Resuming needs the run's own settings "
+                    f"(config.json left as it was); use a new --workdir for another run")
 
 
 PAIR_OBJECTIVES = ("nsp", "sop", "none")
