@@ -46,21 +46,18 @@ evaluation size can be overridden (`--pretrain-steps`, `--corpus`, `--batches`,
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
-import time
 
+from experiments import jobs
 from experiments import provenance
-from typing import Callable, Optional
+from experiments.jobs import Job, shown_path, write_record
+from typing import Optional
 
+from lite_bert.files import atomic_write
 from lite_bert import paths  # no jax
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ("bert", "distilbert", "albert")
 TRAINED_BY = {"bert": "pretrain_bert", "distilbert": "distill_distilbert",
@@ -157,13 +154,6 @@ def data_path(*parts: str) -> str:
   return os.path.join(str(paths.data_dir()), *parts)
 
 
-def shown_path(path: str) -> str:
-  """A path as commands show it: relative to the repository when close to it."""
-  path = os.path.abspath(path)
-  rel = os.path.relpath(path, REPO)
-  return rel if not rel.startswith(os.pardir + os.sep + os.pardir) else path
-
-
 def corpus_label(spec: str) -> str:
   from lite_bert.modes import evaluate  # pylint: disable=import-outside-toplevel  # jax
   return evaluate.corpus_label(spec)
@@ -172,17 +162,6 @@ def corpus_label(spec: str) -> str:
 # ------------------------------------------------------------------------ plan
 
 
-class Stage:
-  """One command in its own folder; `done()` says whether its final outputs exist."""
-
-  def __init__(self, name: str, group: str, argv: list, workdir: str,
-               done: Callable[[], bool], needs: tuple = ()):
-    self.name, self.group, self.argv, self.workdir = name, group, argv, workdir
-    self.done, self.needs = done, needs
-
-  @property
-  def command(self) -> str:
-    return " ".join(shlex.quote(a) for a in ["python"] + self.argv[1:])
 
 
 def finished_training(workdir: str, extra: tuple = ()) -> bool:
@@ -224,6 +203,7 @@ def schedule(steps: int) -> dict:
 
 
 def make_plan(root: str, s: dict) -> list:
+  """The stages of a comparison in `root` with the settings `s`, in run order."""
   scale = SCALES[s["scale"]]
   py = sys.executable
   stages = []
@@ -236,22 +216,22 @@ def make_plan(root: str, s: dict) -> list:
 
   for m in MODELS:
     d = w(f"summary_base_{m}")
-    stages.append(Stage(f"summary_base_{m}", "summary",
-                        launch(f"configs/{m}.py:base", d, "--config.mode=summary"), d,
-                        lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
+    stages.append(Job(f"summary_base_{m}", "summary",
+                      launch(f"configs/{m}.py:base", d, "--config.mode=summary"), d,
+                      lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
   for m in MODELS:  # the models as trained at this scale
     d = w(f"summary_trained_{m}")
-    stages.append(Stage(f"summary_trained_{m}", "summary",
-                        launch(f"configs/{m}.py:{scale['size']}", d, "--config.mode=summary",
-                               *model_flags(m)), d,
-                        lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
+    stages.append(Job(f"summary_trained_{m}", "summary",
+                      launch(f"configs/{m}.py:{scale['size']}", d, "--config.mode=summary",
+                             *model_flags(m)), d,
+                      lambda d=d: os.path.exists(os.path.join(d, "summary.json"))))
 
   def corpus_flag(spec):
     return shown_path(spec) if os.path.exists(spec) else spec
 
   tok = w("tokenizer")
   spm = os.path.join(tok, "tokenizer", "spm.model")
-  stages.append(Stage("tokenizer", "tokenizer", launch(
+  stages.append(Job("tokenizer", "tokenizer", launch(
       "configs/tokenizer.py", tok, f"--config.data.corpus={corpus_flag(s['corpus'])}",
       f"--config.tokenizer.vocab_size={scale['vocab_size']}",
       f"--config.tokenizer.max_sentences={s['tokenizer_sentences']}"), tok,
@@ -273,12 +253,12 @@ def make_plan(root: str, s: dict) -> list:
 
   for m in ("bert", "albert"):
     d = w(f"pretrain_{m}")
-    stages.append(Stage(f"pretrain_{m}", "pretrain", launch(
+    stages.append(Job(f"pretrain_{m}", "pretrain", launch(
         f"configs/{m}.py:{scale['size']}", d, "--config.mode=pretrain",
         f"--config.tokenizer.path={spm}", *training_flags(m, s["pretrain_steps"])),
         d, lambda d=d: finished_training(d), needs=("tokenizer",)))
   d = w("distill_distilbert")
-  stages.append(Stage("distill_distilbert", "distill", launch(
+  stages.append(Job("distill_distilbert", "distill", launch(
       f"configs/distilbert.py:{scale['size']}", d, "--config.mode=distill",
       f"--config.distill.teacher={w('pretrain_bert')}",
       *training_flags("distilbert", s["distill_steps"])),
@@ -288,7 +268,7 @@ def make_plan(root: str, s: dict) -> list:
     for m in MODELS:
       trained = w(TRAINED_BY[m])
       result = os.path.join(trained, f"evaluate_mlm_{corpus_label(corpus)}.json")
-      stages.append(Stage(f"eval_{label}_{m}", "evaluate", launch(
+      stages.append(Job(f"eval_{label}_{m}", "evaluate", launch(
           f"configs/{m}.py:{scale['size']}", trained, "--config.mode=evaluate",
           f"--config.data.eval_corpus={corpus_flag(corpus)}", "--config.data.masking=token",
           f"--config.data.eval_batches={s['eval_batches']}"), trained,
@@ -298,7 +278,7 @@ def make_plan(root: str, s: dict) -> list:
     for task in TASKS:
       d = w(f"finetune_{m}_{task}")
       steps = s["finetune_steps"][task]
-      stages.append(Stage(f"finetune_{m}_{task}", "finetune", launch(
+      stages.append(Job(f"finetune_{m}_{task}", "finetune", launch(
           f"configs/finetune.py:{task},{m}:{scale['size']}", d,
           f"--config.finetune.init={w(TRAINED_BY[m])}",
           "--config.finetune.epochs=0", f"--config.train.num_steps={steps}",
@@ -327,102 +307,18 @@ def make_plan(root: str, s: dict) -> list:
     argv.append(f"--repeats={bench['repeats']}")
   if bench["wait_idle"]:
     argv.append(f"--wait-idle={bench['wait_idle']}")
-  stages.append(Stage("benchmark", "benchmark", argv, d,
-                      lambda d=d: os.path.exists(os.path.join(d, "benchmark.json"))))
+  stages.append(Job("benchmark", "benchmark", argv, d,
+                    lambda d=d: os.path.exists(os.path.join(d, "benchmark.json"))))
   return stages
 
 
 # ---------------------------------------------------------------------- running
 
 
-def now_iso() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json(path: str, value) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
-
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def machine() -> dict:
-  return {"cpu": provenance.cpu_model(), "cpu_count": os.cpu_count(),
-          "platform": platform.platform(), "python": platform.python_version()}
-
-
-def close_interrupted(record: dict, log: str) -> None:
-  """An attempt without a wall time was interrupted: it lasted until its log's last write."""
-  for attempt in record["attempts"]:
-    if "wall_s" not in attempt:
-      end = os.path.getmtime(log) if os.path.exists(log) else attempt["started_ts"]
-      attempt.update(wall_s=max(0.0, end - attempt["started_ts"]), interrupted=True)
-
-
-def run_stage(stage: Stage, root: str, position: str, echo: bool) -> None:
-  record_path = os.path.join(root, "stages", f"{stage.name}.json")
-  log = os.path.join(root, "logs", f"{stage.name}.log")
-  os.makedirs(os.path.dirname(log), exist_ok=True)
-  record = read_json(record_path) if os.path.exists(record_path) else None
-  if record is None or record.get("status") == "done":  # new, or redone after a deletion
-    record = {"stage": stage.name, "attempts": []}
-    if os.path.exists(log):
-      os.replace(log, log + ".previous")
-  close_interrupted(record, log)
-  record.update(command=stage.command, workdir=shown_path(stage.workdir), status="running")
-  attempt = {"started": now_iso(), "started_ts": time.time()}
-  record["attempts"].append(attempt)
-  record["wall_s"] = sum(a.get("wall_s", 0.0) for a in record["attempts"])
-  write_json(record_path, record)
-  resumed = " (resuming)" if len(record["attempts"]) > 1 else ""
-  print(f"[{position}] {stage.name}{resumed}: {stage.command}\n  log: {log}", flush=True)
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  rc = None
-  try:
-    with open(log, "a") as f:
-      f.write(f"\n# {attempt['started']} {stage.command}\n")
-      proc = subprocess.Popen(stage.argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1)
-      for line in proc.stdout:
-        f.write(line)
-        f.flush()
-        if echo:
-          print(f"  {stage.name} | {line}", end="", flush=True)
-      rc = proc.wait()
-  finally:
-    attempt.update(finished=now_iso(), wall_s=time.time() - attempt["started_ts"], rc=rc)
-    record["wall_s"] = sum(a["wall_s"] for a in record["attempts"])
-    record["status"] = "done" if rc == 0 and stage.done() else "failed"
-    write_json(record_path, record)
-  if record["status"] != "done":
-    with open(log) as f:
-      tail = f.readlines()[-15:]
-    sys.stdout.write("".join("  " + l for l in tail))
-    raise SystemExit(f"error: stage {stage.name} failed (exit status {rc}); log: {log}")
-  print(f"[{position}] {stage.name} done in {attempt['wall_s'] / 60:.1f} min "
-        f"(stage total {record['wall_s'] / 60:.1f} min)", flush=True)
-
-
-def select(stages: list, names: str) -> list:
-  if not names:
-    return stages
-  wanted = [n.strip() for n in names.split(",") if n.strip()]
-  known = {s.name for s in stages} | {s.group for s in stages}
-  unknown = [n for n in wanted if n not in known]
-  if unknown:
-    raise SystemExit(f"error: unknown stage(s) {unknown}; stages: "
-                     f"{[s.name for s in stages]}, groups: {sorted({s.group for s in stages})}")
-  return [s for s in stages if s.name in wanted or s.group in wanted]
-
-
 def run_all(args, root: str) -> None:
+  """Runs the stages of the comparison in `root` that are not done (or those of --stages)."""
   run_path = os.path.join(root, "run.json")
-  run = read_json(run_path) if os.path.exists(run_path) else None
+  run = jobs.read_json(run_path) if os.path.exists(run_path) else None
   if args.scale is None:
     if run is None:
       raise SystemExit(f"error: --scale is required: {root} holds no comparison to resume")
@@ -435,35 +331,30 @@ def run_all(args, root: str) -> None:
                      f"differ; it has --scale={run['settings']['scale']}); rerun it with the same "
                      f"flags, or use another --workdir")
   stages = make_plan(root, settings)
-  chosen = select(stages, args.stages)
-  by_name = {s.name: s for s in stages}
-  todo = [s for s in chosen if not s.done()]
-  for stage in todo:
-    missing = [n for n in stage.needs if not by_name[n].done() and by_name[n] not in todo]
-    if missing:
-      raise SystemExit(f"error: stage {stage.name} needs {missing} first (run without "
-                       f"--stages, or add them)")
+  chosen = jobs.select(stages, args.stages)
+  todo, skipped = jobs.pending(chosen)
+  jobs.check_needs(todo, stages)
   command = "python -m experiments.compare " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   run = run or {"settings": settings, "invocations": []}
   if todo:
-    run["invocations"].append({"date": now_iso(), "command": command, "git": provenance.git_info(),
-                               "machine": machine(), "stages": [s.name for s in todo]})
-    write_json(run_path, run)
+    run["invocations"].append({"date": jobs.now_iso(), "command": command,
+                               "git": provenance.git_info(), "machine": provenance.machine(),
+                               "stages": [s.name for s in todo]})
+    jobs.write_record(run_path, run)
   elif not os.path.exists(run_path):
-    write_json(run_path, run)
-  skipped = [s.name for s in chosen if s not in todo]
+    jobs.write_record(run_path, run)
   if skipped:
     print(f"done already (delete a stage's folder to redo it): {', '.join(skipped)}")
   for stage in chosen:
-    path = os.path.join(root, "stages", f"{stage.name}.json")
-    if stage not in todo and os.path.exists(path) and read_json(path)["command"] != stage.command:
+    path = jobs.record_path(root, stage.name)
+    if (stage not in todo and os.path.exists(path)
+        and jobs.read_json(path)["command"] != stage.command):
       print(f"warning: {stage.name} was run with another command than this version plans; "
-            f"delete {shown_path(stage.workdir)} to redo it", flush=True)
-  start = time.time()
-  for i, stage in enumerate(todo):
-    run_stage(stage, root, f"{i + 1}/{len(todo)}", echo=args.echo)
-  if todo:
-    print(f"{len(todo)} stage(s) in {(time.time() - start) / 60:.1f} min", flush=True)
+            f"delete {jobs.shown_path(stage.workdir)} to redo it", flush=True)
+  jobs.run_stages(todo, root, echo=args.echo)
+
+
+# ------------------------------------------------------------------------ main
 
 
 # ---------------------------------------------------------------------- numbers
@@ -593,7 +484,7 @@ def write_accuracy_stats(root: str) -> None:
       majority = np.full_like(data["labels"], data["majority"])
       numbers["tasks"][t] = {"majority_score": accuracy_stats.task_score(
           data["spec"], majority, data["labels"])}
-  write_json(os.path.join(root, ACCURACY_FILE), numbers)
+  write_record(os.path.join(root, ACCURACY_FILE), numbers)
 
 
 def study(key: str, field: str = "value") -> Num:
@@ -802,7 +693,6 @@ class Report:
       if format(lo.value, ".2f") == format(hi.value, ".2f"):
         return n(lo, ".2f")
       return f"{n(lo, '.2f')}–{n(hi, '.2f')}"
-    entry = STUDY[key]
     size = self.settings.get("bench_size", "base")
     if key == "distilbert_faster":
       limit = study(key, "max_ratio")
@@ -1244,9 +1134,8 @@ def report(root: str) -> str:
   rep = Report(root)
   write_plots(root, rep)  # first: the report links the plots that exist
   text = rep.render(stage_names(root, rep.settings))
-  with open(os.path.join(root, "report.md"), "w") as f:
-    f.write(text)
-  write_json(os.path.join(root, "report_numbers.json"), rep.n.items)
+  atomic_write(os.path.join(root, "report.md"), text)
+  write_record(os.path.join(root, "report_numbers.json"), rep.n.items)
   return text
 
 
@@ -1297,7 +1186,7 @@ def publish(root: str, dest: str) -> list:
   sizes = {rel: Sources(root).dir_bytes(rel) for rel in sizes}
   if any(os.path.isdir(os.path.join(root, rel)) for rel in sizes):
     os.makedirs(dest, exist_ok=True)
-    write_json(os.path.join(dest, SIZES_FILE), {
+    write_record(os.path.join(dest, SIZES_FILE), {
         "bytes": {rel: num.value for rel, num in sizes.items() if num is not None},
         "measured_in": root})
   copied = []

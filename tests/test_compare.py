@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from experiments import compare
+from experiments import jobs
 
 pytestmark = pytest.mark.slow
 
@@ -314,7 +315,7 @@ def test_an_interrupted_attempt_counts_until_its_last_log_line(tmp_path):
   os.utime(log, (1000.0 + 75.0, 1000.0 + 75.0))
   record = {"attempts": [{"started_ts": 1000.0, "wall_s": 10.0},
                          {"started_ts": 1000.0}]}
-  compare.close_interrupted(record, str(log))
+  jobs.close_interrupted(record, str(log))
   assert record["attempts"][0] == {"started_ts": 1000.0, "wall_s": 10.0}
   assert record["attempts"][1] == {"started_ts": 1000.0, "wall_s": 75.0, "interrupted": True}
 
@@ -323,19 +324,19 @@ def test_stage_records_count_every_attempt_of_one_run(tmp_path, capsys):
   flag = tmp_path / "ok"
   script = (f"import os, sys; print('working'); "
             f"sys.exit(0 if os.path.exists({str(flag)!r}) else 3)")
-  stage = compare.Stage("probe", "probe", [sys.executable, "-c", script],
-                        str(tmp_path / "probe"), done=flag.exists)
+  stage = jobs.Job("probe", "probe", [sys.executable, "-c", script],
+                   str(tmp_path / "probe"), done=flag.exists)
   with pytest.raises(SystemExit, match=r"stage probe failed \(exit status 3\)"):
-    compare.run_stage(stage, str(tmp_path), "1/1", echo=False)
+    jobs.run_stage(stage, str(tmp_path), "1/1", echo=False)
   record = json.loads((tmp_path / "stages" / "probe.json").read_text())
   assert record["status"] == "failed" and [a["rc"] for a in record["attempts"]] == [3]
   flag.write_text("")
-  compare.run_stage(stage, str(tmp_path), "1/1", echo=False)  # the rerun resumes the stage
+  jobs.run_stage(stage, str(tmp_path), "1/1", echo=False)  # the rerun resumes the stage
   record = json.loads((tmp_path / "stages" / "probe.json").read_text())
   assert record["status"] == "done" and [a["rc"] for a in record["attempts"]] == [3, 0]
   assert record["wall_s"] == sum(a["wall_s"] for a in record["attempts"])
   assert (tmp_path / "logs" / "probe.log").read_text().splitlines().count("working") == 2
-  compare.run_stage(stage, str(tmp_path), "1/1", echo=False)  # redone (its folder deleted)
+  jobs.run_stage(stage, str(tmp_path), "1/1", echo=False)  # redone (its folder deleted)
   record = json.loads((tmp_path / "stages" / "probe.json").read_text())
   assert [a["rc"] for a in record["attempts"]] == [0]
   assert (tmp_path / "logs" / "probe.log.previous").exists()
