@@ -21,7 +21,10 @@ import sys
 
 import pytest
 
-from experiments import compare
+from experiments import compare_numbers
+from experiments import compare_plan
+from experiments import compare_plots
+from experiments import compare_publish
 from experiments import jobs
 
 pytestmark = pytest.mark.slow
@@ -61,7 +64,7 @@ def resolve(src: dict, root: pathlib.Path):
   if "const" in src:
     return src["const"]
   if "study" in src:
-    return compare.STUDY[src["study"]][src["field"]]
+    return compare_plan.STUDY[src["study"]][src["field"]]
   if "dir_bytes" in src:
     return sum(p.stat().st_size for p in (root / src["dir_bytes"]).rglob("*") if p.is_file())
   if "file" in src:
@@ -206,7 +209,8 @@ def test_tables_read_their_files(root):
     assert row["average"] == f"{average:.4f}"
 
   walls = table_with(text, "stage", "wall time (s)")
-  plan = [s.name for s in compare.make_plan(str(root), load(root / "run.json")["settings"])]
+  plan = [s.name for s in compare_plan.make_plan(str(root),
+                                                 load(root / "run.json")["settings"])]
   assert [r["stage"].strip("`") for r in walls] == plan
   for row in walls:
     record = load(root / "stages" / f"{row['stage'].strip('`')}.json")
@@ -218,13 +222,13 @@ def test_tables_read_their_files(root):
 def test_claims_and_verdicts(root):
   text = (root / "report.md").read_text()
   claims = {r["the study says"]: r for r in table_with(text, "the study says", "verdict")}
-  assert len(claims) == len(compare.STUDY)
-  for key, entry in compare.STUDY.items():
+  assert len(claims) == len(compare_plan.STUDY)
+  for key, entry in compare_plan.STUDY.items():
     shown = entry["claim"].format(format(entry["value"] * entry["scale"], entry["fmt"]))
     assert shown in claims, shown
-  verdict = lambda key: claims[compare.STUDY[key]["claim"].format(format(
-      compare.STUDY[key]["value"] * compare.STUDY[key]["scale"], compare.STUDY[key]["fmt"]))][
-          "verdict"]
+  study = compare_plan.STUDY
+  verdict = lambda key: claims[study[key]["claim"].format(format(
+      study[key]["value"] * study[key]["scale"], study[key]["fmt"]))]["verdict"]
   for key in ("bert_params", "distilbert_params", "albert_params", "distilbert_fewer",
               "albert_fewer", "bert_embeddings"):
     assert verdict(key).startswith("agrees: "), verdict(key)
@@ -237,7 +241,7 @@ def test_claims_and_verdicts(root):
       "agrees: " if 0.9 <= ratio["albert"] <= 1.1 else "disagrees: ")
   # Retention with its bootstrap interval (accuracy_stats.json, computed from the runs'
   # dev predictions); the word follows the interval and the majority-class check.
-  stats = load(root / compare.ACCURACY_FILE)
+  stats = load(root / compare_numbers.ACCURACY_FILE)
   assert stats["intervals"]
   entry = stats["variants"]["distilbert"]
   low, high = entry["retention_ci"]
@@ -264,14 +268,14 @@ def test_header_names_date_commit_machine_and_command(root):
   for shown in (invocation["date"], invocation["git"]["commit"][:12], invocation["command"],
                 invocation["machine"]["cpu"]):
     assert f"`{shown}`" in text.split("## ")[0]
-  for name, _ in compare.PLOTS:
+  for name, _ in compare_plots.PLOTS:
     assert (root / name).stat().st_size > 10_000 and f"]({name})" in text
 
 
 def test_report_only_is_identical_and_runs_nothing(root):
   # accuracy_stats.json is the report's too (bootstrap with a fixed seed: the same bytes).
-  outputs = ["report.md", "report_numbers.json", compare.ACCURACY_FILE] + [
-      name for name, _ in compare.PLOTS]
+  outputs = ["report.md", "report_numbers.json", compare_numbers.ACCURACY_FILE] + [
+      name for name, _ in compare_plots.PLOTS]
   before = {name: (root / name).read_bytes() for name in outputs}
   kept = {p: p.stat().st_mtime_ns for p in root.rglob("*")
           if p.is_file() and p.name not in outputs}
@@ -285,12 +289,12 @@ def test_report_only_is_identical_and_runs_nothing(root):
 
 def test_publish_copies_the_report_and_every_file_behind_it_but_no_checkpoint(root, tmp_path):
   dest = tmp_path / "published"
-  copied = compare.publish(str(root), str(dest))
+  copied = compare_publish.publish(str(root), str(dest))
   assert (dest / "report.md").read_bytes() == (root / "report.md").read_bytes()
-  for name, _ in compare.PLOTS:
+  for name, _ in compare_plots.PLOTS:
     assert (dest / name).is_file()
   numbers = json.loads((root / "report_numbers.json").read_text())
-  named = set().union(*(compare._source_files(item["source"]) for item in numbers))
+  named = set().union(*(compare_publish._source_files(item["source"]) for item in numbers))
   assert named and all((dest / rel).read_bytes() == (root / rel).read_bytes() for rel in named)
   assert (dest / "pretrain_bert" / "metrics.jsonl").is_file()
   assert not any("checkpoints" in rel.split(os.sep) for rel in copied)
