@@ -50,7 +50,6 @@ result, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
@@ -63,7 +62,11 @@ import sys
 import time
 from typing import Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments import jobs
+from experiments import provenance
+from lite_bert import files
+
+REPO = jobs.REPO
 EXECUTORS = ("sequential", "submitit_local", "slurm")
 
 # The ALBERT paper's parameter counts for ALBERT-base (H=768, L=12, I=3072,
@@ -157,9 +160,7 @@ def launch_command(config: str, mode: str, workdir: str, sets: dict[str, str],
 # ------------------------------------------------------------------ running one point
 
 def _write_json(path: str, data) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.atomic_write(path, json.dumps(data, indent=2))
 
 
 def run_point(command: list[str], workdir: str, cwd: str = REPO) -> dict:
@@ -171,19 +172,16 @@ def run_point(command: list[str], workdir: str, cwd: str = REPO) -> dict:
   """
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "sweep.log")
-  started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  started = jobs.now_iso()
   start = time.perf_counter()
-  with open(log_path, "a") as log:
-    log.write(f"=== {started} {shlex.join(command)}\n")
-    log.flush()
-    rc = subprocess.call([sys.executable] + command[1:], cwd=cwd, stdout=log,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+  rc = jobs.run_command([sys.executable] + command[1:], cwd=cwd, log=log_path,
+                        header=f"=== {started} {shlex.join(command)}\n",
+                        stdin=subprocess.DEVNULL)
   record = dict(command=command, rc=rc, wall_s=round(time.perf_counter() - start, 1),
-                started=started, host=socket.gethostname(), git=git_info())
+                started=started, host=socket.gethostname(), git=provenance.git_info())
   _write_json(os.path.join(workdir, "sweep_point.json"), record)
   if rc:
-    with open(log_path) as f:
-      tail = "".join(f.readlines()[-8:])
+    tail = "".join(jobs.log_tail(log_path, 8))
     raise RuntimeError(f"exit status {rc}; the end of {log_path}:\n{tail}")
   return record
 
@@ -216,10 +214,15 @@ def point_done(workdir: str, command: list[str], mode: str) -> bool:
   path = os.path.join(workdir, "sweep_point.json")
   if not os.path.exists(path):
     return False
-  with open(path) as f:
-    record = json.load(f)
+  record = jobs.read_json(path)
   return (record.get("command") == command and record.get("rc") == 0
           and read_result(workdir, mode) is not None)
+
+
+def point_job(point: dict, mode: str) -> jobs.Job:
+  """The point as a `jobs.Job`: its command, folder and done-check (`point_done`)."""
+  return jobs.Job(point["name"], "point", point["command"], point["workdir"],
+                  lambda: point_done(point["workdir"], point["command"], mode))
 
 
 # ------------------------------------------------------------------ executors
@@ -243,9 +246,10 @@ def make_submitit_executor(kind: str, folder: str, params: dict, timeout_min: in
   import cloudpickle  # pylint: disable=import-outside-toplevel  # comes with submitit
   import submitit  # pylint: disable=import-outside-toplevel
 
-  # The job unpickles `run_point` by value: it needs neither this checkout on
-  # its sys.path nor the sweep's working directory.
-  cloudpickle.register_pickle_by_value(sys.modules[__name__])
+  # The job unpickles `run_point` by value, with the modules it calls: it needs
+  # neither this checkout on its sys.path nor the sweep's working directory.
+  for module in (sys.modules[__name__], jobs, provenance, files):
+    cloudpickle.register_pickle_by_value(module)
   if kind == "submitit_local":
     executor = submitit.LocalExecutor(folder=folder)
   else:
@@ -277,27 +281,6 @@ def run_submitit(points: list[dict], executor, parallel: int, poll_s: float) -> 
 
 
 # ------------------------------------------------------------------ report
-
-def git_info() -> dict:
-  def git(*args):
-    try:
-      return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-      return ""
-  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-
-
-def machine() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(line.split(":", 1)[1].strip() for line in f
-                   if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
 
 def paper_figure(paper: str, point: dict) -> Optional[int]:
   """The paper's count (millions) for this point, or None where it gives none."""
@@ -366,7 +349,7 @@ def markdown(result: dict) -> str:
            f"{sum(p['wall_s'] or 0 for p in result['points']) / 60:.1f} min in all",
            f"- every point: `{shlex.join(result['points'][0]['command_template'])}` "
            f"with its grid values",
-           f"- numbers read from each point's "
+           "- numbers read from each point's "
            + ("`summary.json` (params_total: encoder incl. pooler, no pretraining heads)"
               if result["mode"] == "summary" else
               "last `eval` record in `metrics.jsonl` (held-out data)")
@@ -566,8 +549,8 @@ def main(argv=None) -> int:
                        command_template=launch_command(args.config, args.mode,
                                                        os.path.join("WORKDIR", "POINT"),
                                                        sets, {})))
-  pending = [p for p in points if not point_done(p["workdir"], p["command"], args.mode)]
-  skipped = [p["name"] for p in points if p not in pending]
+  _, skipped = jobs.pending([point_job(p, args.mode) for p in points])
+  pending = [p for p in points if p["name"] not in skipped]
   print(f"{len(points)} points: {len(pending)} to run, {len(skipped)} finished before",
         flush=True)
 
@@ -592,16 +575,15 @@ def main(argv=None) -> int:
     metric = next((k for r in rows if r["values"] for k in r["values"] if k != "step"), "step")
   result = dict(
       meta=dict(command=shlex.join(["python", "-m", "experiments.sweep"] + list(argv or sys.argv[1:])),
-                config=args.config, date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                git=git_info(), machine=machine(), python=platform.python_version(),
+                config=args.config, date=jobs.now_iso(), git=provenance.git_info(),
+                machine=provenance.machine_line(provenance.machine()),
+                python=platform.python_version(),
                 executor=args.executor, workdir=workdir, launched=[p["name"] for p in pending],
                 skipped=skipped, failures=failures,
                 wall_s=round(time.perf_counter() - start, 1), notes=args.note),
       mode=args.mode, grid=grid, sets=sets, metric=metric, paper=args.paper, points=rows)
   _write_json(os.path.join(out, "sweep.json"), result)
-  with open(os.path.join(out, "sweep.md"), "w") as f:
-    f.write(markdown(result))
+  files.atomic_write(os.path.join(out, "sweep.md"), markdown(result))
   plot(result, os.path.join(out, "sweep.png"))
   missing = [r["name"] for r in rows if r["values"] is None]
   print(f"wrote {out}/sweep.json, sweep.md, sweep.png"
