@@ -26,13 +26,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 
+from experiments import jobs
 from experiments import provenance
+from lite_bert import files
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "finetune")
 
@@ -70,11 +69,8 @@ def command(run: str, workdir: str, learning_rate: float = 5e-5) -> list[str]:
 
 
 def machine() -> dict:
-  """Where a result was measured."""
-  import jax  # pylint: disable=import-outside-toplevel
-  return {"platform": platform.platform(), "cpu": provenance.cpu_model(),
-          "cpu_count": os.cpu_count(),
-          "jax_devices": [str(d.device_kind) for d in jax.devices()], "jax": jax.__version__}
+  """Where a result was measured (`provenance.machine` with jax's devices)."""
+  return provenance.machine(jax=True)
 
 
 def commit() -> str:
@@ -110,18 +106,27 @@ def write_table() -> None:
                  f"{f1} | {r['wall_s'] / 60:.1f} min | {r['machine']['cpu']} "
                  f"({r['machine']['cpu_count']} cores) | {r['date'][:10]} |")
   lines += ["", "Commands: see each JSON's `command`."]
-  with open(os.path.join(RESULTS, "RESULTS.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.atomic_write(os.path.join(RESULTS, "RESULTS.md"), "\n".join(lines) + "\n")
+
+
+def result_path(run: str) -> str:
+  return os.path.join(RESULTS, f"{run}.json")
+
+
+def job(run: str, root: str) -> jobs.Job:
+  """The run as a `jobs.Job`: its launch.py command in `<root>/<run>`, done when its
+  result JSON exists."""
+  workdir = os.path.join(root, run)
+  return jobs.Job(run, RUNS[run][0], command(run, workdir), workdir,
+                  lambda: os.path.exists(result_path(run)))
 
 
 def run_one(run: str, root: str) -> dict:
-  workdir = os.path.join(root, run)
-  out_path = os.path.join(RESULTS, f"{run}.json")
-  argv = command(run, workdir)
-  shown = " ".join(shlex.quote(a) for a in ["python"] + argv[1:])
+  run_job = job(run, root)
+  workdir, out_path, shown = run_job.workdir, result_path(run), run_job.command
   print(f"[{run}] {shown}", flush=True)
   start = time.time()
-  subprocess.run(argv, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  jobs.run_command(run_job.argv, cwd=run_job.cwd, check=True)
   wall = time.time() - start
   with open(os.path.join(workdir, "config.json")) as f:
     steps = json.load(f)["train"]["num_steps"]
@@ -129,9 +134,7 @@ def run_one(run: str, root: str) -> dict:
   result = {"run": run, "task": task, "init": init, "command": shown, "steps": steps,
             "wall_s": wall, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "commit": commit(), "machine": machine(), "dev": dev_metrics(workdir)}
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(out_path, "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+  jobs.write_record(out_path, result)
   write_table()
   print(f"[{run}] dev {result['dev']['final']} in {wall / 60:.1f} min -> {out_path}", flush=True)
   return result
@@ -148,7 +151,7 @@ def main() -> None:
     if run not in RUNS:
       sys.exit(f"error: unknown run {run!r}; choose from {sorted(RUNS)} or 'all'")
   for run in runs:
-    if os.path.exists(os.path.join(RESULTS, f"{run}.json")) and not args.force:
+    if os.path.exists(result_path(run)) and not args.force:
       print(f"[{run}] done already ({RESULTS}/{run}.json); --force reruns it")
       continue
     run_one(run, args.workdir)
