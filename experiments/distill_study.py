@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from typing import Optional
 
+from experiments import jobs
 from experiments import provenance
 
 ROOT = provenance.REPO
@@ -152,30 +151,32 @@ def stages(root: str, tasks: list[str], seeds: dict,
   return out
 
 
-def run_stage(root: str, name: str, argv: list[str]) -> None:
-  folder = os.path.join(root, name)
-  done = os.path.join(folder, "done.json")
-  if os.path.exists(done):
-    print(f"[{name}] done already", flush=True)
-    return
+def stage_job(root: str, name: str, argv: list[str]) -> jobs.Job:
+  """A stage as a `jobs.Job`: done when `<root>/<name>/done.json` exists; XLA's compiled
+  steps kept in `<root>/.jax_cache` (seeds of one variant share their shapes)."""
   if argv[0] == "launch.py":
     argv = [sys.executable] + argv
-  shown = " ".join(shlex.quote(a) for a in ["python"] + argv[1:])
-  print(f"[{name}] {shown}", flush=True)
+  folder = os.path.join(root, name)
   env = dict(os.environ)
-  # Seeds of one variant share their shapes: keep XLA's compiled steps on disk.
   env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, ".jax_cache"))
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  return jobs.Job(name, "stage", argv, folder,
+                  lambda: os.path.exists(os.path.join(folder, "done.json")), cwd=ROOT, env=env)
+
+
+def run_stage(root: str, name: str, argv: list[str]) -> None:
+  job = stage_job(root, name, argv)
+  if job.done():
+    print(f"[{name}] done already", flush=True)
+    return
+  print(f"[{name}] {job.command}", flush=True)
   start = time.time()
-  subprocess.run(argv, check=True, cwd=ROOT, env=env)
-  os.makedirs(folder, exist_ok=True)
-  record = {"stage": name, "command": shown, "wall_s": time.time() - start,
+  jobs.run_command(job.argv, cwd=job.cwd, env=job.env, check=True)
+  record = {"stage": name, "command": job.command, "wall_s": time.time() - start,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "commit": provenance.git_info()["commit"], "cpu": provenance.cpu_model(),
             "cpu_count": os.cpu_count()}
-  with open(done + ".tmp", "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(done + ".tmp", done)
+  jobs.write_record(os.path.join(job.workdir, "done.json"), record)
   print(f"[{name}] finished in {record['wall_s'] / 60:.1f} min", flush=True)
 
 
