@@ -6,7 +6,7 @@
 Both models run as they would classify a GLUE batch: encoder + classifier head
 (`ClassificationModel`, 2 labels), fp32, layers unrolled (the faster inference
 layout on CPU, `EncoderConfig.scan_layers=False`), jitted and warmed up once.
-Calls alternate between the two models (`benchmark.time_round_robin`), 7 timed
+Calls alternate between the two models (`timing.time_round_robin`), 7 timed
 calls each per point; the JSON has every call, the medians and their ratio.
 """
 
@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark
 from experiments import provenance
+from experiments import timing
+from lite_bert import files
 from lite_bert import pretrained
 from lite_bert.models.encoder import unstack_layers
 from lite_bert.models.heads import ClassificationModel
@@ -42,7 +43,7 @@ def load(source: str) -> tuple:
   return cfg, encoder
 
 
-def candidate(name: str, model_source: tuple, batch: int, seq: int) -> benchmark.Candidate:
+def candidate(name: str, model_source: tuple, batch: int, seq: int) -> timing.Candidate:
   cfg, encoder = model_source
   model = ClassificationModel(cfg, num_labels=2)
   ids = jnp.asarray(np.random.default_rng(0).integers(1000, cfg.vocab_size, (batch, seq)),
@@ -57,9 +58,9 @@ def candidate(name: str, model_source: tuple, batch: int, seq: int) -> benchmark
     apply(state["params"], ids, mask).block_until_ready()
     return {}
 
-  c = benchmark.Candidate(
+  c = timing.Candidate(
       model=name, impl="ours", prepare=prepare,
-      run=lambda: benchmark.timed_call(
+      run=lambda: timing.timed_call(
           lambda: apply(state["params"], ids, mask).block_until_ready()),
       info={"layers": cfg.num_layers, "hidden": cfg.hidden_size})
   c.target = REPEATS
@@ -73,7 +74,7 @@ def measure(student: str, teacher: str) -> dict:
     pair = [candidate(name, sources[name], batch, seq) for name in ("teacher", "student")]
     for c in pair:
       c.prepare()
-    benchmark.time_round_robin(pair)
+    timing.time_round_robin(pair)
     t, s = (statistics.median(c.times) for c in pair)
     points.append({"batch": batch, "seq": seq, "teacher_s": t, "student_s": s, "ratio": s / t,
                    "teacher_times_s": pair[0].times, "student_times_s": pair[1].times,
@@ -95,9 +96,7 @@ def main() -> None:
   args = parser.parse_args()
   result = measure(args.student, args.teacher)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + ".tmp", "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(args.out + ".tmp", args.out)
+  files.atomic_write(args.out, json.dumps(result, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

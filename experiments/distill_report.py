@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments import accuracy_stats
 from experiments import verdicts
+from lite_bert import files
 
 VARIANT_TEXT = {
     "teacher": "MiniLM-L6 teacher (6 x 384), fine-tuned",
@@ -179,10 +180,9 @@ def write(root: str, tasks: list[str], publish: Optional[str] = None,
   numbers = accuracy_stats.analyse(data, texts=VARIANT_TEXT)
   latency_md, latency = latency_lines(root)
   numbers["latency"] = latency
-  with open(os.path.join(root, "distill_numbers.json"), "w") as f:
-    json.dump(numbers, f, indent=2, sort_keys=True)
-  with open(os.path.join(root, "report.md"), "w") as f:
-    f.write(markdown(numbers, latency_md, latency))
+  files.atomic_write(os.path.join(root, "distill_numbers.json"),
+                     json.dumps(numbers, indent=2, sort_keys=True))
+  files.atomic_write(os.path.join(root, "report.md"), markdown(numbers, latency_md, latency))
   plots(numbers, root)
   print(f"report: {os.path.join(root, 'report.md')}", flush=True)
   if publish:
