@@ -32,12 +32,6 @@ CONFIDENCE = 0.95
 # ------------------------------------------------------------------ inputs
 
 
-def task_score(spec: glue.TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-  """GLUE's score of one task: the mean of its official metrics."""
-  values = task_metrics.compute(spec.metrics, predictions, labels)
-  return float(np.mean([values[m] for m in spec.metrics]))
-
-
 def read_predictions(path: str, spec: glue.TaskSpec, n: int) -> np.ndarray:
   """Label ids in dev order from a `predictions_<split>.tsv` (index, label name)."""
   ids = {label: i for i, label in enumerate(spec.labels)}
