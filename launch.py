@@ -145,6 +145,7 @@ def main(argv):
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)
   debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
+  setup.COMMAND_LINE_FIELDS.set(frozenset(config_flags.get_override_values(flags.FLAGS["config"])))
   try:
     run(config, _WORKDIR.value)
   except guards.Preempted:

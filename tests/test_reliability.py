@@ -786,6 +786,13 @@ BAD_INPUTS = [
     ("finetune/batch_size_negative", "fresh",
      lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.data.batch_size=-1"],
      r"data\.batch_size must be an integer >= 1, got -1"),
+    # Conflicts spoken: an override the run would not use.
+    ("finetune/architecture_conflicts_with_init", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.model.num_layers=3"],
+     r"--config\.model\.num_layers=3 conflicts with finetune\.init=\S+, whose num_layers is 2"),
+    ("finetune/num_steps_conflicts_with_epochs", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.finetune.epochs=1"],
+     r"--config\.train\.num_steps=8 conflicts with finetune\.epochs=1\.0.*epochs=0"),
     # Damaged checkpoints (newest step's bytes flipped): every reader refuses and offers a step.
     ("evaluate/damaged_checkpoint", "damaged",
      lambda c: EVALUATE + [f"--config.data.eval_corpus={WIKI / 'wiki.valid.raw'}"],
@@ -798,7 +805,7 @@ BAD_INPUTS = [
      rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
 ]
-N_BAD_INPUTS = 68  # README "Reliability" quotes this count
+N_BAD_INPUTS = 70  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():

@@ -50,8 +50,13 @@ def model_and_tokenizer(config, workdir: str):
                              choose_with="--config.finetune.init_step={step}")
     with config.unlocked():
       for key, value in source.cfg.to_dict().items():
-        if key not in setup.RUNTIME_FIELDS:
-          config.model[key] = value
+        if key in setup.RUNTIME_FIELDS:
+          continue
+        if setup.set_on_command_line(f"model.{key}") and config.model[key] != value:
+          raise UserError(f"--config.model.{key}={config.model[key]!r} conflicts with "
+                          f"finetune.init={config.finetune.init}, whose {key} is {value!r} "
+                          f"(the architecture comes from finetune.init): drop the override")
+        config.model[key] = value
     if source.tokenizer is None:
       raise UserError(f"{config.finetune.init} has no tokenizer (expected "
                       f"tokenizer/spm.model, vocab.txt or tokenizer.json)")
@@ -115,7 +120,11 @@ def steps_for_epochs(config, num_train: int) -> None:
 
 
 def check_batching(config) -> None:
-  """Refuses a bad padding / length-grouping field before any work is done."""
+  """Refuses a bad padding / length-grouping field, or steps set twice, before any work."""
+  if config.finetune.epochs > 0 and setup.set_on_command_line("train.num_steps"):
+    raise UserError(f"--config.train.num_steps={config.train.num_steps} conflicts with "
+                    f"finetune.epochs={config.finetune.epochs}, which sets the steps: pass "
+                    f"--config.finetune.epochs=0 to train for train.num_steps")
   for name in ("pad_multiple", "bucket_batches", "eval_batch_size"):
     value = config.finetune.get(name, 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

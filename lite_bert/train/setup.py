@@ -1,6 +1,7 @@
 """Pieces every training mode needs: the encoder config, the tokenizer, the corpus split and
 batch options, the model's fingerprint, the resolved config file."""
 
+import contextvars
 import json
 import os
 
@@ -93,6 +94,19 @@ def write_config(config: config_dict.ConfigDict, workdir: str) -> str:
   name = "config.json" if mode in TRAINING_MODES else f"config_{mode}.json"
   path = os.path.join(workdir, name)
   return files.atomic_write(path, config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# The config fields set on the command line (`--config.a.b=...`), as launch.py
+# parsed them: a mode that overrides a field itself (fine-tuning's architecture
+# from `finetune.init`, its steps from `finetune.epochs`) refuses when the user
+# set that field explicitly to something else. Empty for programmatic runs.
+COMMAND_LINE_FIELDS: contextvars.ContextVar = contextvars.ContextVar(
+    "lite_bert_command_line_fields", default=frozenset())
+
+
+def set_on_command_line(field: str) -> bool:
+  """Whether `field` (e.g. 'model.num_heads') was given as --config.<field>."""
+  return field in COMMAND_LINE_FIELDS.get()
 
 
 # Fields a rerun of a workdir may change and still be the same run: how long it
