@@ -22,8 +22,15 @@ Layout changes: torch Linear weights [out, in] become flax kernels [in, out];
 query, key and value fuse into one qkv kernel [H, 3H] (q, k, v along the last
 axis, the order `SelfAttention` splits in); per-layer weights stack along a
 leading [num_layers] axis, except ALBERT's one shared layer (share='all'),
-which carries no layer axis. The Hugging Face parameter names live in this
-file only. `hf_state_dict_from_params` is the inverse (numpy, [out, in]).
+which carries no layer axis. `hf_state_dict_from_params` is the inverse
+(numpy, [out, in]).
+
+The other direction, for `export.py` and the benchmark's reference models:
+`hf_config` (EncoderConfig -> transformers config fields),
+`hf_checkpoint_config` (a folder's config.json), `hf_class_name` /
+`hf_architecture` (which transformers class), `hf_checkpoint_state_dict` (the
+tensors of every exportable ALBERT form too). The Hugging Face names (config
+fields, classes, parameter names) live in this file only.
 """
 
 import dataclasses
@@ -587,3 +594,193 @@ def load_hf_checkpoint(folder: str) -> Tuple[EncoderConfig, dict, dict]:
   params, info = params_from_hf_state_dict(read_hf_state_dict(folder), cfg, arch)
   info.update(pair_head=pair_head, hf_config=hf_config)
   return cfg, params, info
+
+
+# ------------------------------------- lite_bert -> transformers configs and classes
+
+# EncoderConfig.activation -> the transformers name (`hidden_act` / `activation`).
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}
+# transformers' DistilBERT hard-codes its LayerNorm epsilon.
+DISTILBERT_LAYER_NORM_EPS = 1e-12
+
+# Each family's transformers classes, by the heads they hold: 'pretraining'
+# (MLM + NSP/SOP), 'mlm' (MLM head only), 'base' (no heads).
+HF_CLASSES = {
+    "bert": {"pretraining": "BertForPreTraining", "mlm": "BertForMaskedLM",
+             "base": "BertModel"},
+    "albert": {"pretraining": "AlbertForPreTraining", "mlm": "AlbertForMaskedLM",
+               "base": "AlbertModel"},
+    "distilbert": {"pretraining": None, "mlm": "DistilBertForMaskedLM",
+                   "base": "DistilBertModel"},
+}
+HF_CONFIG_CLASSES = {"bert": "BertConfig", "albert": "AlbertConfig",
+                     "distilbert": "DistilBertConfig"}
+
+# Submodules of a *ForPreTraining model: the encoder body, the MLM head, the NSP/SOP head.
+_HF_PRETRAINING_MODULES = {
+    "bert": {"body": "bert", "mlm": "cls.predictions", "pair": "cls.seq_relationship"},
+    "albert": {"body": "albert", "mlm": "predictions", "pair": "sop_classifier"},
+}
+
+# Keys a transformers model may report missing after loading `hf_state_dict_from_params`'s
+# tensors: buffers and the decoder tied to the word embeddings.
+_HF_DERIVED_KEY_SUFFIXES = ("position_ids", "token_type_ids", "decoder.weight",
+                            "decoder.bias", "vocab_projector.weight")
+
+
+def hf_class_name(arch: str, kind: str) -> str:
+  """The transformers class of `arch` with the heads of `kind` ('pretraining', 'mlm', 'base')."""
+  return HF_CLASSES[arch][kind]
+
+
+def hf_config_class_name(arch: str) -> str:
+  """The transformers config class of `arch` ('BertConfig' ...)."""
+  return HF_CONFIG_CLASSES[arch]
+
+
+def hf_architecture(arch: str, params: Mapping[str, Any]) -> str:
+  """The transformers class that holds every part `params` has (encoder, mlm_head, pair_head)."""
+  classes = HF_CLASSES[arch]
+  if "mlm_head" in params:
+    return (classes["pretraining"] if "pair_head" in params and classes["pretraining"]
+            else classes["mlm"])
+  return classes["base"]
+
+
+def hf_pretraining_modules(arch: str) -> Dict[str, str]:
+  """Attribute paths of a 'bert' / 'albert' *ForPreTraining model's parts.
+
+  {'body': the encoder (returns last hidden state, pooled), 'mlm': the MLM head
+  (hidden -> vocabulary scores), 'pair': the NSP / SOP classifier (pooled -> 2)}.
+  """
+  return dict(_HF_PRETRAINING_MODULES[arch])
+
+
+def hf_derived_key(key: str) -> bool:
+  """Whether a key a transformers model reports missing holds no weights of its own."""
+  return key.endswith(_HF_DERIVED_KEY_SUFFIXES)
+
+
+def hf_no_weight_decay(name: str) -> bool:
+  """BERT's no-decay rule on a transformers parameter name: biases and LayerNorms."""
+  return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def hf_config(cfg: EncoderConfig, arch: str, *, pad_token_id: int = 0,
+              classifier_dropout: float = 0.0) -> dict:
+  """The transformers config fields (BertConfig / AlbertConfig / DistilBertConfig kwargs)
+  describing `cfg`'s architecture; `classifier_dropout`: ALBERT's SOP/classifier dropout.
+
+  The inverse of `encoder_config_from_hf` for what both can express. ALBERT
+  share='none' becomes one layer group per layer.
+  """
+  activation = HF_ACTIVATIONS.get(cfg.activation, cfg.activation)
+  if arch == "distilbert":
+    return dict(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_position_embeddings,
+                n_layers=cfg.num_layers, n_heads=cfg.num_heads, dim=cfg.hidden_size,
+                hidden_dim=cfg.intermediate_size, dropout=cfg.dropout_rate,
+                attention_dropout=cfg.attention_dropout_rate, activation=activation,
+                initializer_range=cfg.initializer_range, sinusoidal_pos_embds=False,
+                pad_token_id=pad_token_id)
+  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size, hidden_act=activation,
+                hidden_dropout_prob=cfg.dropout_rate,
+                attention_probs_dropout_prob=cfg.attention_dropout_rate,
+                max_position_embeddings=cfg.max_position_embeddings,
+                type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
+                initializer_range=cfg.initializer_range, pad_token_id=pad_token_id)
+  if arch == "albert":
+    common.update(embedding_size=cfg.embedding_dim,
+                  num_hidden_groups=1 if cfg.share == "all" else cfg.num_layers,
+                  inner_group_num=1, classifier_dropout_prob=classifier_dropout)
+  return common
+
+
+def hf_checkpoint_config(cfg: EncoderConfig, arch: str, architecture: str, *, pad_id: int = 0,
+                         cls_id: Optional[int] = None, sep_id: Optional[int] = None) -> dict:
+  """config.json of a transformers checkpoint folder holding class `architecture`.
+
+  `hf_config` plus `model_type`, `architectures` and the fields transformers
+  writes with their defaults; ALBERT's bos/eos are the tokenizer's [CLS]/[SEP]
+  when `cls_id`/`sep_id` are given.
+  """
+  config = dict(hf_config(cfg, arch, pad_token_id=pad_id, classifier_dropout=0.1),
+                architectures=[architecture], model_type=arch, tie_word_embeddings=True)
+  if arch == "distilbert":
+    config.update(qa_dropout=0.1, seq_classif_dropout=0.2, tie_weights_=True)
+  else:
+    config.update(position_embedding_type="absolute")
+  if arch == "albert" and cls_id is not None:
+    config.update(bos_token_id=cls_id, eos_token_id=sep_id)
+  return config
+
+
+# --------------------------------------------- lite_bert -> checkpoint tensors
+
+def _numpy_tree(tree: Any) -> Any:
+  if hasattr(tree, "items"):
+    return {k: _numpy_tree(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def _map(fn, tree):
+  if hasattr(tree, "items"):
+    return {k: _map(fn, v) for k, v in tree.items()}
+  return fn(tree)
+
+
+def _albert_state_dict(params: dict, cfg: EncoderConfig, prefix: str) -> dict:
+  """ALBERT names for share='all' or 'none', with E == H as an identity projection.
+
+  `hf_state_dict_from_params` names share='all', E != H models; the other
+  forms are written through it: a placeholder E in the (name-only) config, an
+  explicit identity projection for E == H, and one layer group per layer for
+  share='none'.
+  """
+  params = dict(params)
+  naming_cfg = cfg
+  if cfg.embedding_dim == cfg.hidden_size:
+    encoder = dict(params["encoder"])
+    encoder["embeddings"] = dict(encoder["embeddings"])
+    encoder["embeddings"]["projection"] = {
+        "kernel": np.eye(cfg.hidden_size, dtype=np.float32),
+        "bias": np.zeros(cfg.hidden_size, np.float32)}
+    params["encoder"] = encoder
+    naming_cfg = dataclasses.replace(cfg, embedding_size=cfg.hidden_size + 1)
+  naming_cfg = dataclasses.replace(naming_cfg, share="all")
+  if cfg.share == "all":
+    return hf_state_dict_from_params(params, naming_cfg, "albert", prefix)
+  layers = params["encoder"]["layers"]
+  group0 = prefix + "encoder.albert_layer_groups.0."
+  out = {}
+  for i in range(cfg.num_layers):
+    one = dict(params)
+    one["encoder"] = dict(params["encoder"])
+    one["encoder"]["layers"] = _map(lambda x: x[i], layers)
+    state = hf_state_dict_from_params(one, naming_cfg, "albert", prefix)
+    for key, value in state.items():
+      if key.startswith(group0):
+        out[f"{prefix}encoder.albert_layer_groups.{i}." + key[len(group0):]] = value
+      elif i == 0:
+        out[key] = value
+  return out
+
+
+def hf_checkpoint_state_dict(params: Mapping[str, Any], cfg: EncoderConfig,
+                             arch: str) -> Dict[str, np.ndarray]:
+  """A checkpoint's tensors (float32 numpy) under the names of `hf_architecture(arch, params)`.
+
+  Unlike `hf_state_dict_from_params`, also the ALBERT forms lite_bert does not
+  read back: E == H (an identity E->H projection) and share='none' (one layer
+  group per layer). Parts other than encoder, mlm_head and pair_head are left out.
+  """
+  params = {k: v for k, v in _numpy_tree(params).items()
+            if k in ("encoder", "mlm_head", "pair_head")}
+  base_model = "mlm_head" not in params
+  prefix = "" if base_model else arch + "."
+  if arch == "albert":
+    state = _albert_state_dict(params, cfg, prefix)
+  else:
+    state = hf_state_dict_from_params(params, cfg, arch, prefix)
+  return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}

@@ -67,13 +67,10 @@ Tokenizer files:
     ids (tests/test_export.py measures it).
 """
 
-import dataclasses
 import json
 import os
 import shutil
 from typing import Any, Mapping, Optional, Sequence, Union
-
-import numpy as np
 
 import lite_bert
 from lite_bert.data import tokenizers as tokenizers_lib
@@ -82,13 +79,6 @@ from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 
 FAMILIES = ("bert", "albert", "distilbert")
-_CLASSES = {  # family -> (pretraining, masked LM, base model)
-    "bert": ("BertForPreTraining", "BertForMaskedLM", "BertModel"),
-    "albert": ("AlbertForPreTraining", "AlbertForMaskedLM", "AlbertModel"),
-    "distilbert": (None, "DistilBertForMaskedLM", "DistilBertModel"),
-}
-_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "relu": "relu"}
-_DISTILBERT_EPS = 1e-12
 
 
 def infer_family(cfg: EncoderConfig) -> str:
@@ -132,111 +122,20 @@ def check_exportable(cfg: EncoderConfig, family: str, params: Mapping[str, Any])
       raise UserError(f"{what} DistilBERT has no token types and no pooler, the model has "
                       f"type_vocab_size={cfg.type_vocab_size}, pooler={cfg.pooler} (export "
                       f"as arch='bert')")
-    if cfg.layer_norm_eps != _DISTILBERT_EPS:
+    if cfg.layer_norm_eps != convert.DISTILBERT_LAYER_NORM_EPS:
       raise UserError(f"{what} model.layer_norm_eps={cfg.layer_norm_eps}: transformers' "
-                      f"DistilBERT hard-codes {_DISTILBERT_EPS}")
-  if cfg.activation not in _HF_ACTIVATIONS:
+                      f"DistilBERT hard-codes {convert.DISTILBERT_LAYER_NORM_EPS}")
+  if cfg.activation not in convert.HF_ACTIVATIONS:
     raise UserError(f"{what} model.activation={cfg.activation!r} has no transformers name")
-
-
-def architecture(family: str, params: Mapping[str, Any]) -> str:
-  """The transformers class that holds every part `params` has."""
-  pretraining, masked_lm, base = _CLASSES[family]
-  if "mlm_head" in params:
-    return pretraining if "pair_head" in params and pretraining else masked_lm
-  return base
-
-
-def _numpy_tree(tree: Any) -> Any:
-  if hasattr(tree, "items"):
-    return {k: _numpy_tree(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
-def _albert_state_dict(params: dict, cfg: EncoderConfig, prefix: str) -> dict:
-  """ALBERT names for share='all' or 'none', with E == H as an identity projection.
-
-  `convert` names share='all', E != H models; the other forms are written
-  through it: a placeholder E in the (name-only) config, an explicit identity
-  projection for E == H, and one layer group per layer for share='none'.
-  """
-  params = dict(params)
-  naming_cfg = cfg
-  if cfg.embedding_dim == cfg.hidden_size:
-    encoder = dict(params["encoder"])
-    encoder["embeddings"] = dict(encoder["embeddings"])
-    encoder["embeddings"]["projection"] = {
-        "kernel": np.eye(cfg.hidden_size, dtype=np.float32),
-        "bias": np.zeros(cfg.hidden_size, np.float32)}
-    params["encoder"] = encoder
-    naming_cfg = dataclasses.replace(cfg, embedding_size=cfg.hidden_size + 1)
-  naming_cfg = dataclasses.replace(naming_cfg, share="all")
-  if cfg.share == "all":
-    return convert.hf_state_dict_from_params(params, naming_cfg, "albert", prefix)
-  layers = params["encoder"]["layers"]
-  group0 = prefix + "encoder.albert_layer_groups.0."
-  out = {}
-  for i in range(cfg.num_layers):
-    one = dict(params)
-    one["encoder"] = dict(params["encoder"])
-    one["encoder"]["layers"] = _map(lambda x: x[i], layers)
-    state = convert.hf_state_dict_from_params(one, naming_cfg, "albert", prefix)
-    for key, value in state.items():
-      if key.startswith(group0):
-        out[f"{prefix}encoder.albert_layer_groups.{i}." + key[len(group0):]] = value
-      elif i == 0:
-        out[key] = value
-  return out
-
-
-def _map(fn, tree):
-  if hasattr(tree, "items"):
-    return {k: _map(fn, v) for k, v in tree.items()}
-  return fn(tree)
-
-
-def hf_state_dict(params: Mapping[str, Any], cfg: EncoderConfig, family: str) -> dict:
-  """The checkpoint's tensors (float32 numpy) under the names of `architecture(...)`."""
-  params = {k: v for k, v in _numpy_tree(params).items()
-            if k in ("encoder", "mlm_head", "pair_head")}
-  base_model = "mlm_head" not in params
-  prefix = "" if base_model else family + "."
-  if family == "albert":
-    state = _albert_state_dict(params, cfg, prefix)
-  else:
-    state = convert.hf_state_dict_from_params(params, cfg, family, prefix)
-  return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
 
 
 def hf_config(cfg: EncoderConfig, family: str, arch_class: str,
               tokenizer: Optional[tokenizers_lib.Tokenizer] = None,
               provenance: Optional[dict] = None) -> dict:
-  """config.json contents for `family` (transformers field names)."""
-  pad_id = tokenizer.pad_id if tokenizer is not None else 0
-  common = dict(architectures=[arch_class], model_type=family, vocab_size=cfg.vocab_size,
-                max_position_embeddings=cfg.max_position_embeddings,
-                initializer_range=cfg.initializer_range, pad_token_id=pad_id,
-                tie_word_embeddings=True)
-  if family == "distilbert":
-    config = dict(common, dim=cfg.hidden_size, n_layers=cfg.num_layers,
-                  n_heads=cfg.num_heads, hidden_dim=cfg.intermediate_size,
-                  activation=_HF_ACTIVATIONS[cfg.activation], dropout=cfg.dropout_rate,
-                  attention_dropout=cfg.attention_dropout_rate, sinusoidal_pos_embds=False,
-                  qa_dropout=0.1, seq_classif_dropout=0.2, tie_weights_=True)
-  else:
-    config = dict(common, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                  num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                  hidden_act=_HF_ACTIVATIONS[cfg.activation],
-                  hidden_dropout_prob=cfg.dropout_rate,
-                  attention_probs_dropout_prob=cfg.attention_dropout_rate,
-                  type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
-                  position_embedding_type="absolute")
-    if family == "albert":
-      config.update(embedding_size=cfg.embedding_dim, inner_group_num=1,
-                    num_hidden_groups=1 if cfg.share == "all" else cfg.num_layers,
-                    classifier_dropout_prob=0.1)
-      if tokenizer is not None:
-        config.update(bos_token_id=tokenizer.cls_id, eos_token_id=tokenizer.sep_id)
+  """config.json contents for `family`: `convert.hf_checkpoint_config` + lite_bert's provenance."""
+  ids = {} if tokenizer is None else dict(pad_id=tokenizer.pad_id, cls_id=tokenizer.cls_id,
+                                          sep_id=tokenizer.sep_id)
+  config = convert.hf_checkpoint_config(cfg, family, arch_class, **ids)
   config["lite_bert"] = dict(provenance or {}, version=lite_bert.__version__,
                              model=cfg.to_dict())
   return config
@@ -378,8 +277,8 @@ def export_huggingface(model: Union["lite_bert.pretrained.Loaded", Sequence[Any]
   except OSError as e:
     raise UserError(f"cannot create {out_dir}: {e.strerror}") from e
 
-  arch_class = architecture(family, params)
-  state = hf_state_dict(params, cfg, family)
+  arch_class = convert.hf_architecture(family, params)
+  state = convert.hf_checkpoint_state_dict(params, cfg, family)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   provenance = dict(provenance, arch=family, share=cfg.share)
