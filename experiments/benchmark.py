@@ -59,7 +59,6 @@ import datetime
 import functools
 import gc
 import json
-import math
 import os
 import platform
 import shlex
@@ -68,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -76,6 +75,9 @@ import jax
 import jax.numpy as jnp
 
 from experiments.provenance import cpu_flags, cpu_model, git_info
+from experiments.timing import (REPEATS, Candidate, CpuMonitor, fixed_repeats, repeats_for,
+                                summarize_times, time_noisy_again, time_round_robin, timed_call,
+                                wait_for_idle)
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder, unstack_layers
@@ -131,21 +133,6 @@ GRIDS = {
                  train=((8, 128), (32, 128), (8, 512))),
     "quick": dict(batches=(1, 8), seqs=(64, 128), train=((8, 128),)),
 }
-# Timed repeats after the warm-up: enough to fill `budget_s`, within [min, max];
-# points whose warm-up took more than `long_s` get `min_long` repeats.
-# A candidate whose timed calls (each under `long_s`) spread by more than `spread` of
-# their median gets further calls, round-robin with the other such candidates, until it
-# has `spread_max` calls: single calls on a shared VM vary by up to 20-30%.
-REPEATS = {
-    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=2, spread=0.10, spread_max=7),
-    "quick": dict(budget_s=0.3, min=2, max=3, long_s=1.0, min_long=1),
-}
-
-
-def fixed_repeats(n: int) -> dict:
-  """The repeat policy of `--repeats=n`: exactly n timed calls per candidate, never more."""
-  return dict(budget_s=0.0, min=n, max=n, long_s=0.0, min_long=n, fixed=n)
-
 
 # ----------------------------------------------------------------- configs
 
@@ -160,104 +147,6 @@ def model_config(name: str, size: str, dtype: str) -> EncoderConfig:
 def optim_config(name: str, size: str):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   return module.get_config(size).optim
-
-
-# --------------------------------------------------- process measurements
-
-def _status(field: str) -> Optional[int]:
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith(field + ":"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
-def _reset_peak_rss() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def timed_call(fn: Callable[[], Any]) -> tuple[float, Optional[int], float]:
-  """(wall s, peak-RSS growth in bytes or None, process CPU s) of one call of fn."""
-  base = _status("VmRSS")
-  reset = _reset_peak_rss()
-  cpu = time.process_time()
-  start = time.perf_counter()
-  fn()
-  seconds = time.perf_counter() - start
-  cpu = time.process_time() - cpu
-  peak = _status("VmHWM")
-  if reset and base is not None and peak is not None:
-    return seconds, max(0, peak - base), cpu
-  return seconds, None, cpu
-
-
-class CpuMonitor:
-  """How much CPU other processes used while we measured (interference)."""
-
-  def __init__(self, pids_fn: Callable[[], list]):
-    self.pids_fn = pids_fn
-    self.tick = os.sysconf("SC_CLK_TCK")
-    self.ncpu = os.cpu_count() or 1
-
-  @staticmethod
-  def _machine_busy() -> Optional[int]:
-    try:
-      with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-      return None
-    user, nice, system, idle, iowait, irq, softirq = parts[:7]
-    steal = parts[7] if len(parts) > 7 else 0
-    return user + nice + system + irq + softirq + steal
-
-  @staticmethod
-  def _pid_ticks(pid: int) -> int:
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-      return sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    except (OSError, IndexError, ValueError):
-      return 0
-
-  def snapshot(self):
-    return (time.monotonic(), self._machine_busy(),
-            sum(self._pid_ticks(p) for p in self.pids_fn()))
-
-  def since(self, snap) -> dict:
-    t0, busy0, ours0 = snap
-    t1, busy1, ours1 = self.snapshot()
-    if busy0 is None or busy1 is None or t1 <= t0:
-      return {}
-    capacity = (t1 - t0) * self.tick * self.ncpu
-    others = max(0, (busy1 - busy0) - (ours1 - ours0))
-    return {"seconds": t1 - t0, "ours_cpu_fraction": (ours1 - ours0) / capacity,
-            "others_cpu_fraction": others / capacity}
-
-
-def wait_for_idle(monitor: "CpuMonitor", max_wait_s: float, log=print) -> dict:
-  """Waits (up to max_wait_s) until other processes use < 10% of the CPUs over 2 s."""
-  if max_wait_s <= 0:
-    return {}
-  start = time.time()
-  while True:
-    snap = monitor.snapshot()
-    time.sleep(2.0)
-    others = monitor.since(snap).get("others_cpu_fraction", 0.0)
-    waited = time.time() - start
-    if others < 0.10 or waited > max_wait_s:
-      if waited > 5:
-        log(f"waited {waited:.0f} s for other processes to go idle "
-            f"(now {others:.0%} of the CPUs)")
-      return {"waited_s": waited, "others_before": others}
-    time.sleep(8.0)
 
 
 # ----------------------------------------------------------------- roofline
@@ -528,72 +417,6 @@ class FlaxReference:
       except (OSError, subprocess.TimeoutExpired):
         self.proc.kill()
     self.log.close()
-
-
-# -------------------------------------------------------------- candidates
-
-@dataclasses.dataclass
-class Candidate:
-  """One (model, implementation) at one grid point: prepare once, then run."""
-
-  model: str
-  impl: str  # 'ours' | 'hf_torch' | 'hf_flax'
-  prepare: Callable[[], dict]
-  run: Callable[[], tuple]  # -> (seconds, rss delta or None)
-  cleanup: Callable[[], None] = lambda: None
-  info: dict = dataclasses.field(default_factory=dict)
-  times: list = dataclasses.field(default_factory=list)
-  rss: list = dataclasses.field(default_factory=list)
-  cpu: list = dataclasses.field(default_factory=list)
-  target: int = 0
-
-  def time_once(self) -> None:
-    """One timed call, recorded."""
-    seconds, rss, cpu = self.run()
-    self.times.append(seconds)
-    self.rss.append(rss)
-    self.cpu.append(cpu)
-
-
-def repeats_for(warm_s: float, policy: dict) -> int:
-  if warm_s > policy["long_s"]:
-    return policy["min_long"]
-  return int(min(policy["max"], max(policy["min"], math.ceil(policy["budget_s"] / warm_s))))
-
-
-def time_round_robin(candidates: list) -> None:
-  """Timed calls, one candidate after the other, until each has its `target`."""
-  for c in candidates:
-    c.times, c.rss, c.cpu = [], [], []
-  for _ in range(max(c.target for c in candidates)):
-    for c in candidates:
-      if len(c.times) < c.target:
-        c.time_once()
-
-
-def relative_spread(times: list) -> float:
-  """(slowest - fastest) / median of a candidate's timed calls."""
-  return (max(times) - min(times)) / statistics.median(times)
-
-
-def time_noisy_again(candidates: list, policy: dict) -> None:
-  """More calls for candidates whose calls spread widely (see REPEATS), round-robin."""
-  if not policy.get("spread_max"):
-    return
-  def noisy(c):
-    return (len(c.times) < policy["spread_max"] and c.info["warmup_s"] <= policy["long_s"]
-            and relative_spread(c.times) > policy["spread"])
-  while todo := [c for c in candidates if noisy(c)]:
-    for c in todo:
-      c.time_once()
-
-
-def summarize_times(c: Candidate) -> dict:
-  rss = [x for x in c.rss if x is not None]
-  return {"median_s": statistics.median(c.times), "min_s": min(c.times),
-          "times_s": c.times, "repeats": len(c.times), "warmup_runs": 1,
-          "median_cpu_s": statistics.median(c.cpu) if c.cpu else None,
-          "rss_peak_delta_bytes": max(rss) if rss else None}
 
 
 # --------------------------------------------------------------- benchmark
