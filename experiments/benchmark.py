@@ -74,6 +74,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from experiments.benchmark_inputs import (MODELS, make_inputs, make_pretraining_batch,
+                                          model_config, optim_config)
 from experiments.provenance import cpu_flags, cpu_model, git_info
 from experiments.roofline import measure_roofline, xla_gemm_gflops
 from experiments.timing import (REPEATS, Candidate, CpuMonitor, fixed_repeats, repeats_for,
@@ -91,7 +93,6 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("bert", "distilbert", "albert")
 REFERENCE_VENV_PYTHON = os.path.join(REPO, "experiments", ".venv-reference", "bin", "python")
 
 # What the papers / the study claim, as latency ratios to BERT-base.
@@ -120,47 +121,6 @@ GRIDS = {
                  train=((8, 128), (32, 128), (8, 512))),
     "quick": dict(batches=(1, 8), seqs=(64, 128), train=((8, 128),)),
 }
-
-# ----------------------------------------------------------------- configs
-
-def model_config(name: str, size: str, dtype: str) -> EncoderConfig:
-  """`configs/<name>.py:<size>`'s model, computing in `dtype`."""
-  module = __import__(f"configs.{name}", fromlist=["get_config"])
-  fields = module.get_config(size).model.to_dict()
-  fields["dtype"] = dtype
-  return EncoderConfig.from_dict(fields)
-
-
-def optim_config(name: str, size: str):
-  module = __import__(f"configs.{name}", fromlist=["get_config"])
-  return module.get_config(size).optim
-
-
-# ------------------------------------------------------------------- inputs
-
-def make_inputs(cfg: EncoderConfig, batch: int, seq: int, seed: int = 0) -> dict:
-  """Random token ids (no padding), segments 0/1 halves when the model has them."""
-  rng = np.random.default_rng(seed + 1000 * batch + seq)
-  ids = rng.integers(5, cfg.vocab_size, size=(batch, seq), dtype=np.int32)
-  out = {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int32)}
-  if cfg.type_vocab_size:
-    types = np.zeros((batch, seq), np.int32)
-    types[:, seq // 2:] = 1
-    out["token_type_ids"] = types
-  return out
-
-
-def make_pretraining_batch(cfg: EncoderConfig, batch: int, seq: int, seed: int = 0) -> dict:
-  out = make_inputs(cfg, batch, seq, seed)
-  rng = np.random.default_rng(seed + 7)
-  p = masked_positions_per_seq(seq)
-  positions = np.stack([np.sort(rng.choice(np.arange(1, seq), p, replace=False))
-                        for _ in range(batch)]).astype(np.int32)
-  out.update(masked_positions=positions,
-             masked_ids=rng.integers(5, cfg.vocab_size, size=(batch, p), dtype=np.int32),
-             masked_weights=np.ones((batch, p), np.float32),
-             pair_labels=rng.integers(0, 2, size=(batch,), dtype=np.int32))
-  return out
 
 
 # ----------------------------------------------------- reference: HF torch
