@@ -77,12 +77,14 @@ import jax.numpy as jnp
 from experiments.benchmark_inputs import (MODELS, make_inputs, make_pretraining_batch,
                                           model_config, optim_config)
 from experiments.provenance import cpu_flags, cpu_model, git_info
+from experiments.reference_flax_client import REFERENCE_VENV_PYTHON, FlaxReference
 from experiments.roofline import measure_roofline, xla_gemm_gflops
 from experiments.timing import (REPEATS, Candidate, CpuMonitor, fixed_repeats, repeats_for,
                                 summarize_times, time_noisy_again, time_round_robin, timed_call,
                                 wait_for_idle)
+from experiments.torch_reference import (torch_adamw, torch_autocast, torch_distillation_loss,
+                                         torch_model, torch_pretraining_loss, torch_tensors)
 from lite_bert.models import convert
-from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder, unstack_layers
 from lite_bert.models.flops import (FORMULA, corrected_xla_flops, encoder_flops,
                                     masked_positions_per_seq, train_step_flops, xla_flops,
@@ -93,7 +95,6 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE_VENV_PYTHON = os.path.join(REPO, "experiments", ".venv-reference", "bin", "python")
 
 # What the papers / the study claim, as latency ratios to BERT-base.
 CLAIMS = {
@@ -121,176 +122,6 @@ GRIDS = {
                  train=((8, 128), (32, 128), (8, 512))),
     "quick": dict(batches=(1, 8), seqs=(64, 128), train=((8, 128),)),
 }
-
-
-# ----------------------------------------------------- reference: HF torch
-
-def hf_config_kwargs(cfg: EncoderConfig, arch: str) -> dict:
-  """Hugging Face config kwargs describing the same architecture as `cfg`."""
-  if arch == "distilbert":
-    return dict(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_position_embeddings,
-                n_layers=cfg.num_layers, n_heads=cfg.num_heads, dim=cfg.hidden_size,
-                hidden_dim=cfg.intermediate_size, dropout=cfg.dropout_rate,
-                attention_dropout=cfg.attention_dropout_rate, activation=cfg.activation,
-                initializer_range=cfg.initializer_range, sinusoidal_pos_embds=False,
-                pad_token_id=0)
-  common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                intermediate_size=cfg.intermediate_size, hidden_act=cfg.activation,
-                hidden_dropout_prob=cfg.dropout_rate,
-                attention_probs_dropout_prob=cfg.attention_dropout_rate,
-                max_position_embeddings=cfg.max_position_embeddings,
-                type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps,
-                initializer_range=cfg.initializer_range, pad_token_id=0)
-  if arch == "albert":
-    common.update(embedding_size=cfg.embedding_dim, num_hidden_groups=1, inner_group_num=1,
-                  classifier_dropout_prob=0.0)
-  return common
-
-
-def torch_model(arch: str, cfg: EncoderConfig, state: dict, kind: str):
-  """A HF torch model (kind: 'base', 'pretraining', 'mlm') holding `state`."""
-  import torch
-  import transformers as tf
-  config_cls = {"bert": tf.BertConfig, "albert": tf.AlbertConfig,
-                "distilbert": tf.DistilBertConfig}[arch]
-  cls = {
-      ("bert", "base"): tf.BertModel, ("bert", "pretraining"): tf.BertForPreTraining,
-      ("bert", "mlm"): tf.BertForMaskedLM,
-      ("albert", "base"): tf.AlbertModel, ("albert", "pretraining"): tf.AlbertForPreTraining,
-      ("distilbert", "base"): tf.DistilBertModel, ("distilbert", "mlm"): tf.DistilBertForMaskedLM,
-  }[(arch, kind)]
-  config = config_cls(**hf_config_kwargs(cfg, arch))
-  model = cls._from_config(config, attn_implementation="sdpa")
-  tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
-  result = model.load_state_dict(tensors, strict=False)
-  missing = [k for k in result.missing_keys
-             if not k.endswith(("position_ids", "token_type_ids", "decoder.weight",
-                                "decoder.bias", "vocab_projector.weight"))]
-  unexpected = list(result.unexpected_keys)
-  if missing or unexpected:
-    raise RuntimeError(f"{cls.__name__}: weights did not load: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
-  model.tie_weights()
-  return model
-
-
-def torch_autocast(dtype: str):
-  import contextlib
-  import torch
-  if dtype == "float32":
-    return contextlib.nullcontext()
-  return torch.autocast("cpu", dtype={"bfloat16": torch.bfloat16,
-                                      "float16": torch.float16}[dtype])
-
-
-def torch_tensors(arrays: dict) -> dict:
-  import torch
-  return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-
-
-def torch_pretraining_loss(model, arch: str, batch: dict):
-  """MLM at the gathered positions + NSP/SOP, as `objectives.mlm_and_pair_loss`."""
-  import torch
-  import torch.nn.functional as F
-  base = model.bert if arch == "bert" else model.albert
-  out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-             token_type_ids=batch.get("token_type_ids"))
-  hidden, pooled = out[0], out[1]
-  index = batch["masked_positions"].long()[..., None].expand(-1, -1, hidden.shape[-1])
-  gathered = hidden.gather(1, index)
-  if arch == "bert":
-    scores, pair = model.cls.predictions(gathered), model.cls.seq_relationship(pooled)
-  else:
-    scores, pair = model.predictions(gathered), model.sop_classifier(pooled)
-  weights = batch["masked_weights"].reshape(-1)
-  mlm = F.cross_entropy(scores.float().reshape(-1, scores.shape[-1]),
-                        batch["masked_ids"].long().reshape(-1), reduction="none")
-  mlm = (mlm * weights).sum() / torch.clamp(weights.sum(), min=1.0)
-  return mlm + F.cross_entropy(pair.float(), batch["pair_labels"].long())
-
-
-def torch_distillation_loss(student, teacher, batch: dict, *, alpha_ce=5.0, alpha_mlm=2.0,
-                            alpha_cos=1.0, temperature=2.0):
-  """DistilBERT's triple loss, as `objectives.distillation_loss` (same weights)."""
-  import torch
-  import torch.nn.functional as F
-  t = temperature
-  s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  output_hidden_states=True)
-  with torch.no_grad():
-    t_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    output_hidden_states=True)
-  s_logits, t_logits = s_out.logits.float(), t_out.logits.float()
-  weights = batch["attention_mask"].float()
-  count = torch.clamp(weights.sum(), min=1.0)
-  kl = F.kl_div(F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1),
-                reduction="none", log_target=True).sum(-1)
-  kl = t * t * (kl * weights).sum() / count
-  index = batch["masked_positions"].long()[..., None].expand(-1, -1, s_logits.shape[-1])
-  masked = s_logits.gather(1, index)
-  mw = batch["masked_weights"].reshape(-1)
-  mlm = F.cross_entropy(masked.reshape(-1, masked.shape[-1]),
-                        batch["masked_ids"].long().reshape(-1), reduction="none")
-  mlm = (mlm * mw).sum() / torch.clamp(mw.sum(), min=1.0)
-  s_hidden, t_hidden = s_out.hidden_states[-1].float(), t_out.hidden_states[-1].float()
-  cos = 1.0 - F.cosine_similarity(s_hidden, t_hidden, dim=-1, eps=1e-8)
-  cos = (cos * weights).sum() / count
-  return alpha_ce * kl + alpha_mlm * mlm + alpha_cos * cos
-
-
-def torch_adamw(model, optim_cfg):
-  """torch AdamW with the config's hyper-parameters and BERT's no-decay groups."""
-  import torch
-  decay, no_decay = [], []
-  for name, p in model.named_parameters():
-    if not p.requires_grad:
-      continue
-    (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-     else decay).append(p)
-  return torch.optim.AdamW(
-      [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
-       {"params": no_decay, "weight_decay": 0.0}],
-      lr=float(optim_cfg.learning_rate), betas=(float(optim_cfg.b1), float(optim_cfg.b2)),
-      eps=float(optim_cfg.eps))
-
-
-# ---------------------------------------------------- reference: HF Flax
-
-class FlaxReference:
-  """The `reference_flax.py` worker, run by the reference virtualenv's python."""
-
-  def __init__(self, python: str, log_path: str):
-    self.log = open(log_path, "w")
-    self.proc = subprocess.Popen(
-        [python, os.path.join(REPO, "experiments", "reference_flax.py")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-        cwd=tempfile.gettempdir(), env=dict(os.environ, PYTHONPATH=""))
-
-  def pid(self) -> Optional[int]:
-    return self.proc.pid if self.proc.poll() is None else None
-
-  def call(self, **req) -> dict:
-    self.proc.stdin.write(json.dumps(req) + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"reference_flax worker died (see {self.log.name})")
-    reply = json.loads(line)
-    if not reply.get("ok"):
-      raise RuntimeError(f"reference_flax {req['cmd']}: {reply.get('error')}\n"
-                         f"{reply.get('traceback', '')}")
-    return reply
-
-  def close(self):
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=30)
-      except (OSError, subprocess.TimeoutExpired):
-        self.proc.kill()
-    self.log.close()
 
 
 # --------------------------------------------------------------- benchmark
@@ -512,7 +343,7 @@ class Benchmark:
         path = os.path.join(self.tmp, f"{m}_weights.npz")
         np.savez(path, **state)
         try:
-          self.flax.call(cmd="load", name=m, arch=m, config=hf_config_kwargs(cfg, m),
+          self.flax.call(cmd="load", name=m, arch=m, config=convert.hf_config(cfg, m),
                          weights=path, dtype=self.args.dtype)
           refs["flax_loaded"].add(m)
         except RuntimeError as e:
