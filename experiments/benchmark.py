@@ -63,7 +63,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +83,7 @@ from experiments.timing import (REPEATS, Candidate, CpuMonitor, fixed_repeats, r
                                 wait_for_idle)
 from experiments.torch_reference import (torch_adamw, torch_autocast, torch_distillation_loss,
                                          torch_model, torch_pretraining_loss, torch_tensors)
+from experiments.xla_probe import probe_markdown, xla_flag_probe
 from lite_bert.models import convert
 from lite_bert.models.encoder import Encoder, unstack_layers
 from lite_bert.models.flops import (FORMULA, corrected_xla_flops, encoder_flops,
@@ -1208,167 +1208,6 @@ def data_pipeline_lines(train: list, path: str = DATA_BENCHMARK) -> list:
                  f"{first:,.0f} | {recipe['steady_seq_per_s']:,.0f} | "
                  f"{r['sequences_per_s']:,.1f} | {first / r['sequences_per_s']:,.0f}x |")
   return lines + [""]
-
-
-# --------------------------------------------------------- XLA flag probe
-
-PROBE_VARIANTS = (
-    # By default jax 0.10.2's XLA:CPU sends dots to YNNPACK ("__ynn_fusion");
-    # a bf16 dot is first converted to f32 (FloatNormalization) in every variant
-    # below, as the optimized HLO shows (`compiled.as_text()`).
-    ("default", {}),
-    ("use_onednn", {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
-    ("onednn_custom_call", {"XLA_FLAGS": "--xla_cpu_experimental_onednn_custom_call=true"}),
-    ("use_onednn+custom_call", {"XLA_FLAGS": "--xla_cpu_use_onednn=true "
-                                             "--xla_cpu_experimental_onednn_custom_call=true"}),
-    ("onednn_fusion_dot", {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot"}),
-    ("no_ynn_dot+onednn_fusion_dot", {
-        "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot "
-                     "--xla_cpu_experimental_onednn_fusion_type=dot"}),
-    ("no_ynn_dot+use_onednn+custom_call+AMX_ISA", {
-        "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot --xla_cpu_use_onednn=true "
-                     "--xla_cpu_experimental_onednn_custom_call=true",
-        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}),
-    ("use_xnnpack", {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
-    ("no_ynn_dot+xnn_fusion_dot", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-dot "
-                                                "--xla_cpu_experimental_xnn_fusion_type=dot"}),
-    ("xnn_graph_greedy", {"XLA_FLAGS": "--xla_cpu_experimental_xnn_graph_fusion_mode="
-                                       "XNN_GRAPH_FUSION_MODE_GREEDY"}),
-    ("ynn_only_dot", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}),
-    ("no_ynn (Eigen dots)", {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}),
-    ("prefer_vector_width_512", {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=512"}),
-    ("max_isa_AVX512", {"XLA_FLAGS": "--xla_cpu_max_isa=AVX512"}),
-    # Not XLA: glibc serves big buffers (gradients, the 30522x768 embedding's among them)
-    # with fresh mmap()s that page-fault on their first zero-fill; raising the thresholds
-    # keeps them in the heap for reuse. Measured alone: a 47 MB fill 19 ms -> 2 ms.
-    ("glibc_malloc_no_mmap", {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967296:"
-                                                "glibc.malloc.trim_threshold=4294967296"}),
-    ("glibc_malloc_heap_only", {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:"
-                                                  "glibc.malloc.trim_threshold=4294967296"}),
-)
-
-# Settings whose probe also times a BERT-base 8x128 training step (~30 s each): the
-# allocator is what could change the step without changing its GEMMs.
-PROBE_TRAIN_STEP = ("default", "glibc_malloc_no_mmap", "glibc_malloc_heap_only")
-
-_PROBE_CHILD = r"""
-import json, statistics, sys, time
-import numpy as np
-import jax, jax.numpy as jnp
-out = {}
-def gemm(m, k, n, dtype, pref=None):
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32), dtype)
-  b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32), dtype)
-  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=pref))
-  c = f.lower(a, b).compile(); jax.block_until_ready(c(a, b))
-  ts = []
-  for _ in range(5):
-    t = time.perf_counter(); jax.block_until_ready(c(a, b)); ts.append(time.perf_counter() - t)
-  return 2 * m * k * n / statistics.median(ts) / 1e9
-try:
-  a = jnp.ones((512, 512), jnp.bfloat16)
-  hlo = jax.jit(jnp.matmul).lower(a, a).compile().as_text()
-  out["bf16_dot_upcast_to_f32"] = any(
-      " convert(" in l and "f32[512,512]" in l.split("=")[1][:20] for l in hlo.splitlines()
-      if "=" in l)
-  out["bf16_dot_hlo"] = [l.strip()[:160] for l in hlo.splitlines()
-                         if ("dot(" in l or "fusion(" in l) and "ENTRY" not in l][:4]
-  out["fp32_2048"] = gemm(2048, 2048, 2048, jnp.float32)
-  out["bf16_2048"] = gemm(2048, 2048, 2048, jnp.bfloat16)
-  out["bf16_2048_f32acc"] = gemm(2048, 2048, 2048, jnp.bfloat16, jnp.float32)
-  out["fp32_1024x768x3072"] = gemm(1024, 768, 3072, jnp.float32)
-  out["bf16_1024x768x3072"] = gemm(1024, 768, 3072, jnp.bfloat16)
-  if "--model" in sys.argv:
-    sys.path.insert(0, sys.argv[-1])
-    from experiments.benchmark import model_config, make_inputs
-    from lite_bert.models.encoder import Encoder
-    for dtype in ("float32", "bfloat16"):
-      cfg = model_config("bert", "base", dtype)
-      enc = Encoder(cfg)
-      x = {k: jnp.asarray(v) for k, v in make_inputs(cfg, 8, 128).items()}
-      p = jax.jit(lambda r: enc.init(r, x["input_ids"])["params"])(jax.random.key(0))
-      f = jax.jit(lambda p, x: enc.apply({"params": p}, x["input_ids"], x["attention_mask"],
-                                         x["token_type_ids"]))
-      jax.block_until_ready(f(p, x))
-      ts = []
-      for _ in range(3):
-        t = time.perf_counter(); jax.block_until_ready(f(p, x)); ts.append(time.perf_counter() - t)
-      out[f"bert_base_8x128_{dtype}_ms"] = statistics.median(ts) * 1e3
-  if "--train" in sys.argv:
-    # One BERT-base MLM+NSP training step (AdamW, fp32), the benchmark's own step function:
-    # allocator settings (GLIBC_TUNABLES) show up here, in the zero-filled gradient buffers.
-    import functools
-    from experiments.benchmark import make_pretraining_batch, optim_config
-    from lite_bert.models.heads import PretrainingModel
-    from lite_bert.train import loop as loop_lib, objectives, optim
-    cfg = model_config("bert", "base", "float32")
-    model = PretrainingModel(cfg, pair_head=True)
-    data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, 8, 128).items()}
-    inner = objectives.pretraining_loss_fn(model)
-    params = jax.jit(lambda r: model.init(r, data["input_ids"])["params"])(jax.random.key(0))
-    optimizer, _ = optim.make_optimizer(optim_config("bert", "base"), total_steps=1_000_000)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": optimizer.init(params)}
-    step = jax.jit(functools.partial(
-        loop_lib.train_step, loss_fn=lambda p, f, b, r, d: inner(p, b, r, d),
-        optimizer=optimizer, base_rng=jax.random.key(0)), donate_argnums=0)
-    state, _ = jax.block_until_ready(step(state, None, data))
-    ts = []
-    for _ in range(3):
-      t = time.perf_counter(); state, m = jax.block_until_ready(step(state, None, data))
-      ts.append(time.perf_counter() - t)
-    out["bert_base_train_8x128_float32_ms"] = statistics.median(ts) * 1e3
-except Exception as e:
-  out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-print("PROBE " + json.dumps(out))
-"""
-
-
-def xla_flag_probe(args) -> dict:
-  """GEMM GFLOP/s (and BERT-base 8x128 forward) under each XLA CPU setting, in subprocesses."""
-  results = []
-  monitor = CpuMonitor(lambda: [os.getpid()])
-  for name, env in PROBE_VARIANTS:
-    idle = wait_for_idle(monitor, args.wait_idle)
-    snap = monitor.snapshot()
-    cmd = [sys.executable, "-c", _PROBE_CHILD] + (
-        (["--train"] if args.probe_model and name in PROBE_TRAIN_STEP else [])
-        + (["--model", REPO] if args.probe_model else []))
-    start = time.time()
-    proc = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True,
-                          timeout=900)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")]
-    entry = {"variant": name, "env": env, "wall_s": time.time() - start,
-             "returncode": proc.returncode, "interference": dict(monitor.since(snap), **idle)}
-    if line:
-      entry.update(json.loads(line[-1][6:]))
-    else:
-      entry["error"] = proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "no output"
-    print(json.dumps(entry), flush=True)
-    results.append(entry)
-  return {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"), "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
-      "jax": jax.__version__, "command": "python -m experiments.benchmark " + " ".join(
-          sys.argv[1:]), "git": git_info()}, "variants": results}
-
-
-def probe_markdown(probe: dict) -> str:
-  keys = ["fp32_2048", "bf16_2048", "bf16_2048_f32acc", "fp32_1024x768x3072",
-          "bf16_1024x768x3072", "bert_base_8x128_float32_ms", "bert_base_8x128_bfloat16_ms",
-          "bert_base_train_8x128_float32_ms"]
-  keys = ["bf16_dot_upcast_to_f32"] + keys
-  lines = ["# CPU settings vs GEMM throughput (GFLOP/s) and BERT-base 8x128 forward / train step (ms)",
-           "", f"{probe['meta']['cpu_model']}; CPU flags: {' '.join(probe['meta']['cpu_flags'])};"
-           f" jax {probe['meta']['jax']}; {probe['meta']['date']}", "",
-           "| variant | env | " + " | ".join(keys) + " | error |",
-           "|---|---|" + "---|" * len(keys) + "---|"]
-  for v in probe["variants"]:
-    env = " ".join(f"{k}={val}" for k, val in v["env"].items())
-    lines.append(f"| {v['variant']} | `{env}` | " + " | ".join(
-        str(v[k]) if isinstance(v.get(k), bool) else
-        f"{v[k]:.0f}" if isinstance(v.get(k), (int, float)) else "-" for k in keys)
-        + f" | {v.get('error', '')} |")
-  return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------- main
