@@ -42,9 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark as bm
+from experiments.benchmark_inputs import make_inputs, model_config
+from experiments.provenance import cpu_model, git_info
+from experiments.roofline import xla_gemm_gflops
+from experiments.timing import CpuMonitor, wait_for_idle
 from lite_bert.models import encoder as enc_lib
 from lite_bert.models.encoder import Block, Encoder
+from lite_bert.models.flops import encoder_flops, xla_memory
 
 
 class UnrolledEncoder(Encoder):
@@ -156,11 +160,11 @@ VARIANTS = (
 
 
 def build(variant: Variant, dtype: str, batch: int, seq: int):
-  cfg = bm.model_config(variant.model, "base", dtype)
+  cfg = model_config(variant.model, "base", dtype)
   if variant.overrides:
     cfg = dataclasses.replace(cfg, **variant.overrides)
   model = variant.encoder_cls(cfg)
-  inputs = {k: jnp.asarray(v) for k, v in bm.make_inputs(cfg, batch, seq).items()}
+  inputs = {k: jnp.asarray(v) for k, v in make_inputs(cfg, batch, seq).items()}
   ctx = patched(*variant.patch) if variant.patch else contextlib.nullcontext()
   with ctx:
     params = jax.jit(lambda r: model.init(r, inputs["input_ids"])["params"])(jax.random.key(0))
@@ -187,7 +191,7 @@ def time_interleaved(calls: dict, repeats: int) -> dict:
 
 def layer_decomposition(dtype: str, batch: int, seq: int, repeats: int) -> dict:
   """One BERT-base layer, whole and op by op (standalone jits)."""
-  cfg = bm.model_config("bert", "base", dtype)
+  cfg = model_config("bert", "base", dtype)
   h, i, n, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim
   t = batch * seq
   dt = jnp.dtype(dtype)
@@ -228,7 +232,7 @@ def layer_decomposition(dtype: str, batch: int, seq: int, repeats: int) -> dict:
   bparams = jax.jit(lambda r: block.init(r, xb, mask, None)["params"])(jax.random.key(0))
   whole = jax.jit(lambda p, x, m: block.apply({"params": p}, x, m, None)[0])
   calls = {"whole layer (Block)": (lambda: jax.block_until_ready(whole(bparams, xb, mask)))}
-  flops = {"whole layer (Block)": bm.encoder_flops(
+  flops = {"whole layer (Block)": encoder_flops(
       dataclasses.replace(cfg, num_layers=1, pooler=False), batch, seq)}
   for name, (fn, args, f) in ops.items():
     compiled = jax.jit(fn).lower(*args).compile()
@@ -257,13 +261,13 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   wanted = args.variants.split(",")
   variants = [v for v in VARIANTS if v.name in wanted]
-  monitor = bm.CpuMonitor(lambda: [os.getpid()])
-  bm.wait_for_idle(monitor, args.wait_idle)
-  roof = bm.xla_gemm_gflops(2048, 2048, 2048, args.dtype, 5)
+  monitor = CpuMonitor(lambda: [os.getpid()])
+  wait_for_idle(monitor, args.wait_idle)
+  roof = xla_gemm_gflops(2048, 2048, 2048, args.dtype, 5)
   total = monitor.snapshot()
   res = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds"), "command": "python -m experiments.profile_encoder " + " ".join(
-          sys.argv[1:]), "git": bm.git_info(), "cpu_model": bm.cpu_model(),
+          sys.argv[1:]), "git": git_info(), "cpu_model": cpu_model(),
       "jax": jax.__version__, "dtype": args.dtype, "repeats": args.repeats,
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
       "roofline_2048": roof, "points": {}}
@@ -274,9 +278,9 @@ def main(argv=None):
       cfg, call, compile_s, compiled = build(v, args.dtype, batch, seq)
       calls[v.name] = call
       info[v.name] = {"compile_s": compile_s, "model": v.model,
-                      "flops": bm.encoder_flops(cfg, batch, seq),
-                      "xla_memory": bm.xla_memory(compiled)}
-    bm.wait_for_idle(monitor, args.wait_idle)
+                      "flops": encoder_flops(cfg, batch, seq),
+                      "xla_memory": xla_memory(compiled)}
+    wait_for_idle(monitor, args.wait_idle)
     snap = monitor.snapshot()
     times = time_interleaved(calls, args.repeats)
     load = monitor.since(snap)
@@ -293,7 +297,7 @@ def main(argv=None):
       print(f"{point:8s} {name:20s} {r['median_ms']:9.1f} ms  {r['gflops_per_s']:6.1f} GFLOP/s"
             f"  x{r['speedup_vs_baseline'] or float('nan'):.3f}", flush=True)
     res["points"][point] = {"variants": rows, "interference": load}
-    bm.wait_for_idle(monitor, args.wait_idle)
+    wait_for_idle(monitor, args.wait_idle)
     snap = monitor.snapshot()
     res["points"][point]["layer_decomposition"] = layer_decomposition(
         args.dtype, batch, seq, args.repeats)

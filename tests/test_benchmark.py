@@ -1,9 +1,10 @@
 """experiments/benchmark.py: its --quick path at the tiny sizes, without references.
 
 No timing is asserted (speed is never a test criterion); the test checks that
-the run writes every field, that the analytic FLOP count is the formula in the
-module docstring (numbers worked out by hand below), that it agrees with XLA's
-cost analysis, and that every ratio is computed from the rows.
+the run writes every field, that the analytic FLOP count is the formula in
+lite_bert/models/flops.py's docstring (numbers worked out by hand below), that
+it agrees with XLA's cost analysis, and that every ratio is computed from the
+rows.
 """
 
 import json
@@ -11,7 +12,10 @@ import math
 
 import pytest
 
-from experiments import benchmark as bm
+from experiments import benchmark
+from experiments import benchmark_report as report
+from experiments import timing
+from experiments.benchmark_inputs import MODELS, model_config
 
 # The tiny sizes (configs/*.py:tiny): H=128, I=512, heads=2; BERT L=4 with
 # pooler; DistilBERT L=2, no pooler; ALBERT L=4, E=64, pooler.
@@ -22,7 +26,7 @@ ARGS = ["--quick", "--size=tiny", "--no-reference", "--batches=1,2", "--seqs=32"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   out = tmp_path_factory.mktemp("benchmark")
-  assert bm.main(["--out", str(out)] + ARGS) == 0
+  assert benchmark.main(["--out", str(out)] + ARGS) == 0
   with open(out / "benchmark.json") as f:
     return json.load(f), out
 
@@ -43,7 +47,7 @@ def test_files_and_fields(run):
 
   rows = res["inference"]
   assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in rows} == {
-      (m, "ours", b, 32) for m in bm.MODELS for b in (1, 2)}
+      (m, "ours", b, 32) for m in MODELS for b in (1, 2)}
   for r in rows:
     assert r["repeats"] == len(r["times_s"]) >= 1
     assert r["median_s"] > 0 and r["compile_s"] > 0
@@ -58,7 +62,7 @@ def test_files_and_fields(run):
 
   train = res["training"]
   assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in train} == {
-      (m, "ours", 2, 32) for m in bm.MODELS}
+      (m, "ours", 2, 32) for m in MODELS}
   for r in train:
     assert math.isclose(r["sequences_per_s"], 2 / r["median_s"])
     assert math.isclose(r["mfu"], r["gflops_per_s"] / res["roofline"]["peak_gflops"]["float32"])
@@ -70,7 +74,7 @@ def test_files_and_fields(run):
 
 def test_analytic_flops_match_the_hand_formula(run):
   res, _ = run
-  cfg = {m: bm.model_config(m, "tiny", "float32") for m in bm.MODELS}
+  cfg = {m: model_config(m, "tiny", "float32") for m in MODELS}
   h, i, v = cfg["bert"].hidden_size, cfg["bert"].intermediate_size, cfg["bert"].vocab_size
   assert (h, i) == (128, 512) and cfg["albert"].embedding_dim == 64
   assert (cfg["bert"].num_layers, cfg["distilbert"].num_layers) == (4, 2)
@@ -136,11 +140,11 @@ def test_ratios_are_computed_from_rows(run):
   for r in edited["inference"]:
     if r["model"] == "bert":
       r["median_s"] *= 2
-  again = bm.compute_ratios(edited, bm.MODELS)["model_vs_bert"]
+  again = report.compute_ratios(edited, MODELS)["model_vs_bert"]
   for old, new in zip(entries, again):
     assert math.isclose(new["latency_ratio"], old["latency_ratio"] / 2)
-  targets = {t["target"]: t for t in bm.evaluate_targets(dict(edited, ratios={
-      **bm.compute_ratios(edited, bm.MODELS)}))}
+  targets = {t["target"]: t for t in report.evaluate_targets(dict(edited, ratios={
+      **report.compute_ratios(edited, MODELS)}))}
   assert targets["distil_ratio"]["value"] == {
       f"{e['batch']}x{e['seq']}": e["latency_ratio"] for e in again
       if e["model"] == "distilbert"}
@@ -149,14 +153,14 @@ def test_ratios_are_computed_from_rows(run):
 def test_reference_speedups_are_computed_from_rows():
   rows = []
   for impl, seconds in (("ours", 1.0), ("hf_torch", 1.5), ("hf_flax", 2.0)):
-    for m in bm.MODELS:
+    for m in MODELS:
       rows.append({"model": m, "impl": impl, "batch": 8, "seq": 128, "median_s": seconds,
                    "analytic_flops": 10})
   train = [{"model": "bert", "impl": "ours", "batch": 8, "seq": 128, "median_s": 2.0,
             "analytic_flops": 30},
            {"model": "bert", "impl": "hf_torch", "batch": 8, "seq": 128, "median_s": 3.0,
             "analytic_flops": 30}]
-  ratios = bm.compute_ratios({"inference": rows, "training": train}, bm.MODELS)
+  ratios = report.compute_ratios({"inference": rows, "training": train}, MODELS)
   for e in ratios["ours_vs_reference"]:
     assert e["speedup_vs_hf_torch"] == 1.5 and e["speedup_vs_hf_flax"] == 2.0
   assert ratios["training_vs_reference"][0]["speedup_vs_hf_torch"] == 1.5
@@ -165,29 +169,29 @@ def test_reference_speedups_are_computed_from_rows():
 def fake_candidate(name, seconds, warmup_s, policy):
   """A candidate whose timed calls return `seconds` in turn (last one repeated)."""
   calls = iter(list(seconds) + [seconds[-1]] * 20)
-  c = bm.Candidate(model=name, impl="ours", prepare=dict,
-                   run=lambda: (next(calls), None, 0.0), info={"warmup_s": warmup_s})
-  c.target = bm.repeats_for(warmup_s, policy)
+  c = timing.Candidate(model=name, impl="ours", prepare=dict,
+                       run=lambda: (next(calls), None, 0.0), info={"warmup_s": warmup_s})
+  c.target = timing.repeats_for(warmup_s, policy)
   return c
 
 
 def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
-  policy = bm.REPEATS["full"]
+  policy = timing.REPEATS["full"]
   noisy = fake_candidate("noisy", [0.97, 1.18, 1.21, 1.0, 1.0], 1.0, policy)
   steady = fake_candidate("steady", [1.0, 1.02, 0.99], 1.0, policy)
   long = fake_candidate("long", [5.0, 7.0], 5.0, policy)  # calls over long_s: not extended
-  bm.time_round_robin([noisy, steady, long])
+  timing.time_round_robin([noisy, steady, long])
   assert [len(c.times) for c in (noisy, steady, long)] == [3, 3, 2]
-  bm.time_noisy_again([noisy, steady, long], policy)
+  timing.time_noisy_again([noisy, steady, long], policy)
   assert len(noisy.times) == policy["spread_max"] == 7
   assert noisy.times == [0.97, 1.18, 1.21, 1.0, 1.0, 1.0, 1.0]
-  assert bm.summarize_times(noisy)["median_s"] == 1.0
+  assert timing.summarize_times(noisy)["median_s"] == 1.0
   assert len(steady.times) == 3 and len(long.times) == 2
   # A fixed --repeats policy is never extended.
-  fixed = bm.fixed_repeats(3)
+  fixed = timing.fixed_repeats(3)
   again = fake_candidate("fixed", [0.97, 1.18, 1.21], 1.0, fixed)
-  bm.time_round_robin([again])
-  bm.time_noisy_again([again], fixed)
+  timing.time_round_robin([again])
+  timing.time_noisy_again([again], fixed)
   assert len(again.times) == 3
 
 
@@ -202,7 +206,7 @@ def test_report_includes_analysis_and_probe(run):
                {"variant": "glibc", "env": {"GLIBC_TUNABLES": "x"}, "fp32_2048": 201.0,
                 "bf16_2048": 150.0, "bf16_2048_f32acc": 400.0,
                 "bert_base_train_8x128_float32_ms": 3200.0, "bf16_dot_upcast_to_f32": True}]}
-  text = bm.markdown(res, probe, image_dir="benchmark")
+  text = report.markdown(res, probe, image_dir="benchmark")
   assert "## Where we stand and what limits it" in text
   assert "## CPU settings vs GEMM throughput" in text
   # numbers come from the probe, each bf16 rate against the fp32 rate of its own setting:
