@@ -12,7 +12,8 @@
 # flax 0.12.8. Checked on this machine: FlaxBertModel, FlaxAlbertModel and
 # FlaxDistilBertModel build, load converted weights and run (fp32 and bf16)
 # with flax 0.12.8 + jax 0.10.2, so no older flax is needed. No torch: the
-# worker reads the weights from an .npz written by benchmark.py.
+# worker reads the weights from an .npz written by the benchmark
+# (experiments/benchmark_run.py).
 # Needs network access to PyPI only. Ends with a smoke test.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
