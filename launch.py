@@ -13,7 +13,6 @@ status 2; `--debug` (or LITE_BERT_DEBUG=1) shows the traceback instead.
 """
 
 import importlib
-import logging as py_logging
 import os
 import sys
 
@@ -22,6 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lite_bert import cli
 from lite_bert.errors import UserError
 from lite_bert.train import setup
 from lite_bert.train import guards
@@ -61,78 +61,9 @@ def run(config, workdir: str):
     return module.run(config, workdir)
 
 
-def _one_line(text: str) -> str:
-  """The last non-empty line of an error text (often a nested traceback)."""
-  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-  return lines[-1] if lines else str(text)
-
-
-def parse_flags(argv):
-  """absl's parser, with config-file and override errors as one line each."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a field that does not exist:
-    # the field's name, then (KeyError) a 'Did you mean ...' line.
-    text = e
-    while isinstance(text, BaseException):  # e.g. AttributeError(KeyError(text))
-      text = text.args[0] if text.args else str(text)
-    text = str(text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["?"]
-    field = lines[0].strip(chr(34) + chr(39))
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
-    hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
-    print(f"error: unknown config field {field!r} in {' '.join(named)}{hint}", file=sys.stderr)
-  except OSError as e:
-    # A config file that cannot be read, reported while applying the overrides.
-    print(f"error: cannot load --config: {_one_line(e)}", file=sys.stderr)
-  except flags.Error as e:
-    flag = str(e).splitlines()[0].split(":")[0]
-    detail = _one_line(e)
-    print(f"error: {detail if detail.startswith(flag) else flag + ': ' + detail}",
-          file=sys.stderr)
-  sys.exit(2)
-
-
-class _AbandonedReads(py_logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned reads."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not (message.startswith("Task exception was never retrieved")
-                and "orbax/checkpoint" in message)
-
-
-def _quiet_abandoned_checkpoint_reads() -> None:
-  """Keeps the noise of a failed checkpoint read off stderr (the CLI's one-line errors).
-
-  When Orbax fails to read one array of a damaged checkpoint it stops waiting
-  for the reads of the other arrays: those that fail too are logged by asyncio
-  as "Task exception was never retrieved", and those that finish after Orbax
-  closed its event loop make tensorstore report "Event loop is closed" as an
-  unraisable exception (a bare traceback). The failure itself is already
-  reported by the checkpointer (which then tries an older step), so both kinds
-  are dropped here; every other message and exception passes through.
-  """
-  py_logging.getLogger("asyncio").addFilter(_AbandonedReads())
-  previous = sys.unraisablehook
-
-  def unraisablehook(unraisable):
-    last = unraisable.exc_traceback
-    while last is not None and last.tb_next is not None:
-      last = last.tb_next
-    if (unraisable.exc_type is RuntimeError
-        and str(unraisable.exc_value) == "Event loop is closed" and last is not None
-        and last.tb_frame.f_code.co_name in ("_check_closed", "call_soon_threadsafe")):
-      return
-    previous(unraisable)
-
-  sys.unraisablehook = unraisablehook
-
-
 def main(argv):
-  _quiet_abandoned_checkpoint_reads()
+  cli.quiet_abandoned_checkpoint_reads()
+  cli.quiet_orbax_save_errors()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
@@ -141,7 +72,7 @@ def main(argv):
     config = _CONFIG.value
     config.get("mode")  # config_flags defers a failed file load to first use
   except OSError as e:
-    print(f"error: cannot load --config: {_one_line(e)}", file=sys.stderr)
+    print(f"error: cannot load --config: {cli.one_line(e)}", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.WARNING)
   debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
@@ -161,4 +92,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

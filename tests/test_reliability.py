@@ -32,6 +32,7 @@ import os
 import pathlib
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -968,3 +969,54 @@ def test_export_refuses_a_damaged_step_then_exports_the_offered_one(tmp_path, cl
   assert out.returncode == 0, out.stderr[-3000:]
   assert (tmp_path / "exported" / "model.safetensors").exists()
   assert snapshot(source) == before
+
+
+# ---------------------------------------------------------------------------
+# Write-side failures: one line, exit 2, no tmp folder, no metrics past the last checkpoint.
+
+
+def assert_write_failure(out, workdir, pattern):
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert out.returncode == 2, out.stdout[-1000:] + out.stderr[-3000:]
+  assert len(lines) == 1 and re.fullmatch(pattern, lines[0]), out.stderr[-3000:]
+  assert not tmp_checkpoints(workdir), tmp_checkpoints(workdir)
+  committed = committed_steps(workdir)
+  last = committed[-1] if committed else 0
+  assert all(step <= last for step in logged_steps(workdir)), (logged_steps(workdir), last)
+
+
+def test_a_failed_write_mid_save_is_one_line_and_leaves_no_tmp(tmp_path, cli_env, pretrain_ref):
+  """A file-size limit makes the save's array writes fail as a full disk does (EFBIG/ENOSPC)."""
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in cli_env.items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                "JAX_PERSISTENT_CACHE"))}
+  limit = 64 * 1024  # above every metrics/config/event file, below the checkpoint's arrays
+  out = subprocess.run(
+      command(PRETRAIN + [f"--config.tokenizer.path={pretrain_ref / 'tokenizer' / 'spm.model'}",
+                          "--config.train.num_steps=6"], workdir),
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+  assert_write_failure(out, workdir, r"error: cannot write checkpoint step 2 to \S+: File too "
+                                     r"large \(nothing of step 2 was kept; no step was committed\)")
+
+
+def test_a_read_only_checkpoint_folder_stops_within_seconds(tmp_path, cli_env, pretrain_ref):
+  workdir = tmp_path / "run"
+  shutil.copytree(pretrain_ref, workdir)
+  prefix = []
+  if os.geteuid() == 0:
+    assert shutil.which("setpriv"), "running as root needs setpriv to make a folder read-only"
+    prefix = NO_DAC  # root minus CAP_DAC_OVERRIDE: permissions apply again
+  checkpoint_dir(workdir).chmod(0o555)
+  started = time.monotonic()
+  try:
+    out = subprocess.run(prefix + command(PRETRAIN + [f"--config.train.num_steps={NUM_STEPS + 4}"],
+                                          workdir), cwd=REPO, env=cli_env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+  finally:
+    checkpoint_dir(workdir).chmod(0o755)
+  assert time.monotonic() - started < 120  # it hung for 5 minutes before
+  assert_write_failure(
+      out, workdir, rf"error: cannot write checkpoint step {NUM_STEPS + 2} to \S+: Permission "
+                    rf"denied \(nothing of step {NUM_STEPS + 2} was kept; the run can resume "
+                    rf"from step {NUM_STEPS}\)")

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -79,6 +80,23 @@ class CheckpointReadError(UserError):
                      f"was left in place: this is not evidence that it is damaged)")
     self.step = step
     self.cause = cause
+
+
+class CheckpointWriteError(UserError):
+  """A save that failed (disk full, permission denied, ...): the step was not kept."""
+
+  def __init__(self, directory, step: Optional[int], cause: str, committed: Optional[int]):
+    after = (f"the run can resume from step {committed}" if committed is not None
+             else "no step was committed")
+    super().__init__(f"cannot write checkpoint step {step} to {directory}: {cause} (nothing "
+                     f"of step {step} was kept; {after})")
+    self.step = step
+    self.committed = committed
+
+
+# The operating system's words for a failed write, found in Orbax/tensorstore errors.
+WRITE_FAILURES = ("No space left on device", "Permission denied", "Read-only file system",
+                  "Disk quota exceeded", "File too large", "Input/output error")
 
 
 # What marks a failed read as damage to the step's files (see `is_damage`).
@@ -317,7 +335,12 @@ class Checkpointer:
         save_interval_steps=1,  # the interval is decided in `save`
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,  # a reader leaves a running save alone
-        create=not read_only)
+        create=not read_only,
+        # Create a step's tmp folder in `save` itself: a folder that cannot be
+        # written fails there, not in a background thread others wait on for minutes.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+    self._saving: Optional[int] = None  # the step of the save in flight
+    self._async = async_save
     # Handlers named up front (not inferred from the first save/restore) so that
     # `item_metadata` can describe a step's state before anything is restored.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
@@ -356,19 +379,67 @@ class Checkpointer:
     data = snapshot(dict(data_state))
     full_meta = {**meta, "state_tree": tree_fingerprint(state),
                  "checksums": tree_checksums(state), "data_sha256": json_sha256(data)}
-    return self._manager.save(
-        step, force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(data),
-                                meta=ocp.args.JsonSave(snapshot(full_meta))))
+    self.wait()  # a failed earlier save is reported as itself, before this one starts
+    self._saving = step
+    try:
+      started = self._manager.save(
+          step, force=force,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(data),
+                                  meta=ocp.args.JsonSave(snapshot(full_meta))))
+    except Exception as e:  # pylint: disable=broad-except  # reported as one line
+      raise self._write_failed(e) from e
+    if not self._async:
+      self._saving = None
+    return started
 
   def wait(self) -> None:
-    """Blocks until every started save is committed."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is committed.
+
+    Raises:
+      CheckpointWriteError: the save in flight failed (its tmp folder removed).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # reported as one line
+      raise self._write_failed(e) from e
+    self._saving = None
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    """Waits for pending saves and releases the manager (raises as `wait`)."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except  # already reported by `wait`
+        pass
+
+  def abandon(self) -> None:
+    """Releases the manager on an error path: a failed save is cleaned up, not raised."""
+    try:
+      self.close()
+    except CheckpointWriteError:
+      pass
+
+  def committed_steps(self) -> list[int]:
+    """The step folders on disk now (no waiting, no Orbax state)."""
+    if not os.path.isdir(os.fspath(self.directory)):
+      return []
+    return sorted(int(name) for name in os.listdir(os.fspath(self.directory)) if name.isdigit())
+
+  def _write_failed(self, error: BaseException) -> CheckpointWriteError:
+    """The one-line error for a failed save; removes what the save left behind."""
+    step, self._saving = self._saving, None
+    if jax.process_index() == 0 and os.path.isdir(os.fspath(self.directory)):
+      for name in os.listdir(os.fspath(self.directory)):
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(os.fspath(self.directory), name), ignore_errors=True)
+    text = " ".join(str(e) for e in _chain(error))
+    cause = next((words for words in WRITE_FAILURES if words in text), None) or _short(error,
+                                                                                       200)
+    committed = self.committed_steps()
+    return CheckpointWriteError(self.directory, step, cause, committed[-1] if committed else None)
 
   # -- listing --------------------------------------------------------------
 

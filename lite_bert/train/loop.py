@@ -235,6 +235,7 @@ def train(config, workdir: str, job: Job) -> dict:
       async_save=config.checkpoint.async_save)
   # Closed on any error too: an open manager's background threads would print
   # tracebacks at exit after the one-line error (and a save in flight commits).
+  writer = None
   try:
     restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
                                                 meta_now=job.meta)
@@ -344,12 +345,17 @@ def train(config, workdir: str, job: Job) -> dict:
             why = "SIGTERM" if sigterm.received else "train.stop_after"
             print(f"{job.name}: saved and stopping after step {step} ({why})", flush=True)
           break
+    checkpointer.close()  # waits for the last save: a failed one is reported below
+  except checkpoint_lib.CheckpointWriteError as e:
+    checkpointer.abandon()
+    if writer is not None:  # no metrics for steps that have no checkpoint
+      writer.truncate_after((checkpointer.committed_steps() or [0])[-1])
+      writer.close()
+    raise
   except BaseException:
-    checkpointer.close()
+    checkpointer.abandon()
     raise
 
-  checkpointer.wait()
-  checkpointer.close()
   writer.close()
   if skipped and is_main:
     shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")

@@ -40,6 +40,11 @@ class MetricWriter:
     import tensorboardX  # pylint: disable=import-outside-toplevel
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+  def truncate_after(self, step: int) -> None:
+    """Drops the records of steps after `step` (those a resume from `step` logs again)."""
+    if self.enabled:
+      self._truncate_after(step)
+
   def _truncate_after(self, step: int) -> None:
     if not os.path.exists(self.path):
       return

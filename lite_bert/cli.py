@@ -1,0 +1,100 @@
+"""What `launch.py` needs around absl and ml_collections: one-line errors and quiet Orbax noise.
+
+The command line's contract is one `error:` line and exit status 2 for a bad
+input. absl, ml_collections and Orbax each print more than that in some
+failure; each function here holds one workaround, with the reason beside it.
+"""
+
+import logging as py_logging
+import sys
+
+from absl import flags
+
+
+def one_line(text: str) -> str:
+  """The last non-empty line of an error text (often a nested traceback)."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else str(text)
+
+
+def parse_flags(argv):
+  """absl's parser, with config-file and override errors as one line each."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not exist:
+    # the field's name, then (KeyError) a 'Did you mean ...' line.
+    text = e
+    while isinstance(text, BaseException):  # e.g. AttributeError(KeyError(text))
+      text = text.args[0] if text.args else str(text)
+    text = str(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["?"]
+    field = lines[0].strip(chr(34) + chr(39))
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+    hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
+    print(f"error: unknown config field {field!r} in {' '.join(named)}{hint}", file=sys.stderr)
+  except OSError as e:
+    # A config file that cannot be read, reported while applying the overrides.
+    print(f"error: cannot load --config: {one_line(e)}", file=sys.stderr)
+  except flags.Error as e:
+    flag = str(e).splitlines()[0].split(":")[0]
+    detail = one_line(e)
+    print(f"error: {detail if detail.startswith(flag) else flag + ': ' + detail}",
+          file=sys.stderr)
+  sys.exit(2)
+
+
+class _AbandonedReads(py_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned reads."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved")
+                and "orbax/checkpoint" in message)
+
+
+def quiet_abandoned_checkpoint_reads() -> None:
+  """Keeps the noise of a failed checkpoint read off stderr (the CLI's one-line errors).
+
+  When Orbax fails to read one array of a damaged checkpoint it stops waiting
+  for the reads of the other arrays: those that fail too are logged by asyncio
+  as "Task exception was never retrieved", and those that finish after Orbax
+  closed its event loop make tensorstore report "Event loop is closed" as an
+  unraisable exception (a bare traceback). The failure itself is already
+  reported by the checkpointer (which then tries an older step), so both kinds
+  are dropped here; every other message and exception passes through.
+  """
+  py_logging.getLogger("asyncio").addFilter(_AbandonedReads())
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    last = unraisable.exc_traceback
+    while last is not None and last.tb_next is not None:
+      last = last.tb_next
+    if (unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed" and last is not None
+        and last.tb_frame.f_code.co_name in ("_check_closed", "call_soon_threadsafe")):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = unraisablehook
+
+
+class _OrbaxSaveErrors(py_logging.Filter):
+  """Drops Orbax's own ERROR records (tracebacks of its background save threads)."""
+
+  def filter(self, record):
+    return not (record.levelno >= py_logging.ERROR and "/orbax/" in record.pathname)
+
+
+def quiet_orbax_save_errors() -> None:
+  """Keeps Orbax's logged tracebacks of a failed save off stderr.
+
+  A save that fails in Orbax's background threads (disk full, permission
+  denied) is logged by each thread with its traceback (hundreds of lines), and
+  then raised to the checkpointer, which reports it as one
+  `CheckpointWriteError` naming the step, the folder and the cause. The
+  records are dropped; the error itself is not.
+  """
+  py_logging.getLogger("absl").addFilter(_OrbaxSaveErrors())
