@@ -25,6 +25,7 @@ from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import fingerprints
 from lite_bert.train import setup
 
 
@@ -111,8 +112,7 @@ def check_same_teacher(workdir: str, identity: dict, *, field: str = "distill.te
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return
-  checkpointer = checkpoint_lib.Checkpointer(directory, max_to_keep=None, save_every_steps=1,
-                                             async_save=False)
+  checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True)
   try:
     for step in reversed(checkpointer.all_steps()):
       try:
@@ -162,10 +162,10 @@ def params_digest(params) -> str:
   digest wherever they are loaded from (a workdir, its copy, its HF export).
   """
   digest = hashlib.sha256()
-  for path, leaf in sorted(checkpoint_lib.leaf_paths(params), key=lambda item: item[0]):
+  for path, leaf in sorted(fingerprints.leaf_paths(params), key=lambda item: item[0]):
     value = np.ascontiguousarray(np.asarray(leaf))
     digest.update(f"{path}:{value.dtype}:{value.shape};".encode())
-    digest.update(checkpoint_lib.array_sha256(value).encode())
+    digest.update(fingerprints.array_sha256(value).encode())
   return digest.hexdigest()
 
 

@@ -23,6 +23,7 @@ import pytest
 from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
 from lite_bert.train import checkpoint as ckpt_lib
+from lite_bert.train import fingerprints
 from lite_bert.train import mesh as mesh_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def abstract_of(state):
 
 
 def meta_of(state, model=MODEL) -> dict:
-  return ckpt_lib.make_meta(model, state["params"])
+  return fingerprints.make_meta(model, state["params"])
 
 
 def assert_bit_exact(got, want):
@@ -121,9 +122,9 @@ def test_round_trip_is_bit_exact(tmp_path, async_save):
   assert_bit_exact(restored, state)
   assert restored_data == data_state
   assert meta["model"]["hidden_size"] == 32
-  assert meta["params"] == ckpt_lib.tree_fingerprint(state["params"])
+  assert meta["params"] == fingerprints.tree_fingerprint(state["params"])
   arrays = {path for path, entry in meta["state_tree"].items() if "shape" in entry}
-  assert set(meta["checksums"]) == arrays == {p for p, _ in ckpt_lib.leaf_paths(state)}
+  assert set(meta["checksums"]) == arrays == {p for p, _ in fingerprints.leaf_paths(state)}
   assert meta["state_tree"]["opt_state/1"] == {"empty": "EmptyState"}
 
 
@@ -186,18 +187,18 @@ def test_other_model_config_is_refused_naming_the_fields(tmp_path):
 
 
 def test_other_param_tree_is_refused_naming_the_first_differing_path():
-  saved = ckpt_lib.make_meta(MODEL, make_state()["params"])
+  saved = fingerprints.make_meta(MODEL, make_state()["params"])
   params = make_state()["params"]
   params["dense"]["bias"] = jnp.zeros((33,), jnp.float32)
   with pytest.raises(UserError, match=r"'dense/bias' is float32\[32\] in the "
                                       r"checkpoint, float32\[33\] here"):
-    ckpt_lib.check_compatible(saved, ckpt_lib.make_meta(MODEL, params))
+    fingerprints.check_compatible(saved, fingerprints.make_meta(MODEL, params))
   del params["dense"]["bias"]
   with pytest.raises(UserError, match=r"'dense/bias' is float32\[32\] in the "
                                       r"checkpoint, absent here"):
-    ckpt_lib.check_compatible(saved, ckpt_lib.make_meta(MODEL, params))
+    fingerprints.check_compatible(saved, fingerprints.make_meta(MODEL, params))
   newer = {**saved, "lite_bert_version": "9.9"}
-  ckpt_lib.check_compatible(newer, saved)  # a version alone is no reason to refuse
+  fingerprints.check_compatible(newer, saved)  # a version alone is no reason to refuse
 
 
 def test_other_optimizer_state_is_refused_before_reading_arrays(tmp_path):
@@ -442,8 +443,8 @@ def test_the_verified_loader_refuses_a_damaged_step_and_offers_the_newest_good(t
     ckpt_lib.load_verified(tmp_path, step=7)
   restored = ckpt_lib.load_verified(tmp_path, step=1)  # no model, no abstract state needed
   assert restored.step == 1 and restored.data_state == {"position": 1}
-  for path, leaf in ckpt_lib.leaf_paths(make_state(1)):
-    got = dict(ckpt_lib.leaf_paths(restored.state))[path]
+  for path, leaf in fingerprints.leaf_paths(make_state(1)):
+    got = dict(fingerprints.leaf_paths(restored.state))[path]
     assert np.asarray(got).tobytes() == np.asarray(leaf).tobytes(), path
   assert snapshot(tmp_path) == before  # a reader never moves or repairs anything
   flip_bytes(largest_file(tmp_path / "1"))

@@ -38,7 +38,7 @@ from lite_bert.data import pipeline
 from lite_bert.errors import UserError
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.models.heads import PretrainingModel
-from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import fingerprints
 from lite_bert.train import evaluation
 from lite_bert.train import mesh as mesh_lib
 from lite_bert.train import objectives
@@ -59,8 +59,8 @@ def check_params_fit(model, params, run_config, workdir: str, choice: str) -> No
   """Refuses params whose tree differs from the model its config.json describes."""
   ids = jax.ShapeDtypeStruct((1, run_config.data.max_seq_length), jnp.int32)
   expected = jax.eval_shape(lambda i: model.init(jax.random.key(0), i)["params"], ids)
-  difference = checkpoint_lib.first_tree_difference(checkpoint_lib.tree_fingerprint(params),
-                                                    checkpoint_lib.tree_fingerprint(expected))
+  difference = fingerprints.first_tree_difference(fingerprints.tree_fingerprint(params),
+                                                    fingerprints.tree_fingerprint(expected))
   if difference:
     raise UserError(f"the {choice} params in {workdir} do not fit the model its config.json "
                     f"describes: parameter {difference}")

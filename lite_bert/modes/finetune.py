@@ -30,6 +30,7 @@ from lite_bert.errors import UserError
 from lite_bert.models import convert
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.train import checkpoint as checkpoint_lib
+from lite_bert.train import fingerprints
 from lite_bert.train import loop
 from lite_bert.train import objectives
 from lite_bert.train import setup
@@ -94,7 +95,7 @@ def keep_best(config, spec, workdir: str):
     # The same writer as the run's checkpoints: sha256 per array, verified on read.
     writer = checkpoint_lib.Checkpointer(os.path.join(tmp, "params"), async_save=False)
     try:
-      writer.save(step, {"params": params}, {}, checkpoint_lib.make_meta(config.model, params),
+      writer.save(step, {"params": params}, {}, fingerprints.make_meta(config.model, params),
                   force=True)
     finally:
       writer.close()

@@ -346,7 +346,7 @@ def train(config, workdir: str, job: Job) -> dict:
             print(f"{job.name}: saved and stopping after step {step} ({why})", flush=True)
           break
     checkpointer.close()  # waits for the last save: a failed one is reported below
-  except checkpoint_lib.CheckpointWriteError as e:
+  except checkpoint_lib.CheckpointWriteError:
     checkpointer.abandon()
     if writer is not None:  # no metrics for steps that have no checkpoint
       writer.truncate_after((checkpointer.committed_steps() or [0])[-1])
