@@ -76,6 +76,7 @@ import lite_bert
 from lite_bert.data import tokenizers as tokenizers_lib
 from lite_bert.errors import UserError
 from lite_bert.models import convert
+from lite_bert.models import convert_hf_config
 from lite_bert.models.config import EncoderConfig
 
 FAMILIES = ("bert", "albert", "distilbert")
@@ -122,20 +123,20 @@ def check_exportable(cfg: EncoderConfig, family: str, params: Mapping[str, Any])
       raise UserError(f"{what} DistilBERT has no token types and no pooler, the model has "
                       f"type_vocab_size={cfg.type_vocab_size}, pooler={cfg.pooler} (export "
                       f"as arch='bert')")
-    if cfg.layer_norm_eps != convert.DISTILBERT_LAYER_NORM_EPS:
+    if cfg.layer_norm_eps != convert_hf_config.DISTILBERT_LAYER_NORM_EPS:
       raise UserError(f"{what} model.layer_norm_eps={cfg.layer_norm_eps}: transformers' "
-                      f"DistilBERT hard-codes {convert.DISTILBERT_LAYER_NORM_EPS}")
-  if cfg.activation not in convert.HF_ACTIVATIONS:
+                      f"DistilBERT hard-codes {convert_hf_config.DISTILBERT_LAYER_NORM_EPS}")
+  if cfg.activation not in convert_hf_config.HF_ACTIVATIONS:
     raise UserError(f"{what} model.activation={cfg.activation!r} has no transformers name")
 
 
 def hf_config(cfg: EncoderConfig, family: str, arch_class: str,
               tokenizer: Optional[tokenizers_lib.Tokenizer] = None,
               provenance: Optional[dict] = None) -> dict:
-  """config.json contents for `family`: `convert.hf_checkpoint_config` + lite_bert's provenance."""
+  """config.json contents: `convert_hf_config.hf_checkpoint_config` + lite_bert's provenance."""
   ids = {} if tokenizer is None else dict(pad_id=tokenizer.pad_id, cls_id=tokenizer.cls_id,
                                           sep_id=tokenizer.sep_id)
-  config = convert.hf_checkpoint_config(cfg, family, arch_class, **ids)
+  config = convert_hf_config.hf_checkpoint_config(cfg, family, arch_class, **ids)
   config["lite_bert"] = dict(provenance or {}, version=lite_bert.__version__,
                              model=cfg.to_dict())
   return config
@@ -277,7 +278,7 @@ def export_huggingface(model: Union["lite_bert.pretrained.Loaded", Sequence[Any]
   except OSError as e:
     raise UserError(f"cannot create {out_dir}: {e.strerror}") from e
 
-  arch_class = convert.hf_architecture(family, params)
+  arch_class = convert_hf_config.hf_architecture(family, params)
   state = convert.hf_checkpoint_state_dict(params, cfg, family)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
