@@ -361,9 +361,12 @@ def test_kill9_pretrain_resumes_bit_for_bit(tmp_path, cli_env, pretrain_ref):
     if kind == "tokenizer":
       run.wait_until(lambda: (workdir / "tokenizer").is_dir(), "tokenizer training")
       time.sleep(target)
+      run.stop()  # frozen: what is on disk now is what the kill leaves
+      # Training on wiki.test takes seconds: a kill within 1 s lands mid-training.
+      assert not (workdir / "tokenizer" / "spm.model").exists(), (
+          f"the tokenizer finished within {target} s: the kill did not land mid-training")
       run.kill()
-      happened = ("trained" if (workdir / "tokenizer" / "spm.model").exists()
-                  else "killed while training the tokenizer")
+      happened = "killed while training the tokenizer"
     elif kind == "saving":
       step = kill_while_saving(run, target)
       assert step not in committed_steps(workdir)  # it was being written: not committed
@@ -398,6 +401,13 @@ def test_kill9_pretrain_resumes_bit_for_bit(tmp_path, cli_env, pretrain_ref):
   restarts = [out for *_, out in runs[1:]] + [final.stdout]
   for (*_, steps, _), out in zip(runs, restarts):
     assert resumed_from(out) == (steps[-1] if steps else 0), (steps, out)
+  # The run after the tokenizer kill trained a whole tokenizer again (nothing half-written
+  # was taken for one); later restarts reuse it.
+  tokenizer_kills = [i for i, run in enumerate(runs) if run[0] == "tokenizer"]
+  for i in tokenizer_kills:
+    assert "training a sentencepiece tokenizer" in restarts[i], restarts[i]
+  assert all("training a sentencepiece tokenizer" not in out
+             for out in restarts[max(tokenizer_kills) + 1:])
   assert sum("while writing" in r[2] for r in runs) == 2 and lock_checked
   assert not tmp_checkpoints(workdir)  # leftovers of the killed writes are gone
   assert_same_run(workdir, pretrain_ref)
