@@ -14,14 +14,22 @@ classes hold a model.
   torch references            `hf_pretraining_modules` (a *ForPreTraining
                               model's submodules), `hf_derived_key`,
                               `hf_no_weight_decay` (parameter-name rules)
+  tokenizer files             `hf_special_tokens` (special_tokens_map.json),
+                              `hf_wordpiece_tokenizer_config` /
+                              `hf_sentencepiece_tokenizer_config`
+                              (tokenizer_config.json: which transformers
+                              tokenizer class, with which options)
 
 Together with `convert.py` this is where lite_bert keeps Hugging Face names.
 """
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
+
+if TYPE_CHECKING:
+  from lite_bert.data import tokenizers as tokenizers_lib  # pylint: disable=g-import-not-at-top
 
 # The families lite_bert converts: transformers `model_type`s.
 ARCHS = ("bert", "albert", "distilbert")
@@ -260,3 +268,66 @@ def hf_checkpoint_config(cfg: EncoderConfig, arch: str, architecture: str, *, pa
   if arch == "albert" and cls_id is not None:
     config.update(bos_token_id=cls_id, eos_token_id=sep_id)
   return config
+
+
+# ----------------------------------- tokenizer_config.json and special_tokens_map.json
+
+def hf_special_tokens(tokenizer: "tokenizers_lib.Tokenizer", *,
+                      sentencepiece: bool = False) -> Dict[str, str]:
+  """special_tokens_map.json of a lite_bert tokenizer: its pad, unk, cls, sep, mask tokens.
+
+  With `sentencepiece`, also bos = [CLS] and eos = [SEP], as ALBERT's.
+  """
+  names = ("pad", "unk", "cls", "sep", "mask")
+  special = {f"{n}_token": tokenizer.id_to_token(getattr(tokenizer, f"{n}_id")) for n in names}
+  if sentencepiece:
+    special.update(bos_token=special["cls_token"], eos_token=special["sep_token"])
+  return special
+
+
+def _normalizer_options(tok_json: Mapping[str, Any]) -> dict:
+  """do_lower_case / strip_accents / tokenize_chinese_chars of a BertNormalizer."""
+  normalizer = tok_json.get("normalizer") or {}
+  stack = [normalizer]
+  while stack:
+    node = stack.pop()
+    if node.get("type") == "BertNormalizer":
+      return dict(do_lower_case=bool(node.get("lowercase", True)),
+                  strip_accents=node.get("strip_accents"),
+                  tokenize_chinese_chars=bool(node.get("handle_chinese_chars", True)))
+    stack.extend(node.get("normalizers") or [])
+  return dict(do_lower_case=False, strip_accents=None, tokenize_chinese_chars=True)
+
+
+def _model_inputs(family: str) -> dict:
+  """DistilBERT's forward takes no token_type_ids: its tokenizer must not make them."""
+  if family == "distilbert":
+    return {"model_input_names": ["input_ids", "attention_mask"]}
+  return {}
+
+
+def hf_wordpiece_tokenizer_config(special: Mapping[str, str], family: str, max_length: int,
+                                  tokenizer_json: Mapping[str, Any]) -> dict:
+  """tokenizer_config.json of a WordPiece vocabulary (BertTokenizer / DistilBertTokenizer).
+
+  `special`: `hf_special_tokens`'s; `tokenizer_json`: the `tokenizers`
+  Tokenizer's JSON, whose BertNormalizer gives do_lower_case, strip_accents
+  and tokenize_chinese_chars.
+  """
+  cls_name = "DistilBertTokenizer" if family == "distilbert" else "BertTokenizer"
+  return dict(special, tokenizer_class=cls_name, model_max_length=max_length,
+              clean_up_tokenization_spaces=False, **_normalizer_options(tokenizer_json),
+              **_model_inputs(family))
+
+
+def hf_sentencepiece_tokenizer_config(special: Mapping[str, str], family: str,
+                                      max_length: int, do_lower_case: bool) -> dict:
+  """tokenizer_config.json of a sentencepiece model: AlbertTokenizer, for any family.
+
+  AlbertTokenizer is transformers' sentencepiece tokenizer; keep_accents=True
+  leaves normalization to the model itself. `special`: `hf_special_tokens(...,
+  sentencepiece=True)`'s.
+  """
+  return dict(special, tokenizer_class="AlbertTokenizer", do_lower_case=do_lower_case,
+              keep_accents=True, remove_space=True, model_max_length=max_length,
+              clean_up_tokenization_spaces=False, **_model_inputs(family))

@@ -148,34 +148,14 @@ def _write_json(path: str, obj: Any) -> None:
     f.write("\n")
 
 
-def _special_tokens(tokenizer: tokenizers_lib.Tokenizer) -> dict:
-  names = ("pad", "unk", "cls", "sep", "mask")
-  return {f"{n}_token": tokenizer.id_to_token(getattr(tokenizer, f"{n}_id")) for n in names}
-
-
-def _normalizer_options(tok_json: dict) -> dict:
-  """do_lower_case / strip_accents / tokenize_chinese_chars of a BertNormalizer."""
-  normalizer = tok_json.get("normalizer") or {}
-  stack = [normalizer]
-  while stack:
-    node = stack.pop()
-    if node.get("type") == "BertNormalizer":
-      return dict(do_lower_case=bool(node.get("lowercase", True)),
-                  strip_accents=node.get("strip_accents"),
-                  tokenize_chinese_chars=bool(node.get("handle_chinese_chars", True)))
-    stack.extend(node.get("normalizers") or [])
-  return dict(do_lower_case=False, strip_accents=None, tokenize_chinese_chars=True)
-
-
 def write_wordpiece_tokenizer(tokenizer: tokenizers_lib.WordPieceTokenizer, out_dir: str,
                               family: str, max_length: int) -> list[str]:
   """vocab.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json."""
   import tokenizers as hf_tokenizers  # pylint: disable=g-import-not-at-top
   # The Tokenizer lite_bert encodes with (normalizer, pre-tokenizer, WordPiece).
   tok = hf_tokenizers.Tokenizer.from_str(tokenizer._tok.to_str())  # pylint: disable=protected-access
-  special = _special_tokens(tokenizer)
   if tok.post_processor is None:
-    cls, sep = special["cls_token"], special["sep_token"]
+    cls, sep = tokenizer.id_to_token(tokenizer.cls_id), tokenizer.id_to_token(tokenizer.sep_id)
     tok.post_processor = hf_tokenizers.processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, tokenizer.cls_id), (sep, tokenizer.sep_id)])
@@ -187,35 +167,25 @@ def write_wordpiece_tokenizer(tokenizer: tokenizers_lib.WordPieceTokenizer, out_
                     f"cannot write vocab.txt")
   with open(os.path.join(out_dir, "vocab.txt"), "w", encoding="utf-8") as f:
     f.writelines(token + "\n" for token, _ in by_id)
-  options = _normalizer_options(json.loads(tok.to_str()))
-  cls_name = "DistilBertTokenizer" if family == "distilbert" else "BertTokenizer"
+  special = convert_hf_config.hf_special_tokens(tokenizer)
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
-              dict(special, tokenizer_class=cls_name, model_max_length=max_length,
-                   clean_up_tokenization_spaces=False, **options, **_model_inputs(family)))
+              convert_hf_config.hf_wordpiece_tokenizer_config(
+                  special, family, max_length, json.loads(tok.to_str())))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
-def _model_inputs(family: str) -> dict:
-  """DistilBERT's forward takes no token_type_ids: its tokenizer must not make them."""
-  if family == "distilbert":
-    return {"model_input_names": ["input_ids", "attention_mask"]}
-  return {}
-
-
 def write_sentencepiece_tokenizer(tokenizer: tokenizers_lib.SentencePieceTokenizer,
                                   out_dir: str, family: str, max_length: int) -> list[str]:
-  """spiece.model, tokenizer_config.json (AlbertTokenizer), special_tokens_map.json."""
+  """spiece.model, tokenizer_config.json, special_tokens_map.json."""
   shutil.copyfile(tokenizer.source, os.path.join(out_dir, "spiece.model"))
-  special = _special_tokens(tokenizer)
-  special.update(bos_token=special["cls_token"], eos_token=special["sep_token"])
+  special = convert_hf_config.hf_special_tokens(tokenizer, sentencepiece=True)
   # lite_bert's own models fold case in the sentencepiece normalizer; ALBERT's
   # released ones are loaded with do_lower_case=True (SentencePieceTokenizer).
-  do_lower_case = bool(getattr(tokenizer, "_do_lower_case", False))
+  lower = bool(getattr(tokenizer, "_do_lower_case", False))
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
-              dict(special, tokenizer_class="AlbertTokenizer", do_lower_case=do_lower_case,
-                   keep_accents=True, remove_space=True, model_max_length=max_length,
-                   clean_up_tokenization_spaces=False, **_model_inputs(family)))
+              convert_hf_config.hf_sentencepiece_tokenizer_config(special, family, max_length,
+                                                                  lower))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["spiece.model", "tokenizer_config.json", "special_tokens_map.json"]
 
