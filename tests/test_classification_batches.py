@@ -60,3 +60,26 @@ def test_restored_iterator_continues_exactly():
     got = next(resumed)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_processes_share_every_batch_shape_and_together_cover_each_row_once():
+  """2 processes: the same number of batches, equal shapes per batch, disjoint rows."""
+  encoded, labels = rows(203)
+  options = dict(pad_id=0, pad_multiple=8, max_seq_length=64, regression=False)
+  parts = [classification.eval_batches(encoded, labels, batch_size=16, process_index=p,
+                                       process_count=2, **options) for p in range(2)]
+  assert len(parts[0]) == len(parts[1]) == -(-203 // 16)
+  for a, b in zip(*parts):
+    assert a["input_ids"].shape == b["input_ids"].shape and a["input_ids"].shape[0] == 8
+  ids = np.concatenate([b["example_ids"] for part in parts for b in part])
+  ids = ids[ids >= 0]
+  assert sorted(ids.tolist()) == list(range(203))
+  one = classification.eval_batches(encoded, labels, batch_size=16, **options)
+  assert [sorted(b["example_ids"][b["example_ids"] >= 0].tolist()) for b in one] == [
+      sorted(np.concatenate([p0["example_ids"], p1["example_ids"]])[
+          np.concatenate([p0["example_ids"], p1["example_ids"]]) >= 0].tolist())
+      for p0, p1 in zip(*parts)]  # the same global batches as one process reads
+  train = [batches(encoded, labels, 30, batch_size=4, process_index=p, process_count=2,
+                   bucket_batches=5)[0] for p in range(2)]
+  for a, b in zip(*train):  # training batches too: padded to the global batch's longest row
+    assert a["input_ids"].shape == b["input_ids"].shape

@@ -46,14 +46,19 @@ def encode_rows(rows: Sequence[dict], text_fields: Sequence[str], tokenizer: Tok
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], labels: Sequence, indices,
             *, batch_size: int, pad_id: int, pad_multiple: int, max_seq_length: int,
-            regression: bool) -> dict:
+            regression: bool, global_indices=None) -> dict:
   """Pads `encoded[indices]` to one batch; rows past the data get weight 0.
+
+  `global_indices`: the rows of the whole global batch (every process's), which
+  decide the padded length, so that every process's part has the same shape
+  (default: `indices`).
 
   Returns input_ids, attention_mask, token_type_ids [batch, seq] int32,
   labels [batch] (int32 or float32), weights [batch] float32, example_ids
   [batch] int32 (-1 for padding rows).
   """
-  longest = max(len(encoded[i][0]) for i in indices)
+  rows = indices if global_indices is None else global_indices
+  longest = max(len(encoded[i][0]) for i in rows)
   seq = min(max_seq_length, -(-longest // pad_multiple) * pad_multiple)
   input_ids = np.full((batch_size, seq), pad_id, np.int32)
   token_types = np.zeros((batch_size, seq), np.int32)
@@ -134,16 +139,33 @@ class TaskBatches:
     chosen = order[self.position:self.position + global_batch]
     self.position += global_batch
     mine = chosen[self.process_index::self.process_count]
-    return collate(self.encoded, self.labels, mine, batch_size=self.batch_size, **self.options)
+    return collate(self.encoded, self.labels, mine, batch_size=self.batch_size,
+                   global_indices=chosen, **self.options)
 
 
 def eval_batches(encoded, labels, *, batch_size: int, pad_id: int, pad_multiple: int,
-                 max_seq_length: int, regression: bool) -> list[dict]:
-  """Every row once, in order; the last batch filled with weight-0 rows."""
+                 max_seq_length: int, regression: bool, process_index: int = 0,
+                 process_count: int = 1) -> list[dict]:
+  """This process's part of every eval batch: each row once over all processes, in order.
+
+  Global batch b holds rows [b * batch_size, (b + 1) * batch_size) of the rows
+  sorted by length (less padding); process p takes the p-th contiguous slice
+  of batch_size / process_count of them. The last batch is filled with
+  weight-0 rows (example id -1). Every process gets the same number of
+  batches, padded to the same length (the global batch's longest row).
+  """
   if not encoded:
     raise UserError("the evaluation split has no rows")
-  order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")  # less padding
-  return [collate(encoded, labels, order[start:start + batch_size], batch_size=batch_size,
-                  pad_id=pad_id, pad_multiple=pad_multiple, max_seq_length=max_seq_length,
-                  regression=regression)
-          for start in range(0, len(order), batch_size)]
+  if batch_size % process_count:
+    raise UserError(f"finetune.eval_batch_size={batch_size} is not divisible by the "
+                    f"{process_count} processes")
+  per_process = batch_size // process_count
+  order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
+  batches = []
+  for start in range(0, len(order), batch_size):
+    chosen = order[start:start + batch_size]
+    mine = chosen[process_index * per_process:(process_index + 1) * per_process]
+    batches.append(collate(encoded, labels, mine, batch_size=per_process, pad_id=pad_id,
+                           pad_multiple=pad_multiple, max_seq_length=max_seq_length,
+                           regression=regression, global_indices=chosen))
+  return batches

@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lite_bert import files
 from lite_bert.data import classification
@@ -70,15 +71,28 @@ def tokenizer_of_run(run_config, workdir: str):
   return tokenizers.load_tokenizer(run_config.tokenizer.path)
 
 
-def predict(apply_fn, params, batches, to_global) -> np.ndarray:
-  """Logits [examples, num_labels] in the original row order."""
+def predict(apply_fn, params, batches, to_global, num_examples: int) -> np.ndarray:
+  """Logits [examples, num_labels] in the original row order, on every process.
+
+  Each process feeds its part of every global batch (`classification.eval_batches`);
+  the global logits and example ids are gathered to every process (small:
+  batch x labels), so each example is counted exactly once however the rows
+  are split over processes and devices.
+  """
   outputs = {}
   for batch in batches:
-    logits = np.asarray(jax.device_get(apply_fn(params, to_global(batch))))
-    for row, example in enumerate(batch["example_ids"]):
+    global_batch = to_global(batch)
+    logits, example_ids = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                           for x in (apply_fn(params, global_batch),
+                                     global_batch["example_ids"]))
+    for row, example in enumerate(example_ids):
       if example >= 0:
+        if int(example) in outputs:
+          raise RuntimeError(f"eval example {int(example)} was scored twice")
         outputs[int(example)] = logits[row]
-  return np.stack([outputs[i] for i in range(len(outputs))])
+  if len(outputs) != num_examples:
+    raise RuntimeError(f"{len(outputs)} of {num_examples} eval examples were scored")
+  return np.stack([outputs[i] for i in range(num_examples)])
 
 
 def predictions_from_logits(spec: glue.TaskSpec, logits: np.ndarray) -> np.ndarray:
@@ -110,14 +124,15 @@ def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, 
       split: classification.eval_batches(
           encoded, labels, batch_size=config.finetune.eval_batch_size,
           pad_id=pad_id, pad_multiple=config.finetune.pad_multiple,
-          max_seq_length=config.data.max_seq_length, regression=spec.is_regression)
+          max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
+          process_index=jax.process_index(), process_count=jax.process_count())
       for split, (_, encoded, labels) in data.eval_splits.items()}
 
   def score(params, frozen, to_global):
     del frozen
     numbers = {}
     for split, (rows, _, labels) in data.eval_splits.items():
-      logits = predict(apply_fn, params, batches[split], to_global)
+      logits = predict(apply_fn, params, batches[split], to_global, len(rows))
       predictions = predictions_from_logits(spec, logits)
       metrics = task_metrics.compute(spec.metrics, predictions, labels)
       if jax.process_index() == 0:
