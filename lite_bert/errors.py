@@ -9,3 +9,9 @@ config field in the message.
 
 class UserError(Exception):
   """A problem with the input or the configuration, explained in its message."""
+
+
+def clip(text: str, limit: int = 200) -> str:
+  """`text` on one line, cut to `limit` characters: what an error message may quote."""
+  text = " ".join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."

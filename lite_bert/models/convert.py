@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lite_bert.errors import UserError
+from lite_bert.errors import UserError, clip
 from lite_bert.models import convert_hf_config
 from lite_bert.models import summary
 from lite_bert.models.config import EncoderConfig
@@ -435,6 +435,7 @@ def fill_missing(params: Mapping[str, Any], fresh: Mapping[str, Any]) -> dict:
 
 def read_hf_state_dict(folder: str) -> Dict[str, np.ndarray]:
   """Reads model.safetensors (or its sharded index) or pytorch_model.bin from `folder`."""
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   single = os.path.join(folder, "model.safetensors")
   index = single + ".index.json"
@@ -449,15 +450,20 @@ def read_hf_state_dict(folder: str) -> Dict[str, np.ndarray]:
       for shard in shards:
         state.update(load_file(os.path.join(folder, shard)))
       return state
-  except (OSError, ValueError, KeyError) as e:
-    raise UserError(f"cannot read the safetensors checkpoint in {folder}: {e}") from e
+  except (OSError, ValueError, KeyError, SafetensorError) as e:
+    # A truncated or foreign file: the library's own words, cut to one short line.
+    raise UserError(f"cannot read the safetensors checkpoint in {folder}: "
+                    f"{type(e).__name__}: {clip(str(e))}") from e
   if os.path.exists(binary):
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise UserError(f"{binary} is a torch pickle and torch is not installed; convert it to "
                       f"model.safetensors or install torch") from e
-    state = torch.load(binary, map_location="cpu", weights_only=True)
+    try:
+      state = torch.load(binary, map_location="cpu", weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except  # truncated or not a torch file
+      raise UserError(f"cannot read {binary}: {type(e).__name__}: {clip(str(e))}") from e
     return {k: _to_numpy(v, k) for k, v in state.items()}
   raise UserError(f"{folder} has no model.safetensors, model.safetensors.index.json or "
                   f"pytorch_model.bin")
