@@ -1,14 +1,19 @@
-"""Held-out evaluation as sums and counts: the one loop every job's evaluation runs.
+"""Held-out evaluation, the one place every job's evaluation runs, multi-process-ready.
 
-A jitted step returns metric *sums and counts* (as the objectives do); they
-are added up over a fixed list of batches on the host and only then turned
-into means (`objectives.summarize`), so every example counts once however the
-batches are split over devices or hosts.
+Two ways over a fixed list of batches, both counting every example once
+however the batches are split over devices and processes:
+  summed    a jitted step returns metric *sums and counts* (as the objectives
+            do), added up on the host and only then turned into means
+            (`objectives.summarize`): MLM loss/accuracy, distillation losses;
+  gathered  per-example outputs gathered to every process by example id, for
+            metrics that are not sums (F1, MCC, Spearman) and prediction files.
 """
 
 from typing import Callable
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from lite_bert.data import pipeline
 from lite_bert.train import objectives
@@ -42,3 +47,29 @@ def make_mlm_evaluate(loss_fn, eval_batches):
     return numbers
 
   return evaluate
+
+
+def gathered(apply_fn, params, batches, to_global, num_examples: int) -> np.ndarray:
+  """Per-example outputs (logits [examples, num_labels]) in the original row order, on every process.
+
+  For metrics that are not sums (F1, MCC, Spearman) and for prediction files.
+
+  Each process feeds its part of every global batch (`classification.eval_batches`);
+  the global logits and example ids are gathered to every process (small:
+  batch x labels), so each example is counted exactly once however the rows
+  are split over processes and devices.
+  """
+  outputs = {}
+  for batch in batches:
+    global_batch = to_global(batch)
+    logits, example_ids = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                           for x in (apply_fn(params, global_batch),
+                                     global_batch["example_ids"]))
+    for row, example in enumerate(example_ids):
+      if example >= 0:
+        if int(example) in outputs:
+          raise RuntimeError(f"eval example {int(example)} was scored twice")
+        outputs[int(example)] = logits[row]
+  if len(outputs) != num_examples:
+    raise RuntimeError(f"{len(outputs)} of {num_examples} eval examples were scored")
+  return np.stack([outputs[i] for i in range(num_examples)])

@@ -11,13 +11,13 @@ import os
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from lite_bert import files
 from lite_bert.data import classification
 from lite_bert.data import glue
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
+from lite_bert.train import evaluation
 from lite_bert.train import task_metrics
 
 
@@ -71,30 +71,6 @@ def tokenizer_of_run(run_config, workdir: str):
   return tokenizers.load_tokenizer(run_config.tokenizer.path)
 
 
-def predict(apply_fn, params, batches, to_global, num_examples: int) -> np.ndarray:
-  """Logits [examples, num_labels] in the original row order, on every process.
-
-  Each process feeds its part of every global batch (`classification.eval_batches`);
-  the global logits and example ids are gathered to every process (small:
-  batch x labels), so each example is counted exactly once however the rows
-  are split over processes and devices.
-  """
-  outputs = {}
-  for batch in batches:
-    global_batch = to_global(batch)
-    logits, example_ids = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                           for x in (apply_fn(params, global_batch),
-                                     global_batch["example_ids"]))
-    for row, example in enumerate(example_ids):
-      if example >= 0:
-        if int(example) in outputs:
-          raise RuntimeError(f"eval example {int(example)} was scored twice")
-        outputs[int(example)] = logits[row]
-  if len(outputs) != num_examples:
-    raise RuntimeError(f"{len(outputs)} of {num_examples} eval examples were scored")
-  return np.stack([outputs[i] for i in range(num_examples)])
-
-
 def predictions_from_logits(spec: glue.TaskSpec, logits: np.ndarray) -> np.ndarray:
   return logits[:, 0] if spec.is_regression else np.argmax(logits, axis=-1)
 
@@ -132,7 +108,7 @@ def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, 
     del frozen
     numbers = {}
     for split, (rows, _, labels) in data.eval_splits.items():
-      logits = predict(apply_fn, params, batches[split], to_global, len(rows))
+      logits = evaluation.gathered(apply_fn, params, batches[split], to_global, len(rows))
       predictions = predictions_from_logits(spec, logits)
       metrics = task_metrics.compute(spec.metrics, predictions, labels)
       if jax.process_index() == 0:
