@@ -4,34 +4,20 @@
 best median of large square matmuls through XLA, plus model-shaped ones, and
 the same in torch when references are on); `xla_gemm_gflops` /
 `torch_gemm_gflops` time one matmul shape. On a GPU the peak is a datasheet
-number keyed by `device_kind` (`GPU_PEAK_TFLOPS`).
+number keyed by `device_kind` (`GPU_PEAK_TFLOPS` in `lite_bert/train/peak.py`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Optional
 
 import numpy as np
 
 import jax
 import jax.numpy as jnp
 
-# Dense (no sparsity) datasheet peaks in TFLOP/s, by device kind substring.
-# 'float32' on these GPUs is what XLA runs an fp32 matmul as by default (TF32
-# tensor cores); 'float32_cuda_cores' is the non-tensor-core rate.
-GPU_PEAK_TFLOPS = (
-    ("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0,
-                   "float32_cuda_cores": 51.0}),
-    ("H100", {"bfloat16": 989.0, "float16": 989.0, "float32": 494.5,
-              "float32_cuda_cores": 67.0}),
-    ("H200", {"bfloat16": 989.0, "float16": 989.0, "float32": 494.5,
-              "float32_cuda_cores": 67.0}),
-    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0,
-              "float32_cuda_cores": 19.5}),
-)
-
+from lite_bert.train.peak import gpu_peak
 
 def xla_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
   """GFLOP/s of an [m, k] x [k, n] XLA matmul in `dtype` (median of `repeats` calls)."""
@@ -69,14 +55,6 @@ def torch_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
   t = statistics.median(times)
   return {"m": m, "k": k, "n": n, "dtype": dtype, "median_s": t, "repeats": repeats,
           "gflops": 2 * m * k * n / t / 1e9}
-
-
-def gpu_peak(device_kind: str, dtype: str) -> Optional[float]:
-  """Datasheet GFLOP/s of a GPU `device_kind` in `dtype` (None for an unknown GPU)."""
-  for key, table in GPU_PEAK_TFLOPS:
-    if key.lower() in device_kind.lower():
-      return table.get(dtype, table["float32"]) * 1e3
-  return None
 
 
 def measure_roofline(args, dtypes: tuple, hidden: int, inter: int) -> dict:

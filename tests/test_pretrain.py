@@ -17,6 +17,8 @@ from configs import albert
 from configs import bert
 from lite_bert import paths
 from lite_bert.errors import UserError
+from lite_bert.models import flops
+from lite_bert.models.config import EncoderConfig
 from lite_bert.train import metrics as metrics_lib
 
 WIKI = paths.data_dir() / "wikitext" / "wikitext-2-raw"
@@ -155,3 +157,22 @@ LEARNING_MEASURED = {
     "configs.albert": {"mlm_drop": 2.30, "mlm_accuracy": 0.0953, "pair_accuracy": 0.5570,
                        "mlm_unigram_accuracy": 0.0472},
 }
+
+
+def test_train_records_carry_model_flops_and_utilisation(tmp_path, monkeypatch):
+  """model TFLOP/s / steps/s = the analytic step FLOPs; MFU = model FLOP/s / the device peak."""
+  monkeypatch.setenv("LITE_BERT_CACHE", str(tmp_path / "cache"))
+  workdir = str(tmp_path / "run")
+  config = tiny_config(bert, **{"train.num_steps": 10, "train.log_every": 5})
+  launch.run(config, workdir)
+  records = metrics_lib.read_metrics(workdir, "train")
+  cfg = EncoderConfig.from_dict(config.model.to_dict())
+  # 16 x 64 tokens, 10 gathered MLM positions (= masked_positions_per_seq(64)), NSP head.
+  per_step = flops.train_step_flops("bert", cfg, 16, 64)
+  with open(tmp_path / "cache" / "peak.json") as f:
+    (peak,) = json.load(f).values()  # the CPU's GEMM rate, measured once by the run
+  for record in records:
+    assert record["model_tflops_per_s"] * 1e12 / record["steps_per_s"] == pytest.approx(
+        per_step, rel=1e-9)
+    assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] * 1e12 / peak, rel=1e-9)
+    assert 0 < record["mfu"] < 1

@@ -103,6 +103,31 @@ def train_step_flops(name: str, cfg: EncoderConfig, batch: int, seq: int,
   return 3 * forward
 
 
+def step_flops(cfg: EncoderConfig, batch: dict, *, pair_head: bool = False,
+               num_labels: int = 0, teacher: Optional[EncoderConfig] = None,
+               teacher_mlm: bool = False) -> int:
+  """Analytic model FLOPs of one training step on `batch` (its shapes decide).
+
+  batch: input_ids [rows, seq], and masked_positions [rows, P] when the step
+  has an MLM head (pretraining, distillation). The trained model counts 3x its
+  forward (forward + backward): encoder, MLM head at the P gathered positions,
+  NSP/SOP head (`pair_head`) or classifier (`num_labels`); a frozen `teacher`
+  counts its forward once (encoder without pooler, plus its MLM head at the
+  same positions when `teacher_mlm`).
+  """
+  rows, seq = batch["input_ids"].shape
+  positions = batch["masked_positions"].shape[1] if "masked_positions" in batch else 0
+  forward = encoder_flops(cfg, rows, seq, pooler=pair_head or num_labels > 0)
+  forward += mlm_head_flops(cfg, rows, positions) if positions else 0
+  forward += pair_head_flops(cfg, rows) if pair_head else 0
+  forward += rows * 2 * cfg.hidden_size * num_labels
+  total = 3 * forward
+  if teacher is not None:
+    total += encoder_flops(teacher, rows, seq, pooler=False)
+    total += mlm_head_flops(teacher, rows, positions) if teacher_mlm and positions else 0
+  return total
+
+
 # ------------------------------------------------------------- XLA's count
 
 def xla_flops(compiled) -> Optional[float]:

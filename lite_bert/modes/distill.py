@@ -34,6 +34,7 @@ records the teacher (path, step, architecture, a sha256 of its weights); a
 resume with a different teacher is refused before anything is restored.
 """
 
+import functools
 import os
 from typing import Optional
 
@@ -46,6 +47,7 @@ from lite_bert import teachers
 from lite_bert.data import pipeline
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
+from lite_bert.models import flops
 from lite_bert.models import student as student_lib
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder
@@ -321,7 +323,9 @@ def build_job(config, workdir: str) -> loop.Job:
   meta = setup.model_meta(cfg, pair_head=False, job="distill", teacher=teacher.identity)
   return loop.Job(name=f"distill {config.name}", init_params=init_params, loss_fn=loss_fn,
                   make_train_iter=make_train_iter, evaluate=evaluate, meta=meta,
-                  load_params=load_params, frozen=teacher.params)
+                  load_params=load_params, frozen=teacher.params,
+                  step_flops=functools.partial(flops.step_flops, cfg, teacher=teacher.cfg,
+                                               teacher_mlm="mlm_head" in teacher.params))
 
 
 def run(config, workdir: str) -> dict:

@@ -13,6 +13,7 @@ predictions of the best evaluation by the task's first metric; the params as a
 one-step checkpoint, written and verified like the run's own).
 """
 
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from lite_bert import teachers
 from lite_bert.data import classification
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
+from lite_bert.models import flops
 from lite_bert.models import convert
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.train import checkpoint as checkpoint_lib
@@ -187,7 +189,10 @@ def build_job(config, workdir: str) -> loop.Job:
                   frozen=frozen,
                   evaluate=task_eval.make_scorer(config, spec, data, model, workdir,
                                                  tokenizer.pad_id),
-                  on_eval=keep_best(config, spec, workdir))
+                  on_eval=keep_best(config, spec, workdir),
+                  step_flops=functools.partial(
+                      flops.step_flops, cfg, num_labels=spec.num_labels,
+                      teacher=None if frozen is None else teacher.cfg))
 
 
 def run(config, workdir: str) -> dict:

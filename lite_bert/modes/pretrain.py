@@ -8,9 +8,12 @@ evaluates held-out MLM accuracy / perplexity and NSP/SOP accuracy every
 checkpoints/, metrics.jsonl, tensorboard/.
 """
 
+import functools
+
 import jax.numpy as jnp
 
 from lite_bert.data import pipeline
+from lite_bert.models import flops
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.train import evaluation
 from lite_bert.train import loop
@@ -45,7 +48,9 @@ def build_job(config, workdir: str) -> loop.Job:
 
   meta = setup.model_meta(cfg, pair_head=config.pair_head, job="pretrain")
   return loop.Job(name=f"pretrain {config.name}", init_params=init_params, loss_fn=loss_fn,
-                  make_train_iter=make_train_iter, evaluate=evaluate, meta=meta)
+                  make_train_iter=make_train_iter, evaluate=evaluate, meta=meta,
+                  step_flops=functools.partial(flops.step_flops, cfg,
+                                               pair_head=bool(config.pair_head)))
 
 
 def run(config, workdir: str) -> dict:

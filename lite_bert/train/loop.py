@@ -29,6 +29,7 @@ from lite_bert.train import mesh as mesh_lib
 from lite_bert.train import metrics as metrics_lib
 from lite_bert.train import objectives
 from lite_bert.train import optim
+from lite_bert.train import peak as peak_lib
 
 PyTree = Any
 
@@ -55,6 +56,9 @@ class Job:
       and compared on restore so an incompatible config is refused.
     on_eval: Optional (step, params, eval_numbers) -> None, called after each
       evaluation (e.g. to keep the best-dev checkpoint).
+    step_flops: Optional host batch -> analytic model FLOPs of this process's
+      rows of a step (`models.flops.step_flops`), for the model-FLOPs
+      utilisation every progress line and metrics record shows.
   """
 
   name: str
@@ -66,6 +70,7 @@ class Job:
   load_params: Optional[Callable[[PyTree], PyTree]] = None
   frozen: PyTree = None
   on_eval: Optional[Callable[[int, PyTree, dict], None]] = None
+  step_flops: Optional[Callable[[dict], float]] = None
 
 
 def all_finite(tree) -> jax.Array:
@@ -280,7 +285,12 @@ def train(config, workdir: str, job: Job) -> dict:
 
     # ---------------------------------------------------------------- loop
     writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
-    progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main)
+    peak, peak_source = (None, "")
+    if job.step_flops is not None:
+      peak, peak_source = peak_lib.device_peak(str(config.model.get("dtype", "float32")))
+    progress = metrics_lib.Progress(first_step, total_steps, enabled=is_main, peak_flops=peak)
+    if is_main and job.step_flops is not None:
+      print(f"{job.name}: utilisation (MFU) against {peak_source}", flush=True)
     pending: list = []  # device metrics not yet read back
     skipped: list = []  # steps whose update was skipped (on_nonfinite=skip)
     last_good_step = first_step
@@ -294,6 +304,8 @@ def train(config, workdir: str, job: Job) -> dict:
         except StopIteration:
           raise UserError(f"{job.name}: the training data ran out at step {step}") from None
         progress.add_tokens(int(np.sum(host_batch["attention_mask"])) * jax.process_count())
+        if job.step_flops is not None:
+          progress.add_flops(job.step_flops(host_batch) * jax.process_count())
         batch = to_global(host_batch)
         state, step_metrics = step_fn(state, frozen, batch)
         pending.append(step_metrics)

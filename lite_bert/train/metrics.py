@@ -73,21 +73,33 @@ class MetricWriter:
 class Progress:
   """Steps/s, tokens/s and ETA since the loop (re)started; prints one line per call."""
 
-  def __init__(self, first_step: int, total_steps: int, *, enabled: bool = True):
+  def __init__(self, first_step: int, total_steps: int, *, enabled: bool = True,
+               peak_flops: Optional[float] = None):
     self.first_step = first_step
     self.total_steps = total_steps
     self.enabled = enabled
     self.start = time.perf_counter()
     self.tokens = 0
+    self.flops = 0.0
+    self.peak_flops = peak_flops
 
   def add_tokens(self, count: int) -> None:
     self.tokens += count
 
+  def add_flops(self, count: float) -> None:
+    self.flops += count
+
   def rates(self, step: int) -> dict:
+    """steps/s, tokens/s, ETA; model TFLOP/s and MFU (0..1) when FLOPs are counted."""
     elapsed = max(time.perf_counter() - self.start, 1e-9)
     steps_per_s = (step - self.first_step) / elapsed
     eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
-    return {"steps_per_s": steps_per_s, "tokens_per_s": self.tokens / elapsed, "eta_s": eta}
+    rates = {"steps_per_s": steps_per_s, "tokens_per_s": self.tokens / elapsed, "eta_s": eta}
+    if self.flops:
+      rates["model_tflops_per_s"] = self.flops / elapsed / 1e12
+      if self.peak_flops:
+        rates["mfu"] = self.flops / elapsed / self.peak_flops
+    return rates
 
   def line(self, step: int, values: dict) -> None:
     if not self.enabled:
@@ -97,5 +109,6 @@ class Progress:
                      if k not in ("steps_per_s", "tokens_per_s", "eta_s"))
     eta = rates["eta_s"]
     eta_text = f"{eta / 60:.1f}min" if eta != float("inf") else "?"
+    mfu = f" MFU {100 * rates['mfu']:.2g}%" if "mfu" in rates else ""
     print(f"step {step}/{self.total_steps} {shown} | {rates['steps_per_s']:.2f} steps/s "
-          f"{rates['tokens_per_s']:.0f} tok/s ETA {eta_text}", file=sys.stdout, flush=True)
+          f"{rates['tokens_per_s']:.0f} tok/s{mfu} ETA {eta_text}", file=sys.stdout, flush=True)
