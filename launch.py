@@ -46,6 +46,7 @@ def run(config, workdir: str):
   if not os.access(workdir, os.W_OK):
     raise UserError(f"workdir {workdir} is not writable")
   module = importlib.import_module(f"lite_bert.modes.{mode}")
+  setup.use_compilation_cache(config)
   if mode in ("pretrain", "distill", "finetune"):  # the loop's fields, before any write
     from lite_bert.train import loop  # pylint: disable=import-outside-toplevel  # jax
     # Fine-tuning sets train.num_steps from finetune.epochs once it has read the data.

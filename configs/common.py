@@ -22,6 +22,10 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   config.arch = arch
   config.mode = "summary"  # summary | tokenizer | pretrain | distill | finetune | evaluate
   config.seed = 0  # params init, dropout, data order and masks all derive from it
+  # JAX's persistent compilation cache: a rerun, resume or second run with the same
+  # shapes loads its compiled steps instead of compiling again. '' = the folder in
+  # $LITE_BERT_COMPILE_CACHE, else ~/.cache/lite_bert/jax; 'off' disables it.
+  config.compilation_cache = ""
 
   config.model = config_dict.ConfigDict(model)
   # EncoderConfig.embedding_size may be None (E = H); keep the field typed.

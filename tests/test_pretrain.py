@@ -176,3 +176,30 @@ def test_train_records_carry_model_flops_and_utilisation(tmp_path, monkeypatch):
         per_step, rel=1e-9)
     assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] * 1e12 / peak, rel=1e-9)
     assert 0 < record["mfu"] < 1
+
+
+def test_compiled_steps_are_cached_unless_turned_off(tmp_path):
+  """config.compilation_cache (or $LITE_BERT_COMPILE_CACHE) holds the compiled steps; 'off' none."""
+  args = [sys.executable, "launch.py", "--config=configs/bert.py:tiny", "--config.mode=pretrain",
+          f"--config.data.corpus={WIKI / 'wiki.test.raw'}",
+          f"--config.data.eval_corpus={WIKI / 'wiki.valid.raw'}",
+          "--config.model.vocab_size=1000", "--config.data.batch_size=8",
+          "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
+          "--config.data.eval_batches=1", "--config.train.num_steps=2",
+          "--config.checkpoint.every_steps=2", "--config.optim.warmup_steps=1"]
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update(LITE_BERT_COMPILE_CACHE=str(tmp_path / "from_env"), JAX_PLATFORMS="cpu")
+  out = subprocess.run(args + [f"--workdir={tmp_path / 'a'}",
+                               f"--config.compilation_cache={tmp_path / 'cache'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert any((tmp_path / "cache").iterdir())  # the field wins over the environment
+  assert not (tmp_path / "from_env").exists()
+  tokenizer = f"--config.tokenizer.path={tmp_path / 'a' / 'tokenizer' / 'spm.model'}"
+  out = subprocess.run(args + [f"--workdir={tmp_path / 'b'}", "--config.compilation_cache=off",
+                               tokenizer],
+                       cwd=REPO, env=dict(env, HOME=str(tmp_path / "home")),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert not (tmp_path / "from_env").exists()
+  assert not (tmp_path / "home" / ".cache" / "lite_bert" / "jax").exists()

@@ -4,6 +4,7 @@ batch options, the model's fingerprint, the resolved config file."""
 import contextvars
 import json
 import os
+from typing import Optional
 
 import jax
 from ml_collections import config_dict
@@ -14,6 +15,23 @@ from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
+
+
+def use_compilation_cache(config) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache for this process; returns its folder.
+
+  `config.compilation_cache` wins, then $LITE_BERT_COMPILE_CACHE, then a folder
+  already given to JAX (JAX_COMPILATION_CACHE_DIR), then
+  ~/.cache/lite_bert/jax; 'off' (in either place) turns it off. Compiles
+  shorter than JAX's threshold (1 s) are not stored.
+  """
+  folder = config.get("compilation_cache", "") or os.environ.get("LITE_BERT_COMPILE_CACHE", "")
+  if folder == "off":
+    return None
+  folder = folder or jax.config.jax_compilation_cache_dir or os.path.join(
+      os.path.expanduser("~"), ".cache", "lite_bert", "jax")
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
 
 
 def encoder_config(config) -> EncoderConfig:
@@ -111,7 +129,7 @@ def set_on_command_line(field: str) -> bool:
 
 # Fields a rerun of a workdir may change and still be the same run: how long it
 # runs, how often it logs, evaluates and saves, and on what devices.
-RERUN_MAY_CHANGE = ("name", "train.num_steps", "train.log_every", "train.eval_every",
+RERUN_MAY_CHANGE = ("name", "compilation_cache", "train.num_steps", "train.log_every", "train.eval_every",
                     "train.sync_every", "train.stop_after", "train.on_nonfinite", "checkpoint.",
                     "mesh.", "distributed.", "evaluate.", "data.eval_batches",
                     "finetune.eval_batch_size")
@@ -130,7 +148,8 @@ def check_same_run(config: config_dict.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir's run with settings that would make it another run.
 
   Compares the config with the workdir's config.json (which describes the
-  checkpoints beside it) field by field, except `RERUN_MAY_CHANGE`; a refused
+  checkpoints beside it) field by field, except `RERUN_MAY_CHANGE` and fields
+  config.json does not have (added by a later lite_bert); a refused
   rerun leaves config.json as it was.
 
   Raises:
@@ -143,9 +162,10 @@ def check_same_run(config: config_dict.ConfigDict, workdir: str) -> None:
   except (OSError, ValueError):
     return  # no readable record to hold the run to
   now = _flatten(json.loads(config.to_json_best_effort()))
-  differ = [key for key in sorted(set(saved) | set(now))
+  # A field config.json lacks was added to lite_bert after the run began: not a change.
+  differ = [key for key in sorted(saved)
             if not key.startswith(RERUN_MAY_CHANGE) and key not in RERUN_MAY_CHANGE
-            and saved.get(key, "<absent>") != now.get(key, "<absent>")]
+            and saved[key] != now.get(key, "<absent>")]
   if differ:
     shown = lambda values: ", ".join(f"{k}={values.get(k, '<absent>')!r}" for k in differ[:4])
     more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
