@@ -26,7 +26,7 @@ from lite_bert.errors import UserError
 from lite_bert.train import setup
 from lite_bert.train import guards
 
-MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate")
+MODES = ("summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate", "predict")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/bert.py:base.", lock_config=True)

@@ -84,6 +84,10 @@ def get_config(arg: str = "sst2"):
   config.evaluate = config_dict.ConfigDict()  # mode=evaluate on a fine-tuned workdir
   config.evaluate.split = "validation"  # any split of the task
   config.evaluate.checkpoint = "best"  # best (by dev metric) | latest | a step number
+  config.predict = config_dict.ConfigDict()  # mode=predict on a fine-tuned workdir
+  config.predict.input = ""  # TSV with the task's text columns, plain text (one per line), -
+  config.predict.output = ""  # TSV: index, label, prob_<label>... (or value); - = stdout
+  config.predict.checkpoint = "best"  # best | latest | a step number
 
   config.data.max_seq_length = recipe["max_seq_length"]
   config.data.batch_size = 32

@@ -16,6 +16,7 @@ import sklearn.metrics
 import launch
 from configs import finetune as finetune_config
 from lite_bert import paths
+from lite_bert import predictor
 from lite_bert.data import glue
 from lite_bert.errors import UserError
 from lite_bert.train import metrics as metrics_lib
@@ -77,6 +78,30 @@ def test_finetune_and_evaluate_metrics_equal_sklearn(tmp_path, task):
   assert numbers["validation_accuracy"] == pytest.approx(reported["accuracy"])
   with open(os.path.join(workdir, "evaluate_validation.json")) as f:
     assert json.load(f)["accuracy"] == pytest.approx(reported["accuracy"])
+  # predict on the dev texts (a TSV with the task's columns) gives the same labels.
+  source = tmp_path / "dev_texts.tsv"
+  with open(source, "w") as f:
+    f.write("\t".join(["idx", *spec.text_fields]) + "\n")
+    f.writelines("\t".join([str(row["idx"]), *(row[k] for k in spec.text_fields)]) + "\n"
+                 for row in dev)
+  config = tiny_config(task)
+  config.mode = "predict"
+  config.predict.input, config.predict.output = str(source), str(tmp_path / "out.tsv")
+  assert launch.run(config, workdir)["examples"] == len(dev)
+  with open(tmp_path / "out.tsv") as f:
+    rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  assert [int(r["index"]) for r in rows] == list(range(len(dev)))
+  assert [spec.labels.index(r["label"]) for r in rows] == predicted
+  for r in rows:
+    probs = [float(r[f"prob_{label}"]) for label in spec.labels]
+    assert sum(probs) == pytest.approx(1, abs=1e-5)
+    assert spec.labels[int(np.argmax(probs))] == r["label"]
+  # The same in one Python call; a text longer than the model takes is cut and counted.
+  texts = [tuple(row[k] for k in spec.text_fields) for row in dev[:3]]
+  texts = [t[0] if len(t) == 1 else t for t in texts]
+  assert [r["label"] for r in predictor.predict(workdir, texts)] == [r["label"] for r in rows[:3]]
+  long = ("word " * 400,) * len(spec.text_fields)
+  assert predictor.Predictor(workdir)([long[0] if len(long) == 1 else long]).truncated == 1
 
 
 def test_cli_finetune_writes_outputs(tmp_path):

@@ -21,7 +21,7 @@ LAYERS = {
     "lite_bert.train": 3,
     # Loading what a run left behind: workdirs, Hugging Face folders, teachers.
     "lite_bert.pretrained": 4, "lite_bert.teachers": 4, "lite_bert.export": 4,
-    "lite_bert.inspect": 4,
+    "lite_bert.inspect": 4, "lite_bert.predictor": 4,
     "lite_bert.modes": 5, "lite_bert.cli": 5,
 }
 

@@ -587,6 +587,7 @@ SUMMARY = ["--config=configs/bert.py:tiny", "--config.mode=summary"]
 TOKENIZER = ["--config=configs/tokenizer.py", f"--config.data.corpus={WIKI / 'wiki.valid.raw'}",
              "--config.tokenizer.vocab_size=500"]
 EVALUATE = ["--config=configs/finetune.py:sst2,bert:tiny", "--config.mode=evaluate"]
+PREDICT = ["--config=configs/finetune.py:sst2,bert:tiny", "--config.mode=predict"]
 SST_HEADER = "sentence\tlabel\n"
 
 
@@ -813,6 +814,20 @@ BAD_INPUTS = [
      r"cannot read the safetensors checkpoint in \S+truncated_hf: .{1,220}$"),
     ("finetune/foreign_weights", "fresh", lambda c: finetune_args(c.files / "foreign_hf", c.sst2_dir),
      r"cannot read the safetensors checkpoint in \S+foreign_hf: .{1,220}$"),
+    # predict (a finished fine-tuning run)
+    ("predict/no_input", "finetuned", lambda c: PREDICT + ["--config.predict.output=-"],
+     r"predict mode needs --config\.predict\.input"),
+    ("predict/empty_input", "finetuned",
+     lambda c: PREDICT + [f"--config.predict.input={c.files / 'blank.txt'}",
+                          "--config.predict.output=-"], r"blank\.txt is empty: nothing to predict"),
+    ("predict/missing_column", "finetuned",
+     lambda c: PREDICT + [f"--config.predict.input={c.files / 'badheader' / 'train.tsv'}",
+                          "--config.predict.output=-"],
+     r"train\.tsv line 1: 2 tab-separated columns, a TSV header without the column\(s\) "
+     r"\['sentence'\]"),
+    ("predict/not_a_finetuned_run", "pretrained",
+     lambda c: PREDICT + [f"--config.predict.input={c.files / 'latin1.txt'}",
+                          "--config.predict.output=-"], r"holds a 'pretrain' run; predict needs"),
     # Conflicts spoken: an override the run would not use.
     ("finetune/architecture_conflicts_with_init", "fresh",
      lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.model.num_layers=3"],
@@ -832,14 +847,15 @@ BAD_INPUTS = [
      rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
 ]
-N_BAD_INPUTS = 72  # README "Reliability" quotes this count
+N_BAD_INPUTS = 76  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():
   assert len(BAD_INPUTS) == N_BAD_INPUTS
   assert len({case[0] for case in BAD_INPUTS}) == N_BAD_INPUTS
   modes = {case[0].split("/")[0] for case in BAD_INPUTS}
-  assert modes == {"summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate"}
+  assert modes == {"summary", "tokenizer", "pretrain", "distill", "finetune", "evaluate",
+                   "predict"}
 
 
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
