@@ -78,6 +78,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
   setup.COMMAND_LINE_FIELDS.set(frozenset(config_flags.get_override_values(flags.FLAGS["config"])))
+  setup.CONFIG_ARGUMENT.set(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
     run(config, _WORKDIR.value)
   except guards.Preempted:

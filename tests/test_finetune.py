@@ -115,6 +115,14 @@ def test_cli_finetune_writes_outputs(tmp_path):
   out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "eval @ 2: validation_accuracy=" in out.stdout
+  # The run ends on a summary: what it reached, where it is, what to run next.
+  summary = out.stdout[out.stdout.index("finetune SST-2: finished step 2/2 in "):]
+  best = json.loads((workdir / "best" / "best.json").read_text())
+  assert f"best: validation_accuracy={best['value']:.4g} at step 2" in summary
+  assert f"checkpoints: {workdir / 'checkpoints'}" in summary
+  assert (f"python launch.py --config=configs/finetune.py:sst2,bert:tiny --workdir={workdir} "
+          f"--config.mode=predict") in summary
+  assert f"python -m lite_bert.export --source={workdir}" in summary
   for name in ("config.json", "eval_validation.json", "predictions_validation.tsv",
                "metrics.jsonl", "best/best.json"):
     assert (workdir / name).exists(), name

@@ -14,6 +14,7 @@ XLA's CPU collectives from deadlocking when many sharded steps are queued
 import dataclasses
 import functools
 import os
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import jax
@@ -204,6 +205,7 @@ def train(config, workdir: str, job: Job) -> dict:
 
   Returns the last train and eval numbers.
   """
+  started = time.perf_counter()
   check_config(config)
   tcfg = config.train
   total_steps = int(tcfg.num_steps)
@@ -373,4 +375,10 @@ def train(config, workdir: str, job: Job) -> dict:
     shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
     print(f"{job.name}: skipped {len(skipped)} update(s) with a non-finite loss, gradient "
           f"or update (train.on_nonfinite=skip): step(s) {shown}", flush=True)
+  if is_main:
+    lines = metrics_lib.run_summary(
+        config, workdir, job.name, first_step=first_step, step=step, total_steps=total_steps,
+        train_numbers=train_numbers, eval_numbers=eval_numbers,
+        seconds=time.perf_counter() - started, config_argument=setup.CONFIG_ARGUMENT.get())
+    print("\n".join(lines), flush=True)
   return {"train": train_numbers, "eval": eval_numbers, "step": step, "params": state["params"]}

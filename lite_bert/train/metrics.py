@@ -112,3 +112,42 @@ class Progress:
     mfu = f" MFU {100 * rates['mfu']:.2g}%" if "mfu" in rates else ""
     print(f"step {step}/{self.total_steps} {shown} | {rates['steps_per_s']:.2f} steps/s "
           f"{rates['tokens_per_s']:.0f} tok/s{mfu} ETA {eta_text}", file=sys.stdout, flush=True)
+
+
+def run_summary(config, workdir: str, name: str, *, first_step: int, step: int,
+                total_steps: int, train_numbers: dict, eval_numbers: dict, seconds: float,
+                config_argument: str = "") -> list:
+  """The lines a training run ends on: what it reached, where it is, what to run next."""
+  shown = lambda numbers, keys: " ".join(f"{k}={numbers[k]:.4g}" for k in keys if k in numbers)
+  resumed = f", resumed from step {first_step}" if first_step else ""
+  lines = [f"{name}: {'finished' if step >= total_steps else 'stopped at'} step {step}/"
+           f"{total_steps} in {seconds / 60:.1f} min (this run{resumed})"]
+  final = shown(train_numbers, ("loss", "mlm_accuracy", "accuracy"))
+  evals = " ".join(f"{k}={v:.4g}" for k, v in eval_numbers.items())
+  lines.append(f"  final: train {final or '-'}; eval {evals or '-'}")
+  best_path = os.path.join(workdir, "best", "best.json")
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best = json.load(f)
+    lines.append(f"  best: {best['metric']}={best['value']:.4g} at step {best['step']} "
+                 f"({os.path.join(workdir, 'best')})")
+  lines.append(f"  checkpoints: {os.path.join(workdir, 'checkpoints')}   metrics: "
+               f"{os.path.join(workdir, 'metrics.jsonl')}   TensorBoard: "
+               f"{os.path.join(workdir, 'tensorboard')}")
+  if step < total_steps:
+    lines.append("  next: rerun the same command to resume")
+    return lines
+  cfg = config_argument or "CONFIG"
+  run = f"python launch.py --config={cfg} --workdir={workdir}"
+  export = f"python -m lite_bert.export --source={workdir} --out={workdir}/hf"
+  if config.get("mode") == "finetune":
+    commands = [f"{run} --config.mode=evaluate --config.evaluate.split=validation",
+                f"{run} --config.mode=predict --config.predict.input=TEXTS.tsv "
+                f"--config.predict.output=-", export]
+  else:
+    commands = [f"{run} --config.mode=evaluate --config.data.eval_corpus=HELD_OUT.txt",
+                f"python launch.py --config=configs/finetune.py:sst2,{config.get('arch', 'bert')}"
+                f" --workdir={workdir.rstrip('/')}_sst2 --config.finetune.init={workdir}", export]
+  lines.append("  next:")
+  lines.extend(f"    {command}" for command in commands)
+  return lines

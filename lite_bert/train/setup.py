@@ -122,6 +122,12 @@ COMMAND_LINE_FIELDS: contextvars.ContextVar = contextvars.ContextVar(
     "lite_bert_command_line_fields", default=frozenset())
 
 
+# The --config argument launch.py was given ('configs/bert.py:tiny'), for the
+# next commands a run's summary suggests; '' for programmatic runs.
+CONFIG_ARGUMENT: contextvars.ContextVar = contextvars.ContextVar(
+    "lite_bert_config_argument", default="")
+
+
 def set_on_command_line(field: str) -> bool:
   """Whether `field` (e.g. 'model.num_heads') was given as --config.<field>."""
   return field in COMMAND_LINE_FIELDS.get()
