@@ -17,6 +17,7 @@ import hashlib
 import os
 from typing import Optional
 
+import jax
 import numpy as np
 
 from lite_bert import pretrained
@@ -54,6 +55,8 @@ def load_teacher(config, student_cfg: EncoderConfig, *, needs_logits: bool) -> T
     raise UserError(f"--config.distill.teacher={source} does not exist (expected a lite_bert "
                     f"pretraining workdir or a Hugging Face BERT folder)")
   step = int(config.distill.teacher_step) or None
+  if jax.process_index() == 0:
+    print(f"distill: loading the teacher {source}", flush=True)
   loaded = pretrained.load(source, step=step,
                            choose_with="--config.distill.teacher_step={step}")
   where = f"teacher {source}"

@@ -115,6 +115,12 @@ def test_cli_finetune_writes_outputs(tmp_path):
   out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "eval @ 2: validation_accuracy=" in out.stdout
+  # Progress from the first second: tokenizing, compiling each new shape, the first step.
+  assert "SST-2 train: tokenized " in out.stdout and "SST-2 validation: tokenized " in out.stdout
+  assert "finetune SST-2: compiling the train step for batch shape 8x" in out.stdout
+  most = -(-finetune_config.TASK_RECIPES["sst2"]["max_seq_length"] // 8)  # / pad_multiple
+  assert f"(shape 1 of at most {most})" in out.stdout
+  assert "finetune SST-2: step 1 started " in out.stdout
   # The run ends on a summary: what it reached, where it is, what to run next.
   summary = out.stdout[out.stdout.index("finetune SST-2: finished step 2/2 in "):]
   best = json.loads((workdir / "best" / "best.json").read_text())

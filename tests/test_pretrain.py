@@ -159,12 +159,21 @@ LEARNING_MEASURED = {
 }
 
 
-def test_train_records_carry_model_flops_and_utilisation(tmp_path, monkeypatch):
-  """model TFLOP/s / steps/s = the analytic step FLOPs; MFU = model FLOP/s / the device peak."""
+def test_train_records_carry_model_flops_and_utilisation(tmp_path, monkeypatch, capsys):
+  """model TFLOP/s / steps/s = the analytic step FLOPs; MFU = model FLOP/s / the device peak.
+
+  Also: with the time-based progress line due at every step (PROGRESS_EVERY_S=0),
+  steps between log lines print a rates-only line (a long log_every is never silent).
+  """
   monkeypatch.setenv("LITE_BERT_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(metrics_lib, "PROGRESS_EVERY_S", 0.0)
   workdir = str(tmp_path / "run")
   config = tiny_config(bert, **{"train.num_steps": 10, "train.log_every": 5})
   launch.run(config, workdir)
+  printed = capsys.readouterr().out
+  assert "pretrain bert-tiny: step 1 started " in printed
+  assert "step 1/10 | " in printed and "step 3/10 | " in printed  # rates only, no metrics
+  assert "step 5/10 mlm_accuracy=" in printed  # the log step itself: metrics
   records = metrics_lib.read_metrics(workdir, "train")
   cfg = EncoderConfig.from_dict(config.model.to_dict())
   # 16 x 64 tokens, 10 gathered MLM positions (= masked_positions_per_seq(64)), NSP head.

@@ -49,6 +49,8 @@ def model_and_tokenizer(config, workdir: str):
   """
   source = None
   if config.finetune.init:
+    if jax.process_index() == 0:
+      print(f"finetune: loading the encoder of {config.finetune.init}", flush=True)
     source = pretrained.load(config.finetune.init, step=int(config.finetune.init_step) or None,
                              choose_with="--config.finetune.init_step={step}")
     with config.unlocked():
@@ -190,6 +192,7 @@ def build_job(config, workdir: str) -> loop.Job:
                   evaluate=task_eval.make_scorer(config, spec, data, model, workdir,
                                                  tokenizer.pad_id),
                   on_eval=keep_best(config, spec, workdir),
+                  max_shapes=math.ceil(config.data.max_seq_length / config.finetune.pad_multiple),
                   step_flops=functools.partial(
                       flops.step_flops, cfg, num_labels=spec.num_labels,
                       teacher=None if frozen is None else teacher.cfg))

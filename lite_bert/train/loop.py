@@ -60,6 +60,8 @@ class Job:
     step_flops: Optional host batch -> analytic model FLOPs of this process's
       rows of a step (`models.flops.step_flops`), for the model-FLOPs
       utilisation every progress line and metrics record shows.
+    max_shapes: how many batch shapes the step may see (dynamic padding);
+      each new one is compiled, and announced as "shape k of at most n".
   """
 
   name: str
@@ -72,6 +74,7 @@ class Job:
   frozen: PyTree = None
   on_eval: Optional[Callable[[int, PyTree, dict], None]] = None
   step_flops: Optional[Callable[[dict], float]] = None
+  max_shapes: int = 1
 
 
 def all_finite(tree) -> jax.Array:
@@ -298,6 +301,7 @@ def train(config, workdir: str, job: Job) -> dict:
     last_good_step = first_step
     train_numbers, eval_numbers = {}, {}
     step = first_step
+    shapes: set = set()  # batch shapes compiled so far
     sync_every = max(1, min(int(tcfg.sync_every), int(tcfg.log_every)))
     with guards.SigtermFlag() as sigterm:  # preemption: save at the next step, exit 0
       while step < total_steps:
@@ -309,9 +313,20 @@ def train(config, workdir: str, job: Job) -> dict:
         if job.step_flops is not None:
           progress.add_flops(job.step_flops(host_batch) * jax.process_count())
         batch = to_global(host_batch)
+        shape = tuple(batch["input_ids"].shape)
+        if shape not in shapes:  # a new shape is compiled: say so before the wait
+          shapes.add(shape)
+          if is_main:
+            of = f" of at most {job.max_shapes}" if job.max_shapes > 1 else ""
+            print(f"{job.name}: compiling the train step for batch shape {shape[0]}x{shape[1]} "
+                  f"(shape {len(shapes)}{of})", flush=True)
         state, step_metrics = step_fn(state, frozen, batch)
         pending.append(step_metrics)
         step += 1
+        if is_main and step == first_step + 1:
+          print(f"{job.name}: step {step} started {time.perf_counter() - started:.1f} s after "
+                f"launch; then a line every {tcfg.log_every} steps or "
+                f"{metrics_lib.PROGRESS_EVERY_S:.0f} s", flush=True)
 
         is_log = step % tcfg.log_every == 0 or step == total_steps
         is_eval = job.evaluate is not None and (
@@ -332,6 +347,8 @@ def train(config, workdir: str, job: Job) -> dict:
           skipped.extend(bad)
           last_good_step = step
 
+        if not is_log and progress.due():  # a long log_every: still a line every ~30 s
+          progress.line(step, {})
         if is_log:
           lr = float(schedule((step - 1) // accumulation))
           train_numbers = train_summary(sum_metrics(window), len(window), lr)

@@ -70,6 +70,9 @@ class MetricWriter:
       self._tb.close()
 
 
+PROGRESS_EVERY_S = 30.0  # a progress line at least this often, whatever log_every is
+
+
 class Progress:
   """Steps/s, tokens/s and ETA since the loop (re)started; prints one line per call."""
 
@@ -82,6 +85,11 @@ class Progress:
     self.tokens = 0
     self.flops = 0.0
     self.peak_flops = peak_flops
+    self.last_line = time.perf_counter()
+
+  def due(self) -> bool:
+    """Whether PROGRESS_EVERY_S has passed since the last line."""
+    return self.enabled and time.perf_counter() - self.last_line >= PROGRESS_EVERY_S
 
   def add_tokens(self, count: int) -> None:
     self.tokens += count
@@ -109,8 +117,10 @@ class Progress:
                      if k not in ("steps_per_s", "tokens_per_s", "eta_s"))
     eta = rates["eta_s"]
     eta_text = f"{eta / 60:.1f}min" if eta != float("inf") else "?"
+    self.last_line = time.perf_counter()
     mfu = f" MFU {100 * rates['mfu']:.2g}%" if "mfu" in rates else ""
-    print(f"step {step}/{self.total_steps} {shown} | {rates['steps_per_s']:.2f} steps/s "
+    shown = f" {shown}" if shown else ""
+    print(f"step {step}/{self.total_steps}{shown} | {rates['steps_per_s']:.2f} steps/s "
           f"{rates['tokens_per_s']:.0f} tok/s{mfu} ETA {eta_text}", file=sys.stdout, flush=True)
 
 
