@@ -9,18 +9,9 @@ import os
 import platform
 import subprocess
 
+from lite_bert.host import cpu_model  # noqa: F401  # provenance.cpu_model is this API too
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 def cpu_flags() -> list:

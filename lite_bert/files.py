@@ -7,24 +7,32 @@ temporary is removed and the error propagates, so nothing half-written and no
 `.tmp` file is left behind.
 """
 
+import contextlib
 import json
 import os
 import shutil
 from typing import Any, Union
 
 
-def atomic_write(path: str, data: Union[str, bytes]) -> str:
-  """Writes `data` (text or bytes) to `path` atomically; returns `path`."""
+@contextlib.contextmanager
+def _replacing(path: str):
+  """Yields `<path>.tmp` to write; renames it over `path`, or removes it if writing fails."""
   tmp = path + ".tmp"
   try:
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-      f.write(data)
-      f.flush()
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write(path: str, data: Union[str, bytes]) -> str:
+  """Writes `data` (text or bytes) to `path` atomically; returns `path`."""
+  with _replacing(path) as tmp:
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+      f.write(data)
+      f.flush()
   return path
 
 
@@ -37,12 +45,6 @@ def atomic_write_json(path: str, value: Any, *, indent: int = 2, sort_keys: bool
 
 def atomic_copy(source: str, path: str) -> str:
   """Copies the file `source` to `path` atomically; returns `path`."""
-  tmp = path + ".tmp"
-  try:
+  with _replacing(path) as tmp:
     shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path

@@ -16,6 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lite_bert"
 # Lower number = lower layer. A module may import its own layer and those below.
 LAYERS = {
     "lite_bert": 0, "lite_bert.errors": 0, "lite_bert.paths": 0, "lite_bert.files": 0,
+    "lite_bert.host": 0,
     "lite_bert.data": 1,
     "lite_bert.models": 2,
     "lite_bert.train": 3,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from typing import Optional
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lite_bert import files
+from lite_bert import host
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s per chip, by device-kind substring.
 # 'float32' on these GPUs is what XLA runs an fp32 matmul as by default (TF32
@@ -56,17 +56,6 @@ def _cache_path() -> str:
   return os.path.join(folder, "peak.json")
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def measure_cpu_gemm(size: int = 1024, repeats: int = 5) -> float:
   """This machine's XLA fp32 GEMM rate in FLOP/s (best of `repeats` size^3 matmuls)."""
   a = jnp.ones((size, size), jnp.float32)
@@ -82,7 +71,7 @@ def measure_cpu_gemm(size: int = 1024, repeats: int = 5) -> float:
 
 def cpu_peak() -> tuple[float, str]:
   """(FLOP/s, source) of this CPU: cached, else measured now and cached."""
-  key = f"{_cpu_name()} | {os.cpu_count()} cores | jax {jax.__version__}"
+  key = f"{host.cpu_model()} | {os.cpu_count()} cores | jax {jax.__version__}"
   path = _cache_path()
   try:
     with open(path) as f:
