@@ -12,6 +12,7 @@ Problems with the input are printed as one line (`error: ...`) with exit
 status 2; `--debug` (or LITE_BERT_DEBUG=1) shows the traceback instead.
 """
 
+import contextlib
 import importlib
 import os
 import sys
@@ -57,9 +58,16 @@ def run(config, workdir: str):
     return result
   # One run per workdir; a killed run leaves no stale lock. The mode writes
   # config.json once its inputs are validated (the loop: after the restore
-  # check), so a refused run leaves the workdir as it found it.
-  with guards.StopOnSigterm(), guards.WorkdirLock(workdir):
+  # check), so a refused run leaves the workdir as it found it. In a
+  # multi-process job (joined by check_config above) process 0 holds the lock.
+  lead = mode == "tokenizer" or _process_index() == 0
+  with guards.StopOnSigterm(), (guards.WorkdirLock(workdir) if lead else contextlib.nullcontext()):
     return module.run(config, workdir)
+
+
+def _process_index() -> int:
+  import jax  # pylint: disable=import-outside-toplevel  # not for the tokenizer mode
+  return jax.process_index()
 
 
 def main(argv):
