@@ -134,11 +134,14 @@ def set_on_command_line(field: str) -> bool:
 
 
 # Fields a rerun of a workdir may change and still be the same run: how long it
-# runs, how often it logs, evaluates and saves, and on what devices.
-RERUN_MAY_CHANGE = ("name", "compilation_cache", "train.num_steps", "train.log_every", "train.eval_every",
-                    "train.sync_every", "train.stop_after", "train.on_nonfinite", "checkpoint.",
-                    "mesh.", "distributed.", "evaluate.", "data.eval_batches",
-                    "finetune.eval_batch_size")
+# runs, how often it logs, evaluates and saves, and on what devices; where a
+# teacher is (its weights are checked by digest, `teachers.check_same_teacher`)
+# and where the init came from (read on a fresh start only).
+RERUN_MAY_CHANGE = ("name", "compilation_cache", "train.num_steps", "train.log_every",
+                    "train.eval_every", "train.sync_every", "train.stop_after",
+                    "train.on_nonfinite", "checkpoint.", "mesh.", "distributed.", "evaluate.",
+                    "predict.", "data.eval_batches", "finetune.eval_batch_size",
+                    "distill.teacher", "finetune.teacher", "finetune.init")
 
 
 def _flatten(tree, prefix: str = "") -> dict:
