@@ -344,7 +344,8 @@ class Report:
       ev = lambda label, k, stage=stage: self.src.get(
           f"{stage}/evaluate_mlm_{label}.json", k)
       rows.append([NAMES[m], n(train_loss, ".3f"), n(last_eval, ".4f"),
-                   n(ev(held, "mlm_accuracy"), ".4f"), n(ev(held, "mlm_perplexity"), ".1f"),
+                   n(ev(held, "mlm_accuracy"), ".4f"), n(ev(held, "mlm_unigram_accuracy"), ".4f"),
+                   n(ev(held, "mlm_perplexity"), ".1f"),
                    n(ev(wiki, "mlm_accuracy"), ".4f"), n(ev(wiki, "mlm_perplexity"), ".1f")])
     tokens = self.src.get(f"pretrain_bert/evaluate_mlm_{wiki}.json", "masked_tokens")
     tokens_held = self.src.get(f"pretrain_bert/evaluate_mlm_{held}.json", "masked_tokens")
@@ -353,10 +354,13 @@ class Report:
               f"The other columns come from {code('mode=evaluate')} on the final checkpoints, "
               f"single-token masking and the same masked tokens for all three "
               f"({n(tokens_held, ',.0f')} on {code(held)}, {n(tokens, ',.0f')} on "
-              f"{code(wiki)}).", ""]
+              f"{code(wiki)}). The unigram level is the accuracy of always guessing the most "
+              f"frequent masked token of those batches: a model at it has learned word "
+              f"frequencies, not context (the study's bar for leaving the plateau: BERT at "
+              f"0.30 or more, twice the unigram level or more).", ""]
     lines += md_table(["model", "final training loss (own objective)", "in training: MLM accuracy",
-                       f"{held}: MLM accuracy", f"{held}: perplexity", f"{wiki}: MLM accuracy",
-                       f"{wiki}: perplexity"], rows)
+                       f"{held}: MLM accuracy", f"{held}: unigram level", f"{held}: perplexity",
+                       f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
     distil = "distill_distilbert/metrics.jsonl"
     steps = self.final_step("distill_distilbert")
     if steps is not None and self.src.exists(distil):
