@@ -9,13 +9,20 @@ rows.
 
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from experiments import benchmark
 from experiments import benchmark_report as report
+from experiments import gpu_run
 from experiments import timing
 from experiments.benchmark_inputs import MODELS, model_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The tiny sizes (configs/*.py:tiny): H=128, I=512, heads=2; BERT L=4 with
 # pooler; DistilBERT L=2, no pooler; ALBERT L=4, E=64, pooler.
@@ -216,3 +223,20 @@ def test_report_includes_analysis_and_probe(run):
   assert "glibc 3,200 (1.25x)" in text
   assert "no `amx` flags" in text
   assert "](benchmark/inference_scaling.png)" in text
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_run_works_without_the_packages_the_gpu_image_lacks(tmp_path):
+  """`experiments/gpu_run.py --dry-run`: its code path, with grain, tensorflow-datasets,
+  array_record, submitit and tensorboardX made unimportable, writes its results."""
+  block = "; ".join(f"sys.modules[{name!r}] = None" for name in gpu_run.ABSENT_ON_THE_GPU)
+  code = (f"import sys; {block}; from experiments import gpu_run; "
+          f"sys.exit(gpu_run.main(['--out={tmp_path}', '--dry-run']))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "imported: none" in out.stdout
+  with open(tmp_path / "benchmark.json") as f:
+    res = json.load(f)
+  assert {row["model"] for row in res["training"]} == set(MODELS)
+  assert res["meta"]["dtype"] == "bfloat16"

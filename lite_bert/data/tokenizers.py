@@ -26,13 +26,19 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
-from lite_bert.data import corpora
 from lite_bert.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SENTENCEPIECE_WORD_START = "\u2581"  # '▁', SentencePiece's whitespace mark.
 _SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask")
 
+
+
+def _corpora():
+  """lite_bert.data.corpora, imported when a tokenizer is trained (it pulls in
+  tensorflow-datasets, which loading a tokenizer does not need)."""
+  from lite_bert.data import corpora  # pylint: disable=import-outside-toplevel
+  return corpora
 
 class Tokenizer(abc.ABC):
   """Text <-> ids, with the special ids the encoder and the masking need.
@@ -351,7 +357,7 @@ def training_sentences(texts: Iterable[str], *,
   """
   for text in texts:
     for line in text.split("\n"):
-      for sentence in corpora.split_sentences(line):
+      for sentence in _corpora().split_sentences(line):
         if len(sentence) > max_sentence_chars:
           cut = sentence.rfind(" ", 0, max_sentence_chars)
           sentence = sentence[:cut if cut > 0 else max_sentence_chars]
@@ -412,7 +418,7 @@ def train_sentencepiece(
     raise UserError(f"tokenizer vocab_size {vocab_size} is too small: the "
                     f"special and byte pieces alone take {min_size - 1}")
   if isinstance(texts_or_files, (str, os.PathLike)):
-    texts = corpora.open_corpus(texts_or_files, format=corpus_format,
+    texts = _corpora().open_corpus(texts_or_files, format=corpus_format,
                                 cache_dir=cache_dir)
   else:
     texts = texts_or_files

@@ -32,6 +32,7 @@ two layouts, so a checkpoint trained scanned can be served unrolled.
 """
 
 import functools
+import os
 import re
 from typing import Any, Mapping, Optional
 
@@ -155,6 +156,23 @@ def attention_weights_and_output(q, k, v, mask, dropout, deterministic):
   return context.astype(v.dtype), probs
 
 
+def fused_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """softmax(q k^T / sqrt(d)) v in one fused kernel: [batch, seq, heads, head_dim].
+
+  On a GPU in bf16/fp16, cuDNN's flash attention (`implementation="cudnn"`)
+  when it takes these shapes and this mask (it has no attention dropout: the
+  callers take this path only without it); otherwise, or with
+  LITE_BERT_ATTENTION=xla, the implementation XLA chooses.
+  """
+  if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+      and os.environ.get("LITE_BERT_ATTENTION", "") != "xla"):
+    try:
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    except (NotImplementedError, ValueError, TypeError, RuntimeError):
+      pass  # shapes, a mask or a cuDNN version it does not take
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention, output projection, dropout, residual, post-LN.
 
@@ -184,8 +202,7 @@ class SelfAttention(nn.Module):
       context, probs = attention_weights_and_output(q, k, v, mask, attention_dropout,
                                                     self.deterministic)
     else:
-      # Lets XLA (or cuDNN on GPU) choose a fused attention kernel.
-      context = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      context = fused_attention(q, k, v, mask)
     context = context.reshape(batch, seq, cfg.hidden_size)
     y = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
                  **dense_dtypes(cfg))(context)

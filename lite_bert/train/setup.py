@@ -11,10 +11,16 @@ from ml_collections import config_dict
 
 from lite_bert import __version__
 from lite_bert import files
-from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models.config import EncoderConfig
+
+
+def _corpora():
+  """lite_bert.data.corpora, imported when a corpus is read (it pulls in tensorflow-datasets,
+  which the training step alone, e.g. on a benchmark machine, does not need)."""
+  from lite_bert.data import corpora  # pylint: disable=import-outside-toplevel
+  return corpora
 
 
 def use_compilation_cache(config) -> Optional[str]:
@@ -59,7 +65,7 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
     where = path
     if not os.path.exists(path):
       if documents is None:
-        documents = corpora.open_corpus(config.data.corpus, format=config.data.format)
+        documents = _corpora().open_corpus(config.data.corpus, format=config.data.format)
       folder = os.path.dirname(path)
       created = not os.path.isdir(folder)
       os.makedirs(folder, exist_ok=True)
@@ -189,9 +195,9 @@ MASKINGS = ("token", "whole_word", "ngram")
 
 def split_corpus(config):
   """(train documents, eval documents) from `data.corpus` / `data.eval_corpus`."""
-  documents = corpora.open_corpus(config.data.corpus, format=config.data.format)
+  documents = _corpora().open_corpus(config.data.corpus, format=config.data.format)
   if config.data.eval_corpus:
-    return documents, corpora.open_corpus(config.data.eval_corpus, format=config.data.format)
+    return documents, _corpora().open_corpus(config.data.eval_corpus, format=config.data.format)
   held_out = config.data.eval_documents
   if len(documents) <= held_out:
     raise UserError(
