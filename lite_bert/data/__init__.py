@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora, masking, pretraining and GLUE batches (imports nothing above it)."""

@@ -1,0 +1,1 @@
+"""Models: the encoder family, heads, students, parameter counts, FLOPs, Hugging Face conversion."""

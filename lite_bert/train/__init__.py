@@ -1,0 +1,1 @@
+"""Training: the one loop, objectives, optimizers, mesh, checkpoints, evaluation, run setup."""
