@@ -1035,7 +1035,8 @@ def test_a_failed_write_mid_save_is_one_line_and_leaves_no_tmp(tmp_path, cli_env
   limit = 64 * 1024  # above every metrics/config/event file, below the checkpoint's arrays
   out = subprocess.run(
       command(PRETRAIN + [f"--config.tokenizer.path={pretrain_ref / 'tokenizer' / 'spm.model'}",
-                          "--config.train.num_steps=6"], workdir),
+                          "--config.train.num_steps=6", "--config.compilation_cache=off"],
+              workdir),
       cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT,
       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
   assert_write_failure(out, workdir, r"error: cannot write checkpoint step 2 to \S+: File too "
