@@ -337,13 +337,15 @@ class Report:
       stage = self.trained(m)
       steps = self.final_step(stage)
       metrics = f"{stage}/metrics.jsonl"
-      train_loss = last_eval = None
+      train_loss = last_eval = last_unigram = None
       if steps is not None and self.src.exists(metrics):
         train_loss = self.src.get(metrics, {"split": "train", "step": steps.value}, "loss")
         last_eval = self.src.get(metrics, {"split": "eval", "step": steps.value}, "mlm_accuracy")
+        last_unigram = self.src.get(metrics, {"split": "eval", "step": steps.value},
+                                    "mlm_unigram_accuracy")
       ev = lambda label, k, stage=stage: self.src.get(
           f"{stage}/evaluate_mlm_{label}.json", k)
-      rows.append([NAMES[m], n(train_loss, ".3f"), n(last_eval, ".4f"),
+      rows.append([NAMES[m], n(train_loss, ".3f"), n(last_eval, ".4f"), n(last_unigram, ".4f"),
                    n(ev(held, "mlm_accuracy"), ".4f"), n(ev(held, "mlm_unigram_accuracy"), ".4f"),
                    n(ev(held, "mlm_perplexity"), ".1f"),
                    n(ev(wiki, "mlm_accuracy"), ".4f"), n(ev(wiki, "mlm_perplexity"), ".1f")])
@@ -359,7 +361,7 @@ class Report:
               f"frequencies, not context (the study's bar for leaving the plateau: BERT at "
               f"0.30 or more, twice the unigram level or more).", ""]
     lines += md_table(["model", "final training loss (own objective)", "in training: MLM accuracy",
-                       f"{held}: MLM accuracy", f"{held}: unigram level", f"{held}: perplexity",
+                       "in training: unigram level", f"{held}: MLM accuracy", f"{held}: unigram level", f"{held}: perplexity",
                        f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
     distil = "distill_distilbert/metrics.jsonl"
     steps = self.final_step("distill_distilbert")
