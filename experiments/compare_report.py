@@ -358,8 +358,7 @@ class Report:
               f"({n(tokens_held, ',.0f')} on {code(held)}, {n(tokens, ',.0f')} on "
               f"{code(wiki)}). The unigram level is the accuracy of always guessing the most "
               f"frequent masked token of those batches: a model at it has learned word "
-              f"frequencies, not context (the study's bar for leaving the plateau: BERT at "
-              f"0.30 or more, twice the unigram level or more).", ""]
+              f"frequencies, not context.", ""]
     lines += md_table(["model", "final training loss (own objective)", "in training: MLM accuracy",
                        "in training: unigram level", f"{held}: MLM accuracy", f"{held}: unigram level", f"{held}: perplexity",
                        f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
