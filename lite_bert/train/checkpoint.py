@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lite_bert.errors import UserError
+from lite_bert.errors import UserError, clip
 from lite_bert.train.fingerprints import (check_compatible, first_tree_difference, json_sha256,
                                           tree_checksums, tree_fingerprint)
 
@@ -531,9 +531,5 @@ def _short(error: BaseException, limit: int = 300) -> str:
   Orbax wraps tensorstore's precise error ('NOT_FOUND ...', 'DATA_LOSS ...')
   in an exception whose message is mostly a TensorStore spec.
   """
-  while error.__cause__ is not None or error.__context__ is not None:
-    error = error.__cause__ or error.__context__
-  text = " ".join(str(error).split())
-  if len(text) > limit:
-    text = text[:limit] + "..."
-  return f"{type(error).__name__}: {text}"
+  innermost = _chain(error)[-1]
+  return f"{type(innermost).__name__}: {clip(str(innermost), limit)}"
