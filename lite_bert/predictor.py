@@ -52,20 +52,7 @@ class Predictor:
                       f"fine-tuning workdir (mode=finetune)")
     self.spec = task_eval.task_spec(self.run_config)
     self.tokenizer = task_eval.tokenizer_of_run(self.run_config, workdir)
-    choice = str(checkpoint)
-    if choice == "best":
-      path = os.path.join(workdir, "best", "params")
-      if not os.path.isdir(path):
-        raise UserError(f"{workdir} has no best/ params (was it fine-tuned with an "
-                        f"evaluation?); use --config.predict.checkpoint=latest")
-      self.params, self.step = pretrained.restore_params(path)
-    elif choice == "latest" or choice.isdigit():
-      self.params, self.step = pretrained.restore_params(
-          os.path.join(workdir, "checkpoints"), int(choice) if choice.isdigit() else None,
-          choose_with="--config.predict.checkpoint={step}")
-    else:
-      raise UserError(f"predict.checkpoint must be 'best', 'latest' or a step number, "
-                      f"got {checkpoint!r}")
+    self.params, self.step = pretrained.restore_chosen(workdir, checkpoint, "predict.checkpoint")
     cfg = EncoderConfig.from_dict(self.run_config.model.to_dict())
     model = ClassificationModel(cfg, num_labels=self.spec.num_labels)
     self._apply = jax.jit(lambda params, batch: model.apply(
@@ -85,10 +72,8 @@ class Predictor:
       rows.append(dict(zip(fields, texts)))
     if not rows:
       raise UserError("no examples to predict")
-    full = [sum(len(ids) for ids in parts) + len(fields) + 1 for parts in zip(
-        *[self.tokenizer.encode_batch([row[f] for row in rows]) for f in fields])]
-    truncated = sum(length > self.max_seq_length for length in full)
-    encoded = classification.encode_rows(rows, fields, self.tokenizer, self.max_seq_length)
+    encoded, truncated = classification.encode_rows(rows, fields, self.tokenizer,
+                                                    self.max_seq_length)
     labels = np.zeros(len(encoded), np.float32 if self.spec.is_regression else np.int32)
     batches = classification.eval_batches(
         encoded, labels, batch_size=self.batch_size, pad_id=self.tokenizer.pad_id,

@@ -79,6 +79,26 @@ def restore_params(checkpoint_dir: str, step: Optional[int] = None, *,
   return _to_numpy(jax.device_get(restored.state["params"])), int(restored.step)
 
 
+def restore_chosen(workdir: str, choice, field: str) -> tuple[dict, int]:
+  """(params, step) of a fine-tuning workdir as `--config.<field>` chooses, verified.
+
+  choice: 'best' (best/params, the best dev evaluation), 'latest' or a step
+  number of checkpoints/.
+  """
+  choice = str(choice)
+  if choice == "best":
+    path = os.path.abspath(os.path.join(workdir, "best", "params"))
+    if not os.path.isdir(path):
+      raise UserError(f"{workdir} has no best/ params (was it fine-tuned with an evaluation?); "
+                      f"use --config.{field}=latest")
+    return restore_params(path)
+  if choice == "latest" or choice.isdigit():
+    return restore_params(os.path.join(workdir, "checkpoints"),
+                          int(choice) if choice.isdigit() else None,
+                          choose_with=f"--config.{field}={{step}}")
+  raise UserError(f"{field} must be 'best', 'latest' or a step number, got {choice!r}")
+
+
 def _to_numpy(tree: Any) -> Any:
   if isinstance(tree, dict):
     return {k: _to_numpy(v) for k, v in tree.items()}

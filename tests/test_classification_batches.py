@@ -83,3 +83,19 @@ def test_processes_share_every_batch_shape_and_together_cover_each_row_once():
                    bucket_batches=5)[0] for p in range(2)]
   for a, b in zip(*train):  # training batches too: padded to the global batch's longest row
     assert a["input_ids"].shape == b["input_ids"].shape
+
+
+def test_encode_rows_counts_the_rows_it_cuts():
+  """A row is counted when [CLS] a [SEP] (b [SEP]) is longer than max_seq_length, at the edge too."""
+  class Words:  # one id per word
+    cls_id, sep_id = 1, 2
+
+    def encode_batch(self, texts):
+      return [[5] * len(t.split()) for t in texts]
+
+  single = [{"s": "w " * n} for n in (6, 7, 8)]  # 8, 9, 10 tokens with [CLS] [SEP]
+  encoded, cut = classification.encode_rows(single, ("s",), Words(), 9)
+  assert cut == 1 and [len(ids) for ids, _ in encoded] == [8, 9, 9]
+  pairs = [{"a": "w " * 3, "b": "w " * 3}, {"a": "w " * 3, "b": "w " * 4}]  # 9 and 10 tokens
+  encoded, cut = classification.encode_rows(pairs, ("a", "b"), Words(), 9)
+  assert cut == 1 and [len(ids) for ids, _ in encoded] == [9, 9]

@@ -28,12 +28,13 @@ def truncate_pair(a: list, b: list, max_tokens: int) -> None:
 
 
 def encode_rows(rows: Sequence[dict], text_fields: Sequence[str], tokenizer: Tokenizer,
-                max_seq_length: int) -> list[tuple[list[int], list[int]]]:
-  """Rows -> [(input ids, token type ids)], each at most max_seq_length long."""
+                max_seq_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+  """Rows -> ([(input ids, token type ids)], how many rows were cut to max_seq_length)."""
   columns = [tokenizer.encode_batch([row[field] for row in rows]) for field in text_fields]
   cls, sep = tokenizer.cls_id, tokenizer.sep_id
-  encoded = []
+  encoded, truncated = [], 0
   for parts in zip(*columns):
+    truncated += sum(len(ids) for ids in parts) + len(parts) + 1 > max_seq_length
     if len(parts) == 1:
       a = list(parts[0])[:max_seq_length - 2]
       encoded.append(([cls, *a, sep], [0] * (len(a) + 2)))
@@ -41,7 +42,7 @@ def encode_rows(rows: Sequence[dict], text_fields: Sequence[str], tokenizer: Tok
       a, b = list(parts[0]), list(parts[1])
       truncate_pair(a, b, max_seq_length - 3)
       encoded.append(([cls, *a, sep, *b, sep], [0] * (len(a) + 2) + [1] * (len(b) + 1)))
-  return encoded
+  return encoded, truncated
 
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], labels: Sequence, indices,

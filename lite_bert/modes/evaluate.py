@@ -46,15 +46,6 @@ from lite_bert.train import setup
 from lite_bert.train import task_eval
 
 
-def restore_best(workdir: str) -> dict:
-  """The best-dev params of a fine-tuning workdir (best/params), verified."""
-  path = os.path.abspath(os.path.join(workdir, "best", "params"))
-  if not os.path.isdir(path):
-    raise UserError(f"{workdir} has no best/ params (was it fine-tuned with an evaluation?)")
-  params, _ = pretrained.restore_params(path)
-  return params
-
-
 def check_params_fit(model, params, run_config, workdir: str, choice: str) -> None:
   """Refuses params whose tree differs from the model its config.json describes."""
   ids = jax.ShapeDtypeStruct((1, run_config.data.max_seq_length), jnp.int32)
@@ -77,15 +68,7 @@ def run(config, workdir: str) -> dict:
                     f"pretraining or distillation run")
   split = config.evaluate.split
   choice = config.evaluate.checkpoint
-  if str(choice) == "best":
-    params = restore_best(workdir)
-  elif str(choice) == "latest" or str(choice).isdigit():
-    params, _ = pretrained.restore_params(
-        os.path.join(workdir, "checkpoints"), None if choice == "latest" else int(choice),
-        choose_with="--config.evaluate.checkpoint={step}")
-  else:
-    raise UserError(f"evaluate.checkpoint must be 'best', 'latest' or a step number, "
-                    f"got {choice!r}")
+  params, _ = pretrained.restore_chosen(workdir, choice, "evaluate.checkpoint")
   spec = task_eval.task_spec(run_config)
   if split not in spec.splits:
     raise UserError(f"task {spec.name} has no split {split!r}; it has {sorted(spec.splits)}")

@@ -50,12 +50,13 @@ def read_split(config, spec: glue.TaskSpec, split: str) -> list[dict]:
 def encode_split(config, spec, tokenizer, split: str):
   rows = read_split(config, spec, split)
   started = time.perf_counter()
-  encoded = classification.encode_rows(rows, spec.text_fields, tokenizer,
-                                       config.data.max_seq_length)
+  encoded, truncated = classification.encode_rows(rows, spec.text_fields, tokenizer,
+                                                  config.data.max_seq_length)
   if jax.process_index() == 0:
     seconds = time.perf_counter() - started
+    cut = f"; {truncated} cut to {config.data.max_seq_length} tokens" if truncated else ""
     print(f"{spec.name} {split}: tokenized {len(rows)} examples in {seconds:.1f} s "
-          f"({len(rows) / max(seconds, 1e-9):.0f}/s)", flush=True)
+          f"({len(rows) / max(seconds, 1e-9):.0f}/s{cut})", flush=True)
   labels = np.asarray([row["label"] for row in rows],
                       np.float32 if spec.is_regression else np.int32)
   return rows, encoded, labels
