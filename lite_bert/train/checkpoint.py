@@ -525,7 +525,7 @@ def load_verified(directory, step: Optional[int] = None, *,
     checkpointer.close()
 
 
-def _short(error: BaseException, limit: int = 300) -> str:
+def _short(error: BaseException, limit: int = 200) -> str:
   """One line: type and start of the message of the innermost cause.
 
   Orbax wraps tensorstore's precise error ('NOT_FOUND ...', 'DATA_LOSS ...')
