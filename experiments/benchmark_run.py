@@ -40,7 +40,6 @@ from experiments.timing import (REPEATS, CpuMonitor, fixed_repeats, repeats_for,
                                 time_noisy_again, time_round_robin, wait_for_idle)
 from experiments.torch_reference import torch_model
 from lite_bert.models import convert
-from lite_bert.models import convert_hf_config
 from lite_bert.models.flops import FORMULA, encoder_flops, train_step_flops
 
 GRIDS = {
@@ -182,7 +181,9 @@ class Benchmark:
         path = os.path.join(self.tmp, f"{m}_weights.npz")
         np.savez(path, **state)
         try:
-          self.flax.call(cmd="load", name=m, arch=m, config=convert_hf_config.hf_config(cfg, m),
+          self.flax.call(cmd="load", name=m, arch=m, config=convert.hf_config(cfg, m),
+                         config_class=convert.hf_config_class_name(m),
+                         model_class="Flax" + convert.hf_class_name(m, "base"),
                          weights=path, dtype=self.args.dtype)
           refs["flax_loaded"].add(m)
         except RuntimeError as e:

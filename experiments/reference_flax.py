@@ -1,4 +1,4 @@
-"""Worker: Hugging Face's Flax encoders (FlaxBertModel, FlaxAlbertModel, FlaxDistilBertModel).
+"""Worker: Hugging Face's Flax encoders (the classes the client names in `load`).
 
 Started by `experiments/benchmark.py --reference` with the python of
 `experiments/.venv-reference` (see `experiments/reference_env.sh`), so the
@@ -11,7 +11,9 @@ Protocol: one JSON object per line on stdin, one JSON reply per line on stdout
   {"cmd": "versions"}
       -> {"ok": true, "jax": ..., "flax": ..., "transformers": ..., "device_kind": ...}
   {"cmd": "load", "name": "bert", "arch": "bert|albert|distilbert",
-   "config": {HF config kwargs}, "weights": "/path/state.npz", "dtype": "float32"}
+   "config": {HF config kwargs},
+   "config_class": "BertConfig", "model_class": "FlaxBertModel",
+   "weights": "/path/state.npz", "dtype": "float32"}
       -> builds the model, puts the given weights in it (HF's own
          `convert_pytorch_state_dict_to_flax`, from numpy), jits its forward
          (`train=False`; HF's Flax models are not jitted by themselves).
@@ -106,11 +108,9 @@ class Worker:
     import transformers
     from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
     arch = req["arch"]
-    config_cls, model_cls = {
-        "bert": (transformers.BertConfig, transformers.FlaxBertModel),
-        "albert": (transformers.AlbertConfig, transformers.FlaxAlbertModel),
-        "distilbert": (transformers.DistilBertConfig, transformers.FlaxDistilBertModel),
-    }[arch]
+    # The client names the classes (lite_bert.models.convert knows HF's names).
+    config_cls = getattr(transformers, req["config_class"])
+    model_cls = getattr(transformers, req["model_class"])
     dtype = jnp.dtype(req.get("dtype", "float32"))
     model = model_cls(config_cls(**req["config"]), seed=0, dtype=dtype)
     with np.load(req["weights"]) as data:

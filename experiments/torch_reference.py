@@ -3,7 +3,7 @@
 `torch_model` builds a transformers model ('base', 'pretraining' or 'mlm'
 heads) holding our weights (converted by `lite_bert.models.convert`; the
 transformers classes and config fields are named by
-`lite_bert.models.convert_hf_config`); the losses are the
+`lite_bert.models.convert`); the losses are the
 torch equivalents of our objectives (`torch_pretraining_loss`: MLM at the
 gathered positions + NSP/SOP; `torch_distillation_loss`: DistilBERT's triple
 loss), `torch_adamw` the optimizer with BERT's no-decay groups, and
@@ -17,7 +17,7 @@ import operator
 
 import numpy as np
 
-from lite_bert.models import convert_hf_config
+from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 
 
@@ -25,13 +25,13 @@ def torch_model(arch: str, cfg: EncoderConfig, state: dict, kind: str):
   """A HF torch model (kind: 'base', 'pretraining', 'mlm') holding `state`."""
   import torch
   import transformers as tf
-  config_cls = getattr(tf, convert_hf_config.hf_config_class_name(arch))
-  cls = getattr(tf, convert_hf_config.hf_class_name(arch, kind))
-  config = config_cls(**convert_hf_config.hf_config(cfg, arch))
+  config_cls = getattr(tf, convert.hf_config_class_name(arch))
+  cls = getattr(tf, convert.hf_class_name(arch, kind))
+  config = config_cls(**convert.hf_config(cfg, arch))
   model = cls._from_config(config, attn_implementation="sdpa")
   tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
   result = model.load_state_dict(tensors, strict=False)
-  missing = [k for k in result.missing_keys if not convert_hf_config.hf_derived_key(k)]
+  missing = [k for k in result.missing_keys if not convert.hf_derived_key(k)]
   unexpected = list(result.unexpected_keys)
   if missing or unexpected:
     raise RuntimeError(f"{cls.__name__}: weights did not load: missing {missing[:5]}, "
@@ -61,7 +61,7 @@ def torch_pretraining_loss(model, arch: str, batch: dict):
   import torch
   import torch.nn.functional as F
   part = {k: operator.attrgetter(path)(model)
-          for k, path in convert_hf_config.hf_pretraining_modules(arch).items()}
+          for k, path in convert.hf_pretraining_modules(arch).items()}
   out = part["body"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      token_type_ids=batch.get("token_type_ids"))
   hidden, pooled = out[0], out[1]
@@ -111,7 +111,7 @@ def torch_adamw(model, optim_cfg):
   for name, p in model.named_parameters():
     if not p.requires_grad:
       continue
-    (no_decay if convert_hf_config.hf_no_weight_decay(name) else decay).append(p)
+    (no_decay if convert.hf_no_weight_decay(name) else decay).append(p)
   return torch.optim.AdamW(
       [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
        {"params": no_decay, "weight_decay": 0.0}],

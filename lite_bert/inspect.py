@@ -208,8 +208,9 @@ def attentions(loaded: Loaded, texts: Union[Text, Sequence[Text]],
 def _check_mlm(loaded: Loaded) -> None:
   if "mlm_head" not in loaded.params:
     raise UserError(f"{loaded.source} has no MLM head (mlm_head params), so it cannot "
-                    f"predict [MASK] tokens; a base-model checkpoint (e.g. BertModel, a "
-                    f"sentence-embedding model) or a fine-tuned classifier has only the "
+                    f"predict [MASK] tokens; a base-model checkpoint (a transformers "
+                    f"*Model class, a sentence-embedding model) or a fine-tuned classifier "
+                    f"has only the "
                     f"encoder")
 
 

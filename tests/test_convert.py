@@ -22,7 +22,6 @@ import transformers
 from lite_bert import paths
 from lite_bert.errors import UserError
 from lite_bert.models import convert
-from lite_bert.models import convert_hf_config
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder
 from lite_bert.models.heads import PretrainingModel
@@ -79,7 +78,7 @@ def _lite_outputs(model: torch.nn.Module, with_token_types: bool):
   Both implementations mask only the keys, so padded positions match too and
   the parity tests compare every position.
   """
-  cfg, arch, pair_head = convert_hf_config.encoder_config_from_hf(model.config.to_dict())
+  cfg, arch, pair_head = convert.encoder_config_from_hf(model.config.to_dict())
   params, info = convert.params_from_hf_state_dict(model.state_dict(), cfg, arch)
   ids, mask, token_types = _batch(with_token_types)
   out = PretrainingModel(cfg, pair_head=pair_head).apply(
@@ -153,7 +152,7 @@ def test_model_classes_without_heads_report_them_missing():
       hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
       **SMALL)
   mlm = _perturbed(transformers.BertForMaskedLM(bert_config), seed=3)
-  cfg, arch, _ = convert_hf_config.encoder_config_from_hf(bert_config.to_dict())
+  cfg, arch, _ = convert.encoder_config_from_hf(bert_config.to_dict())
   params, info = convert.params_from_hf_state_dict(mlm.state_dict(), cfg, arch)
   assert info["prefix"] == "bert."
   assert info["converted"] == ["encoder", "mlm_head"]
@@ -163,7 +162,7 @@ def test_model_classes_without_heads_report_them_missing():
   albert_config = transformers.AlbertConfig(
       embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
       intermediate_size=37, **SMALL)
-  cfg, arch, _ = convert_hf_config.encoder_config_from_hf(albert_config.to_dict())
+  cfg, arch, _ = convert.encoder_config_from_hf(albert_config.to_dict())
   albert = _perturbed(transformers.AlbertModel(albert_config), seed=4)
   params, info = convert.params_from_hf_state_dict(albert.state_dict(), cfg, arch)
   assert info["prefix"] == ""
@@ -173,7 +172,7 @@ def test_model_classes_without_heads_report_them_missing():
 
   distil_config = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37,
                                                 **SMALL)
-  cfg, arch, pair_head = convert_hf_config.encoder_config_from_hf(distil_config.to_dict())
+  cfg, arch, pair_head = convert.encoder_config_from_hf(distil_config.to_dict())
   assert not pair_head and not cfg.pooler and cfg.type_vocab_size == 0
   distil = _perturbed(transformers.DistilBertModel(distil_config), seed=5)
   params, info = convert.params_from_hf_state_dict(distil.state_dict(), cfg, arch)
@@ -196,7 +195,7 @@ def test_inverse_mapping_round_trips():
       hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
       **SMALL)
   model = _perturbed(transformers.BertForPreTraining(hf_config), seed=6)
-  cfg, arch, _ = convert_hf_config.encoder_config_from_hf(hf_config.to_dict())
+  cfg, arch, _ = convert.encoder_config_from_hf(hf_config.to_dict())
   params, _ = convert.params_from_hf_state_dict(model.state_dict(), cfg, arch)
   exported = convert.hf_state_dict_from_params(params, cfg, arch)
   reference = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -253,7 +252,7 @@ def _small_bert_state():
   hf_config = transformers.BertConfig(
       hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
       **SMALL)
-  cfg, arch, _ = convert_hf_config.encoder_config_from_hf(hf_config.to_dict())
+  cfg, arch, _ = convert.encoder_config_from_hf(hf_config.to_dict())
   model = transformers.BertForPreTraining(hf_config)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   return state, cfg, arch
@@ -311,11 +310,11 @@ def test_task_head_keys_are_reported_unused():
 ])
 def test_unsupported_configs_are_user_errors(hf_config, message):
   with pytest.raises(UserError, match=message):
-    convert_hf_config.encoder_config_from_hf(hf_config)
+    convert.encoder_config_from_hf(hf_config)
 
 
 def test_config_mapping_fields():
-  cfg, arch, pair_head = convert_hf_config.encoder_config_from_hf(transformers.AlbertConfig(
+  cfg, arch, pair_head = convert.encoder_config_from_hf(transformers.AlbertConfig(
       embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
       intermediate_size=37, layer_norm_eps=1e-6, **SMALL).to_dict())
   assert (arch, pair_head) == ("albert", True)
@@ -324,7 +323,7 @@ def test_config_mapping_fields():
       embedding_size=16, max_position_embeddings=64, type_vocab_size=2, activation="gelu_new",
       share="all", pooler=True, dropout_rate=0.0, attention_dropout_rate=0.0,
       layer_norm_eps=1e-6)
-  cfg, arch, pair_head = convert_hf_config.encoder_config_from_hf(transformers.DistilBertConfig(
+  cfg, arch, pair_head = convert.encoder_config_from_hf(transformers.DistilBertConfig(
       dim=32, n_layers=3, n_heads=4, hidden_dim=37, activation="relu", **SMALL).to_dict())
   assert (arch, pair_head) == ("distilbert", False)
   assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size,

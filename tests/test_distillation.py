@@ -35,7 +35,6 @@ from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.modes import distill
-from lite_bert.modes import pretrain
 from lite_bert.train import metrics as metrics_lib
 from lite_bert.train import objectives
 from lite_bert.train import setup

@@ -34,7 +34,6 @@ from lite_bert.data import corpora
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
-from lite_bert.models import convert_hf_config
 from lite_bert.models import export
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import PretrainingModel
@@ -146,7 +145,7 @@ HF_MODELS = {
 @pytest.mark.parametrize("family", sorted(HF_MODELS))
 def test_hf_import_export_round_trip(family, tmp_path):
   original = _perturbed_torch(HF_MODELS[family](), seed=len(family))
-  cfg, arch, _ = convert_hf_config.encoder_config_from_hf(original.config.to_dict())
+  cfg, arch, _ = convert.encoder_config_from_hf(original.config.to_dict())
   params, _ = convert.params_from_hf_state_dict(original.state_dict(), cfg, arch)
   info = export.export_huggingface((cfg, params, arch), None, tmp_path)
   assert info["architecture"] == type(original).__name__

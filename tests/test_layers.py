@@ -7,6 +7,7 @@ README's Layout section.
 """
 
 import ast
+import re
 import pathlib
 
 import pytest
@@ -82,3 +83,58 @@ def test_the_check_sees_an_upward_import(tmp_path):
   # Placed in models/, two of them would be upward imports.
   assert [m for m in sorted(found) if layer(m) > layer("lite_bert.models.student")] == [
       "lite_bert.modes.finetune", "lite_bert.pretrained"]
+
+
+# ----------------------------------------------- Hugging Face names: convert/ only
+#
+# Names only transformers uses (class names, checkpoint parameter paths), as
+# they would appear in code: identifiers, attributes and string constants.
+# Docstrings and comments may mention them; code outside the convert package
+# must ask `lite_bert.models.convert` instead.
+HF_NAME = re.compile(
+    r"(Bert|Albert|DistilBert)(Config|Model|ForPreTraining|ForMaskedLM|ForSequenceClassification)"
+    r"|attention\.self\.|attention\.output\.|albert_layer_groups|albert_layers|cls\.predictions"
+    r"|vocab_transform|vocab_projector|q_lin|k_lin|v_lin|sop_classifier|seq_relationship"
+    r"|embedding_hidden_mapping_in|word_embeddings\.weight|LayerNorm\.weight")
+CONVERT = PACKAGE / "models" / "convert"
+CODE = [p for p in MODULES + sorted((PACKAGE.parent / "experiments").glob("*.py"))
+        + [PACKAGE.parent / "launch.py"] if CONVERT not in p.parents]
+
+
+def hf_names_in_code(path: pathlib.Path) -> list:
+  """(line, text) of every HF name in `path`'s code, docstrings left out."""
+  tree = ast.parse(path.read_text())
+  docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef,
+                                     ast.ClassDef)) and node.body
+                and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)}
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+        and id(node) not in docstrings:
+      text = node.value
+    elif isinstance(node, ast.Attribute):
+      text = node.attr
+    elif isinstance(node, ast.Name):
+      text = node.id
+    else:
+      continue
+    if HF_NAME.search(text):
+      found.append((node.lineno, text[:80]))
+  return found
+
+
+@pytest.mark.parametrize("path", CODE, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_hugging_face_names_live_in_convert_only(path):
+  assert hf_names_in_code(path) == [], f"{path.name} spells Hugging Face names: ask convert"
+
+
+def test_the_hf_name_check_sees_code_not_docstrings(tmp_path):
+  source = tmp_path / "names.py"
+  source.write_text('"""Loads a BertForMaskedLM."""\n'
+                    'import transformers\n'
+                    'cls = transformers.AlbertForPreTraining\n'
+                    'key = "bert.encoder.layer.0.attention.self.query.weight"\n'
+                    'def f():\n  """A DistilBertModel."""\n  return "fine"\n')
+  assert [line for line, _ in hf_names_in_code(source)] == [3, 4]

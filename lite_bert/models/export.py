@@ -76,7 +76,6 @@ import lite_bert
 from lite_bert.data import tokenizers as tokenizers_lib
 from lite_bert.errors import UserError
 from lite_bert.models import convert
-from lite_bert.models import convert_hf_config
 from lite_bert.models.config import EncoderConfig
 
 FAMILIES = ("bert", "albert", "distilbert")
@@ -123,20 +122,20 @@ def check_exportable(cfg: EncoderConfig, family: str, params: Mapping[str, Any])
       raise UserError(f"{what} DistilBERT has no token types and no pooler, the model has "
                       f"type_vocab_size={cfg.type_vocab_size}, pooler={cfg.pooler} (export "
                       f"as arch='bert')")
-    if cfg.layer_norm_eps != convert_hf_config.DISTILBERT_LAYER_NORM_EPS:
+    if cfg.layer_norm_eps != convert.DISTILBERT_LAYER_NORM_EPS:
       raise UserError(f"{what} model.layer_norm_eps={cfg.layer_norm_eps}: transformers' "
-                      f"DistilBERT hard-codes {convert_hf_config.DISTILBERT_LAYER_NORM_EPS}")
-  if cfg.activation not in convert_hf_config.HF_ACTIVATIONS:
+                      f"DistilBERT hard-codes {convert.DISTILBERT_LAYER_NORM_EPS}")
+  if cfg.activation not in convert.HF_ACTIVATIONS:
     raise UserError(f"{what} model.activation={cfg.activation!r} has no transformers name")
 
 
 def hf_config(cfg: EncoderConfig, family: str, arch_class: str,
               tokenizer: Optional[tokenizers_lib.Tokenizer] = None,
               provenance: Optional[dict] = None) -> dict:
-  """config.json contents: `convert_hf_config.hf_checkpoint_config` + lite_bert's provenance."""
+  """config.json contents: `convert.hf_checkpoint_config` + lite_bert's provenance."""
   ids = {} if tokenizer is None else dict(pad_id=tokenizer.pad_id, cls_id=tokenizer.cls_id,
                                           sep_id=tokenizer.sep_id)
-  config = convert_hf_config.hf_checkpoint_config(cfg, family, arch_class, **ids)
+  config = convert.hf_checkpoint_config(cfg, family, arch_class, **ids)
   config["lite_bert"] = dict(provenance or {}, version=lite_bert.__version__,
                              model=cfg.to_dict())
   return config
@@ -167,9 +166,9 @@ def write_wordpiece_tokenizer(tokenizer: tokenizers_lib.WordPieceTokenizer, out_
                     f"cannot write vocab.txt")
   with open(os.path.join(out_dir, "vocab.txt"), "w", encoding="utf-8") as f:
     f.writelines(token + "\n" for token, _ in by_id)
-  special = convert_hf_config.hf_special_tokens(tokenizer)
+  special = convert.hf_special_tokens(tokenizer)
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
-              convert_hf_config.hf_wordpiece_tokenizer_config(
+              convert.hf_wordpiece_tokenizer_config(
                   special, family, max_length, json.loads(tok.to_str())))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -179,12 +178,12 @@ def write_sentencepiece_tokenizer(tokenizer: tokenizers_lib.SentencePieceTokeniz
                                   out_dir: str, family: str, max_length: int) -> list[str]:
   """spiece.model, tokenizer_config.json, special_tokens_map.json."""
   shutil.copyfile(tokenizer.source, os.path.join(out_dir, "spiece.model"))
-  special = convert_hf_config.hf_special_tokens(tokenizer, sentencepiece=True)
+  special = convert.hf_special_tokens(tokenizer, sentencepiece=True)
   # lite_bert's own models fold case in the sentencepiece normalizer; ALBERT's
   # released ones are loaded with do_lower_case=True (SentencePieceTokenizer).
   lower = bool(getattr(tokenizer, "_do_lower_case", False))
   _write_json(os.path.join(out_dir, "tokenizer_config.json"),
-              convert_hf_config.hf_sentencepiece_tokenizer_config(special, family, max_length,
+              convert.hf_sentencepiece_tokenizer_config(special, family, max_length,
                                                                   lower))
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
   return ["spiece.model", "tokenizer_config.json", "special_tokens_map.json"]
@@ -248,7 +247,7 @@ def export_huggingface(model: Union["lite_bert.pretrained.Loaded", Sequence[Any]
   except OSError as e:
     raise UserError(f"cannot create {out_dir}: {e.strerror}") from e
 
-  arch_class = convert_hf_config.hf_architecture(family, params)
+  arch_class = convert.hf_architecture(family, params)
   state = convert.hf_checkpoint_state_dict(params, cfg, family)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

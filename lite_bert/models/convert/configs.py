@@ -1,6 +1,6 @@
 """Hugging Face `transformers` configs and class names <-> lite_bert's EncoderConfig.
 
-The config side of the Hugging Face conversion (`convert.py` holds the
+The config side of the Hugging Face conversion (`params.py` holds the
 tensors): what a checkpoint folder's JSON files say and which transformers
 classes hold a model.
 
@@ -20,7 +20,8 @@ classes hold a model.
                               (tokenizer_config.json: which transformers
                               tokenizer class, with which options)
 
-Together with `convert.py` this is where lite_bert keeps Hugging Face names.
+With `params.py` (the tensors) this package is the one place in lite_bert that
+knows Hugging Face model names.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple

@@ -29,9 +29,9 @@ For `export.py`, `hf_checkpoint_state_dict` writes the tensors of every
 exportable ALBERT form too (E == H, share='none': one layer group per layer).
 
 The tensor side of the Hugging Face conversion: parameter names and layouts.
-Configs, class names and tokenizer files are `convert_hf_config.py`'s
-(`load_hf_checkpoint` reads config.json through it); the two are where
-lite_bert keeps Hugging Face names.
+Configs, class names and tokenizer files are `configs.py`'s
+(`load_hf_checkpoint` reads config.json through it); the two are the one
+place in lite_bert that knows Hugging Face model names.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lite_bert.errors import UserError, clip
-from lite_bert.models import convert_hf_config
+from lite_bert.models.convert import configs
 from lite_bert.models import summary
 from lite_bert.models.config import EncoderConfig
 
@@ -257,9 +257,9 @@ def _find_prefix(keys, arch: str) -> str:
 
 
 def _check_arch(cfg: EncoderConfig, arch: str) -> None:
-  if arch not in convert_hf_config.ARCHS:
+  if arch not in configs.ARCHS:
     raise UserError(f"arch={arch!r} is not supported; lite_bert converts "
-                    f"{convert_hf_config.ARCHS}")
+                    f"{configs.ARCHS}")
   share = "all" if arch == "albert" else "none"
   if cfg.share != share:
     raise UserError(f"a Hugging Face {arch} checkpoint converts to model.share={share!r}, "
@@ -282,7 +282,7 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: EncoderConfig,
     state_dict: HF name -> numpy array (or torch tensor, if torch is
       installed), with or without the base-model prefix (`bert.`, `albert.`,
       `distilbert.`).
-    cfg: the target architecture (see `convert_hf_config.encoder_config_from_hf`);
+    cfg: the target architecture (see `configs.encoder_config_from_hf`);
       every tensor's shape is checked against it.
     arch: 'bert', 'albert' or 'distilbert'.
 
@@ -484,7 +484,7 @@ def load_hf_checkpoint(folder: str) -> Tuple[EncoderConfig, dict, dict]:
     raise UserError(f"cannot read {config_path}: {e.strerror}") from e
   except json.JSONDecodeError as e:
     raise UserError(f"{config_path} is not valid JSON: {e}") from e
-  cfg, arch, pair_head = convert_hf_config.encoder_config_from_hf(hf_config)
+  cfg, arch, pair_head = configs.encoder_config_from_hf(hf_config)
   params, info = params_from_hf_state_dict(read_hf_state_dict(folder), cfg, arch)
   info.update(pair_head=pair_head, hf_config=hf_config)
   return cfg, params, info
@@ -545,7 +545,7 @@ def hf_checkpoint_state_dict(params: Mapping[str, Any], cfg: EncoderConfig,
                              arch: str) -> Dict[str, np.ndarray]:
   """A checkpoint's tensors (float32 numpy), named for the class `params` fills.
 
-  The class is `convert_hf_config.hf_architecture(arch, params)`: *Model names
+  The class is `configs.hf_architecture(arch, params)`: *Model names
   (no prefix) without an MLM head, else `arch.`-prefixed ones.
 
   Unlike `hf_state_dict_from_params`, also the ALBERT forms lite_bert does not
