@@ -77,12 +77,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
-  try:
-    config = _CONFIG.value
-    config.get("mode")  # config_flags defers a failed file load to first use
-  except OSError as e:
-    print(f"error: cannot load --config: {cli.one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+  config = cli.loaded_config(_CONFIG)
   logging.set_verbosity(logging.WARNING)
   debug = _DEBUG.value or os.environ.get("LITE_BERT_DEBUG") == "1"
   setup.COMMAND_LINE_FIELDS.set(frozenset(config_flags.get_override_values(flags.FLAGS["config"])))
@@ -96,7 +91,7 @@ def main(argv):
   except UserError as e:
     if debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {cli.error_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -10,6 +10,8 @@ import sys
 
 from absl import flags
 
+from lite_bert.errors import clip
+
 
 def one_line(text: str) -> str:
   """The last non-empty line of an error text (often a nested traceback)."""
@@ -42,7 +44,56 @@ def parse_flags(argv):
     detail = one_line(e)
     print(f"error: {detail if detail.startswith(flag) else flag + ': ' + detail}",
           file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except  # the config file's own code failed
+    print(f"error: cannot load --config: {config_file_error(e)}", file=sys.stderr)
   sys.exit(2)
+
+
+MAX_ERROR_CHARS = 600  # a message quoting a whole input file still prints as a short line
+
+
+def error_line(e: BaseException) -> str:
+  """A UserError's text as one line of at most MAX_ERROR_CHARS characters.
+
+  Messages quote at most ~200 characters of any input themselves; this is the
+  backstop for one that does not (the middle is cut, the start and the end,
+  usually the advice, stay).
+  """
+  text = " ".join(str(e).split())
+  if len(text) <= MAX_ERROR_CHARS:
+    return text
+  half = (MAX_ERROR_CHARS - 5) // 2
+  return f"{text[:half]} ... {text[-half:]}"
+
+
+def loaded_config(config_flag):
+  """The --config ConfigDict; a file that fails to load is one error line, exit 2.
+
+  config_flags defers a failed file load to the first use of the value.
+  """
+  try:
+    config = config_flag.value
+    config.get("mode")
+  except AttributeError:
+    print(f"error: --config: get_config() returned a {type(config).__name__}, not a "
+          f"ConfigDict", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except  # the config file's own code
+    print(f"error: cannot load --config: {config_file_error(e)}", file=sys.stderr)
+    sys.exit(2)
+  return config
+
+
+def config_file_error(e: BaseException) -> str:
+  """What went wrong running a config file, on one line (where: file and line)."""
+  if isinstance(e, SyntaxError):
+    return clip(f"{e.filename} line {e.lineno}: SyntaxError: {e.msg}")
+  tb = e.__traceback__
+  where = ""
+  while tb is not None:  # the innermost frame: the config file's line
+    where = f"{tb.tb_frame.f_code.co_filename} line {tb.tb_lineno}: "
+    tb = tb.tb_next
+  return clip(f"{where}{type(e).__name__}: {one_line(e)}")
 
 
 class _AbandonedReads(py_logging.Filter):

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic file writes (a reader sees the old file or the new one, never half of one),
+and one checked reader of the JSON files a user may hand in.
 
 Every result, config and record file is written through these helpers: the
 bytes go to `<path>.tmp`, are flushed, and the temporary is renamed over
@@ -12,6 +13,8 @@ import json
 import os
 import shutil
 from typing import Any, Union
+
+from lite_bert.errors import UserError, clip
 
 
 @contextlib.contextmanager
@@ -48,3 +51,32 @@ def atomic_copy(source: str, path: str) -> str:
   with _replacing(path) as tmp:
     shutil.copyfile(source, tmp)
   return path
+
+
+def read_json_object(path: str, *, what: str = "", dict_fields: tuple = ()) -> dict:
+  """The JSON object in `path`, or a UserError naming the file and what is wrong.
+
+  Refuses an unreadable file, bytes that are not UTF-8, text that is not JSON,
+  JSON that is not an object, and an object whose `dict_fields` are missing or
+  not objects. `what` says what the file is for ("the run config").
+  """
+  label = f"{what} {path}" if what else path
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read {label}: {e.strerror or e}") from None
+  try:
+    value = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise UserError(f"{label} is not valid UTF-8 (byte {e.start})") from None
+  except ValueError as e:
+    raise UserError(f"{label} is not valid JSON: {clip(str(e), 120)}") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{label} holds a JSON {type(value).__name__}, not an object")
+  for field in dict_fields:
+    if not isinstance(value.get(field), dict):
+      raise UserError(f"{label} has no {field!r} object"
+                      + ("" if field not in value else
+                         f" (it holds a {type(value[field]).__name__})"))
+  return value

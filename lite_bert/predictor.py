@@ -116,7 +116,12 @@ def read_examples(path: str, text_fields: Sequence[str]) -> list:
   where = "stdin" if path == "-" else path
   try:
     if path == "-":
-      text = sys.stdin.read()
+      if sys.stdin is None:
+        raise UserError("predict.input=- but stdin is closed; name a file")
+      # Bytes, decoded strictly: the text layer's surrogateescape would let
+      # undecodable bytes through to the tokenizer.
+      stream = getattr(sys.stdin, "buffer", None)
+      text = stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
     else:
       with open(path, encoding="utf-8") as f:
         text = f.read()

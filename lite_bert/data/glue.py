@@ -25,7 +25,7 @@ import pathlib
 from typing import Any, Mapping, Optional, Union
 
 from lite_bert import paths
-from lite_bert.errors import UserError
+from lite_bert.errors import UserError, clip
 
 METRICS = ("accuracy", "f1", "matthews_corrcoef", "pearson", "spearman")
 LABEL_FIELD = "label"
@@ -268,7 +268,10 @@ def _split_file(spec: TaskSpec, split: str,
 
 def _lines(path: pathlib.Path) -> list[str]:
   """Decoded lines (BOM dropped, no line ends, trailing empty lines cut)."""
-  raw_lines = path.read_bytes().split(b"\n")
+  try:
+    raw_lines = path.read_bytes().split(b"\n")
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror or e}") from None
   while raw_lines and not raw_lines[-1].strip():
     raw_lines.pop()
   lines = []
@@ -319,7 +322,10 @@ def read_task(spec: Union[str, TaskSpec], split: str,
       if column not in header:
         raise UserError(f"{path} line 1: the header has no column {column!r} "
                         f"(for field {field!r} of task {spec.name}); it has "
-                        f"{header}")
+                        f"{clip(repr(header), 120)}")
+      if header.count(column) > 1:
+        raise UserError(f"{path} line 1: the header names column {column!r} "
+                        f"{header.count(column)} times; which one is meant is unclear")
       positions[field] = header.index(column)
     width, layout = len(header), f"header: {', '.join(header)}"
     first_row = 2

@@ -15,7 +15,6 @@ once per vocabulary.
 """
 
 import abc
-import json
 import os
 import pathlib
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
+from lite_bert import files
 from lite_bert.errors import UserError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -239,10 +239,7 @@ class WordPieceTokenizer(Tokenizer):
 def _read_json(path: pathlib.Path) -> dict:
   if not path.is_file():
     return {}
-  try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: not valid JSON ({e})") from None
+  return files.read_json_object(os.fspath(path))
 
 
 def _special_token_names(folder: pathlib.Path, config: dict) -> dict:

@@ -66,7 +66,8 @@ def run(config, workdir: str) -> dict:
   if run_config.get("mode") != "finetune":
     raise UserError(f"{workdir} holds a {run_config.get('mode')!r} run, not a fine-tuning, "
                     f"pretraining or distillation run")
-  split = config.evaluate.split
+  # A model config (configs/bert.py ...) has no evaluate.split: the dev split then.
+  split = config.evaluate.get("split", "validation")
   choice = config.evaluate.checkpoint
   params, _ = pretrained.restore_chosen(workdir, choice, "evaluate.checkpoint")
   spec = task_eval.task_spec(run_config)

@@ -125,7 +125,15 @@ def steps_for_epochs(config, num_train: int) -> None:
 
 
 def check_batching(config) -> None:
-  """Refuses a bad padding / length-grouping field, or steps set twice, before any work."""
+  """Refuses a bad padding / length-grouping / epochs / eval-splits field, or steps set twice."""
+  epochs = config.finetune.epochs
+  if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 <= epochs < 1e6:
+    raise UserError(f"finetune.epochs must be a number >= 0 (0: train.num_steps decides), "
+                    f"got {epochs!r}")
+  splits = config.finetune.eval_splits
+  if isinstance(splits, str) or not splits or not all(isinstance(x, str) for x in splits):
+    raise UserError(f"finetune.eval_splits must be a non-empty list of split names (the "
+                    f"first one picks the best checkpoint), got {splits!r}")
   if config.finetune.epochs > 0 and setup.set_on_command_line("train.num_steps"):
     raise UserError(f"--config.train.num_steps={config.train.num_steps} conflicts with "
                     f"finetune.epochs={config.finetune.epochs}, which sets the steps: pass "

@@ -11,6 +11,7 @@ example number, from 0), `label` and one `prob_<label>` column per class, or
 fine-tuning, and their count is printed. From Python: `lite_bert.predictor`.
 """
 
+import os
 import sys
 
 from lite_bert import files
@@ -24,6 +25,10 @@ def run(config, workdir: str) -> dict:
   if not source or not target:
     raise UserError("predict mode needs --config.predict.input=FILE (or -) and "
                     "--config.predict.output=FILE (or -)")
+  if target == "-" and sys.stdout is None:
+    raise UserError("predict.output=- but stdout is closed; name a file")
+  if target != "-":
+    _check_output(target, workdir)
   model = predictor.Predictor(workdir, checkpoint=options.get("checkpoint", "best"))
   examples = predictor.read_examples(source, model.spec.text_fields)
   result = model(examples)
@@ -44,3 +49,22 @@ def run(config, workdir: str) -> dict:
         f"(step {model.step}) -> {target}{note}", file=sys.stderr if target == "-" else
         sys.stdout, flush=True)
   return {"examples": len(result.rows), "truncated": result.truncated, "output": target}
+
+
+def _check_output(target: str, workdir: str) -> None:
+  """Refuses an output that would overwrite one of the run's own files.
+
+  Inside the workdir only a new file, or an earlier predictions file (it starts
+  with the `index` column), may be written.
+  """
+  real, root = os.path.realpath(target), os.path.realpath(workdir)
+  if os.path.commonpath([real, root]) != root or not os.path.exists(real):
+    return
+  try:
+    with open(real, "rb") as f:
+      earlier_predictions = f.read(6) == b"index\t"
+  except OSError:
+    earlier_predictions = False
+  if not earlier_predictions:
+    raise UserError(f"predict.output {target} is a file of the run in {workdir}, not an "
+                    f"earlier predictions file; write the predictions to another path")

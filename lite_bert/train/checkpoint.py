@@ -127,7 +127,9 @@ def is_damage(error: BaseException) -> bool:
       return True
     if isinstance(e, ValueError) and (
         text.startswith(tuple(s + ":" for s in DAMAGE_STATUSES))
-        or (text.startswith("FAILED_PRECONDITION:") and "Zstd" in text)):
+        # zstd's words vary by version: "Zstd ...", "ZSTD_decompressStream() failed: Data
+        # corruption detected" (where the flipped bytes fall decides which appears).
+        or (text.startswith("FAILED_PRECONDITION:") and "zstd" in text.lower())):
       return True
   return False
 

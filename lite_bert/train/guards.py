@@ -30,7 +30,11 @@ class WorkdirLock:
     self._file = None
 
   def __enter__(self) -> "WorkdirLock":
-    self._file = open(self.path, "a+")
+    try:
+      self._file = open(self.path, "a+")
+    except OSError as e:
+      raise UserError(f"cannot take the workdir's lock file {self.path}: "
+                      f"{e.strerror or e}") from None
     try:
       fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from lite_bert.errors import UserError
 from lite_bert.train import setup
@@ -105,6 +106,9 @@ def check_config(config, *, check_schedule: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise UserError(f"{section}.{name} must be an integer >= {low}, got {value!r}")
 
+  seed = config.get("seed", 0)
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    raise UserError(f"seed must be an integer in [0, 2**32), got {seed!r}")
   for name, low in (("num_steps", 1), ("log_every", 1), ("sync_every", 1),
                     ("eval_every", 0), ("stop_after", 0)):
     integer("train", name, low)
@@ -239,16 +243,23 @@ def train(config, workdir: str, job: Job) -> dict:
   }
 
   # --------------------------------------------------------- checkpoint
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
-      save_every_steps=config.checkpoint.every_steps,
-      async_save=config.checkpoint.async_save)
+  # Validate, then write: a fresh run creates `checkpoints/`, `config.json` and
+  # its metrics only once its data is known to be usable (below), so a refused
+  # run leaves the workdir as it was.
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  make_checkpointer = functools.partial(
+      checkpoint_lib.Checkpointer, checkpoint_dir, max_to_keep=config.checkpoint.max_to_keep,
+      save_every_steps=config.checkpoint.every_steps, async_save=config.checkpoint.async_save)
+  resuming = os.path.isdir(checkpoint_dir)
+  if jax.process_count() > 1:  # every process decides before process 0 may create it
+    multihost_utils.sync_global_devices("lite_bert_checked_checkpoint_folder")
+  checkpointer = make_checkpointer() if resuming else None
   # Closed on any error too: an open manager's background threads would print
   # tracebacks at exit after the one-line error (and a save in flight commits).
   writer = None
   try:
-    restored = checkpointer.restore_latest_good(abstract_state, state_shardings,
-                                                meta_now=job.meta)
+    restored = None if checkpointer is None else checkpointer.restore_latest_good(
+        abstract_state, state_shardings, meta_now=job.meta)
     window: list = []  # per-step host metrics since the last log line
     if restored is not None:
       state = restored.state
@@ -268,18 +279,24 @@ def train(config, workdir: str, job: Job) -> dict:
                  "opt_state": jax.jit(optimizer.init,
                                       out_shardings=state_shardings["opt_state"])(params)}
       data_state, first_step = None, 0
-    if is_main:  # only now: a refused checkpoint leaves the run's config.json as it was
+
+    # -------------------------------------------------------------- input
+    # Opened before anything is written: it checks the data (a corpus too
+    # small for the pair objective, a bad seed) with the workdir untouched.
+    train_iter = job.make_train_iter(data_state)
+    to_global = functools.partial(mesh_lib.host_batch_to_global, mesh=mesh)
+    # Reads (and on resume truncates) metrics.jsonl: a damaged one is refused here.
+    writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
+    if is_main:  # only now: a refused run leaves the run's config.json as it was
       setup.write_config(config, workdir)
+    if checkpointer is None:
+      checkpointer = make_checkpointer()
 
     frozen = job.frozen
     if frozen is not None:
       frozen_shardings = mesh_lib.param_shardings(
           mesh, jax.eval_shape(lambda: frozen), config.mesh.fsdp)
       frozen = jax.device_put(frozen, frozen_shardings)
-
-    # -------------------------------------------------------------- input
-    train_iter = job.make_train_iter(data_state)
-    to_global = functools.partial(mesh_lib.host_batch_to_global, mesh=mesh)
 
     # -------------------------------------------------------- update step
     step_fn = jax.jit(
@@ -289,7 +306,6 @@ def train(config, workdir: str, job: Job) -> dict:
         donate_argnums=0)
 
     # ---------------------------------------------------------------- loop
-    writer = metrics_lib.MetricWriter(workdir, resume_step=first_step, enabled=is_main)
     peak, peak_source = (None, "")
     if job.step_flops is not None:
       peak, peak_source = peak_lib.device_peak(str(config.model.get("dtype", "float32")))
@@ -384,7 +400,10 @@ def train(config, workdir: str, job: Job) -> dict:
       writer.close()
     raise
   except BaseException:
-    checkpointer.abandon()
+    if checkpointer is not None:
+      checkpointer.abandon()
+    if writer is not None:
+      writer.close()
     raise
 
   writer.close()

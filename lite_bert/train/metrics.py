@@ -12,7 +12,9 @@ import sys
 import time
 from typing import Optional
 
+from lite_bert import errors
 from lite_bert import files
+from lite_bert.errors import UserError
 
 
 def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
@@ -20,9 +22,38 @@ def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = [record for _, _, record in _records_of(path) if record is not None]
   return [r for r in records if split is None or r.get("split") == split]
+
+
+def _records_of(path: str):
+  """(line number, line, record) of each non-blank line of a metrics.jsonl.
+
+  A last line that is not a whole record (no newline, not JSON: a write cut by
+  a kill or a full disk) comes back with record None; any other damage is a
+  UserError naming the file and line.
+  """
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror}") from None
+  lines = raw.decode("utf-8", errors="replace").splitlines(keepends=True)
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("not a metrics record")
+    except ValueError:
+      if number == len(lines) and not line.endswith("\n"):
+        yield number, line, None
+        continue
+      raise UserError(f"{path} line {number} is not a metrics record "
+                      f"({errors.clip(line.strip(), 60)}); move the file away to start "
+                      f"the metrics afresh") from None
+    yield number, line, record
 
 
 class MetricWriter:
@@ -48,10 +79,15 @@ class MetricWriter:
   def _truncate_after(self, step: int) -> None:
     if not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
+    kept, changed = [], False
+    for number, line, record in _records_of(self.path):
+      if record is None:  # the torn last line of a killed run: its step is lost anyway
+        changed = True
+      elif record["step"] <= step:
+        kept.append(line)
+      else:
+        changed = True
+    if changed:
       files.atomic_write(self.path, "".join(kept))
 
   def write(self, step: int, split: str, values: dict) -> None:

@@ -97,7 +97,7 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
 
 # Fields that change how a model computes but not what its params are: a
 # checkpoint restores across them (e.g. bf16 fine-tuning of an fp32 run).
-RUNTIME_FIELDS = ("dtype", "remat", "dropout_rate", "attention_dropout_rate")
+RUNTIME_FIELDS = ("dtype", "remat", "scan_unroll", "dropout_rate", "attention_dropout_rate")
 
 
 def model_meta(cfg: EncoderConfig, **extra) -> dict:
@@ -222,6 +222,16 @@ def batch_options(config) -> dict:
                     f"{jax.process_count()} processes")
   if data.masking not in MASKINGS:
     raise UserError(f"data.masking must be one of {MASKINGS}, got {data.masking!r}")
+  for name, low in (("max_predictions_per_seq", 1), ("ngram_max", 1)):
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"data.{name} must be an integer >= {low}, got {value!r}")
+  for name, low_open in (("mask_rate", True), ("short_seq_prob", False)):
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        (0.0 < value if low_open else 0.0 <= value) and value <= 1.0):
+      raise UserError(f"data.{name} must be a number in {'(' if low_open else '['}0, 1], "
+                      f"got {value!r}")
   return dict(
       batch_size=data.batch_size // jax.process_count(),
       max_seq_length=data.max_seq_length,

@@ -26,7 +26,7 @@ knows Hugging Face model names.
 
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
-from lite_bert.errors import UserError
+from lite_bert.errors import UserError, clip
 from lite_bert.models.config import EncoderConfig
 
 if TYPE_CHECKING:
@@ -77,6 +77,14 @@ def _get(hf: Mapping[str, Any], key: str, default: Any) -> Any:
   return default if value is None else value
 
 
+def _number(hf: Mapping[str, Any], key: str, default: float) -> float:
+  """A float field of config.json; anything else is a UserError naming it."""
+  value = _get(hf, key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise UserError(f"Hugging Face config {key}={clip(repr(value), 60)} is not a number")
+  return float(value)
+
+
 def _activation(name: Any, field: str) -> str:
   if name not in _ACTIVATIONS:
     raise UserError(f"Hugging Face config {field}={name!r} is not supported; lite_bert has "
@@ -124,10 +132,10 @@ def encoder_config_from_hf(hf_config: Mapping[str, Any]) -> Tuple[EncoderConfig,
         activation=_activation(_get(hf, "hidden_act", "gelu"), "hidden_act"),
         share="none",
         pooler=True,
-        dropout_rate=float(_get(hf, "hidden_dropout_prob", 0.1)),
-        attention_dropout_rate=float(_get(hf, "attention_probs_dropout_prob", 0.1)),
-        layer_norm_eps=float(_get(hf, "layer_norm_eps", 1e-12)),
-        initializer_range=float(_get(hf, "initializer_range", 0.02)),
+        dropout_rate=_number(hf, "hidden_dropout_prob", 0.1),
+        attention_dropout_rate=_number(hf, "attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=_number(hf, "layer_norm_eps", 1e-12),
+        initializer_range=_number(hf, "initializer_range", 0.02),
     )
   elif arch == "albert":
     for field in ("num_hidden_groups", "inner_group_num"):
@@ -151,10 +159,10 @@ def encoder_config_from_hf(hf_config: Mapping[str, Any]) -> Tuple[EncoderConfig,
         activation=_activation(_get(hf, "hidden_act", "gelu_new"), "hidden_act"),
         share="all",
         pooler=True,
-        dropout_rate=float(_get(hf, "hidden_dropout_prob", 0.0)),
-        attention_dropout_rate=float(_get(hf, "attention_probs_dropout_prob", 0.0)),
-        layer_norm_eps=float(_get(hf, "layer_norm_eps", 1e-12)),
-        initializer_range=float(_get(hf, "initializer_range", 0.02)),
+        dropout_rate=_number(hf, "hidden_dropout_prob", 0.0),
+        attention_dropout_rate=_number(hf, "attention_probs_dropout_prob", 0.0),
+        layer_norm_eps=_number(hf, "layer_norm_eps", 1e-12),
+        initializer_range=_number(hf, "initializer_range", 0.02),
     )
   else:
     if _get(hf, "sinusoidal_pos_embds", False):
@@ -172,10 +180,10 @@ def encoder_config_from_hf(hf_config: Mapping[str, Any]) -> Tuple[EncoderConfig,
         activation=_activation(_get(hf, "activation", "gelu"), "activation"),
         share="none",
         pooler=False,
-        dropout_rate=float(_get(hf, "dropout", 0.1)),
-        attention_dropout_rate=float(_get(hf, "attention_dropout", 0.1)),
+        dropout_rate=_number(hf, "dropout", 0.1),
+        attention_dropout_rate=_number(hf, "attention_dropout", 0.1),
         layer_norm_eps=DISTILBERT_LAYER_NORM_EPS,
-        initializer_range=float(_get(hf, "initializer_range", 0.02)),
+        initializer_range=_number(hf, "initializer_range", 0.02),
     )
   return EncoderConfig(**fields), arch, arch != "distilbert"
 

@@ -35,7 +35,6 @@ place in lite_bert that knows Hugging Face model names.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -43,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lite_bert import files
 from lite_bert.errors import UserError, clip
 from lite_bert.models.convert import configs
 from lite_bert.models import summary
@@ -444,8 +444,8 @@ def read_hf_state_dict(folder: str) -> Dict[str, np.ndarray]:
     if os.path.exists(single):
       return load_file(single)
     if os.path.exists(index):
-      with open(index) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+      weight_map = files.read_json_object(index, dict_fields=("weight_map",))["weight_map"]
+      shards = sorted({str(shard) for shard in weight_map.values()})
       state = {}
       for shard in shards:
         state.update(load_file(os.path.join(folder, shard)))
@@ -476,14 +476,7 @@ def load_hf_checkpoint(folder: str) -> Tuple[EncoderConfig, dict, dict]:
   family's PretrainingModel has an NSP/SOP head) and `hf_config` (the
   config.json dict).
   """
-  config_path = os.path.join(folder, "config.json")
-  try:
-    with open(config_path) as f:
-      hf_config = json.load(f)
-  except OSError as e:
-    raise UserError(f"cannot read {config_path}: {e.strerror}") from e
-  except json.JSONDecodeError as e:
-    raise UserError(f"{config_path} is not valid JSON: {e}") from e
+  hf_config = files.read_json_object(os.path.join(folder, "config.json"))
   cfg, arch, pair_head = configs.encoder_config_from_hf(hf_config)
   params, info = params_from_hf_state_dict(read_hf_state_dict(folder), cfg, arch)
   info.update(pair_head=pair_head, hf_config=hf_config)
