@@ -29,23 +29,31 @@ With `with_provenance=True` (tests, debugging) also `a_document`,
 `a_offset`, `b_offset` [B] int32 (where the segment starts in its document's
 token stream, `pretraining.TokenizedDocuments.document_tokens`).
 
-How the stream is made (all of it a pure function of the options, the shard
-and the position, which is why a 2-number state is enough to resume):
-  * Sharding: host `process_index` of `process_count` takes documents
-    process_index, process_index + process_count, ... and tokenizes them
-    once, up front (`pretraining.tokenize_documents`).
-  * Epoch e: the shard's documents in a new order, examples created from them
+How the stream is made (all of it a pure function of the options and the
+position, which is why a 2-number state is enough to resume):
+  * One global stream: every host tokenizes the whole corpus once, up front
+    (`pretraining.tokenize_documents`), and makes the same global batches of
+    `batch_size * process_count` sequences; host `process_index` keeps rows
+    [process_index * batch_size, (process_index + 1) * batch_size). So a run
+    on N processes trains on exactly the batches of a one-process run with the
+    same global batch (same losses, within float tolerance), and a state
+    saved on one process count resumes on another. The price: each host
+    tokenizes every document and masks the whole global batch (cheap next to
+    a training step; the corpus must fit in each host's memory, as it must
+    anyway for `open_corpus`).
+  * Epoch e: the documents in a new order, examples created from them
     with a new rng (new A/B splits, random nexts and swaps every epoch; no
     BERT `dupe_factor` copies needed), then all the epoch's examples shuffled
     together (BERT shuffles its instances globally too: with book-sized
     documents, a batch must not come from one book). The last partial batch
     of an epoch is dropped.
-  * Batch k of epoch e: examples [k B, (k + 1) B) of that order, laid out and
-    padded (`pretraining.assemble`), then masked with the rng
-    `masking.batch_rng(seed, process_index, e, k)`.
+  * Batch k of epoch e: examples [k G, (k + 1) G) of that order (G the
+    global batch), laid out and padded (`pretraining.assemble`), masked with
+    the rng `masking.batch_rng(seed, 0, e, k)`, then cut to this host's rows.
   * State: {epoch, batch_in_epoch} of the next batch, plus the options and
-    shard size that define the stream, which `set_state` checks: restoring a
-    state into a differently configured stream is refused.
+    corpus size that define the stream, which `set_state` checks: restoring a
+    state into a differently configured stream is refused (the process count
+    is not part of it: the global batch is).
 
 Why grain is only the frame: `PretrainingDataset` is a `grain.IterDataset`
 and its iterator a `grain.DatasetIterator` (so it composes with grain
@@ -93,8 +101,10 @@ class PretrainingOptions:
       p(n) proportional to 1/n; 1 = off.
     short_seq_prob: probability of a shorter target length (0.1).
     seed: the data seed (document orders, examples, shuffles, masks).
-    process_index: this host's index, in [0, process_count).
-    process_count: number of host processes (each reads its own documents).
+    process_index: this host's index, in [0, process_count): which rows of
+      each global batch it keeps.
+    process_count: number of host processes; the global batch is
+      batch_size * process_count.
     with_provenance: add the debug fields `a_document`, `b_document`,
       `a_offset`, `b_offset` to every batch.
   """
@@ -119,10 +129,19 @@ class PretrainingOptions:
         whole_word=self.whole_word_masking,
         max_ngram=self.max_ngram)
 
+  @property
+  def global_batch_size(self) -> int:
+    return self.batch_size * self.process_count
+
   def stream_fields(self) -> dict[str, Any]:
-    """The options a saved state must agree with (JSON types only)."""
+    """The options a saved state must agree with (JSON types only).
+
+    The global stream's: the global batch, not how it is split over hosts
+    (written as one host of one, the fields a one-process run always saved).
+    """
     fields = dataclasses.asdict(self)
     del fields["with_provenance"]
+    fields.update(batch_size=self.global_batch_size, process_index=0, process_count=1)
     return {name: value.item() if isinstance(value, np.generic) else value
             for name, value in fields.items()}
 
@@ -156,10 +175,8 @@ def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
 
 
 def _shard_name(corpus_name: str, options: PretrainingOptions) -> str:
-  if options.process_count == 1:
-    return f"corpus {corpus_name}"
-  return (f"corpus {corpus_name} (the documents of host process "
-          f"{options.process_index} of {options.process_count})")
+  del options  # every host reads the whole corpus
+  return f"corpus {corpus_name}"
 
 
 def _read_documents(documents: Sequence[str],
@@ -172,15 +189,15 @@ def _read_documents(documents: Sequence[str],
 
 
 class PretrainingDataset(grain.IterDataset):
-  """This host's endless stream of pretraining batches (see module docstring).
+  """This host's rows of the endless global stream of pretraining batches (module docstring).
 
-  Construction tokenizes the host's shard of documents (the expensive part)
+  Construction tokenizes the corpus (the expensive part)
   and refuses corpora that cannot give batches; iterating is cheap.
   """
 
   def __init__(self, documents: Sequence[str], tokenizer: Any,
                options: PretrainingOptions, *, corpus_name: str = "corpus"):
-    """Tokenizes this host's documents.
+    """Tokenizes the corpus (every host: the whole of it).
 
     Args:
       documents: the corpus, one string per document (e.g.
@@ -190,8 +207,7 @@ class PretrainingDataset(grain.IterDataset):
       corpus_name: how error messages name the corpus (e.g. its spec).
 
     Raises:
-      UserError: bad options; an empty corpus; more hosts than documents; a
-        pair objective on a corpus with no document of >= 2 sentences (or,
+      UserError: bad options; an empty corpus; a pair objective on a corpus with no document of >= 2 sentences (or,
         for NSP, with fewer than 2 documents); fewer examples than one batch.
     """
     super().__init__()
@@ -200,13 +216,7 @@ class PretrainingDataset(grain.IterDataset):
     self.corpus_name = corpus_name
     if len(documents) == 0:
       raise UserError(f"corpus {corpus_name} is empty: it has no documents")
-    shard = range(options.process_index, len(documents),
-                  options.process_count)
-    if not shard:
-      raise UserError(
-          f"corpus {corpus_name} has {len(documents)} documents, fewer than "
-          f"process_count={options.process_count}: host process "
-          f"{options.process_index} would get none")
+    shard = range(len(documents))  # every host: the whole corpus (one global stream)
     self.corpus = pretraining.tokenize_documents(
         _read_documents(documents, shard), tokenizer,
         max_seq_length=options.max_seq_length,
@@ -225,7 +235,7 @@ class PretrainingDataset(grain.IterDataset):
         raise UserError(
             f"{where} has a single document, so pair_objective='nsp' has no "
             "other document to draw a random next segment from; give it at "
-            "least 2 documents (per host process)")
+            "least 2 documents")
     self.vocab = masking.masking_vocab(tokenizer)
     self.spec = options.masking_spec()
     self._special_ids = dict(cls_id=int(tokenizer.cls_id),
@@ -251,7 +261,7 @@ class PretrainingDataset(grain.IterDataset):
     if cached_epoch == epoch:
       return cached
     options = self.options
-    rng = pretraining.example_rng(options.seed, options.process_index, epoch)
+    rng = pretraining.example_rng(options.seed, 0, epoch)  # the global stream's
     document_order = list(range(self.corpus.num_documents))
     rng.shuffle(document_order)
     examples = pretraining.create_examples(
@@ -259,30 +269,29 @@ class PretrainingDataset(grain.IterDataset):
         pair_objective=options.pair_objective,
         short_seq_prob=options.short_seq_prob, rng=rng,
         document_order=document_order)
-    if len(examples) < options.batch_size:
+    if len(examples) < options.global_batch_size:
       raise UserError(
           f"{_shard_name(self.corpus_name, options)} gives only "
           f"{len(examples)} examples of max_seq_length="
           f"{options.max_seq_length} in epoch {epoch}, fewer than one batch "
-          f"(batch_size={options.batch_size})")
+          f"(global batch_size={options.global_batch_size})")
     shuffle_rng = np.random.default_rng(np.random.SeedSequence(
-        [_SHUFFLE_STREAM, options.seed, options.process_index, epoch]))
+        [_SHUFFLE_STREAM, options.seed, 0, epoch]))
     examples = examples.take(shuffle_rng.permutation(len(examples)))
     self._cached_epoch = (epoch, examples)
     return examples
 
   def make_batch(self, examples: pretraining.Examples, epoch: int,
                  batch_in_epoch: int) -> dict[str, np.ndarray]:
-    """Batch `batch_in_epoch` of an epoch whose examples are `examples`."""
+    """This host's rows of global batch `batch_in_epoch` of an epoch of `examples`."""
     options = self.options
-    size = options.batch_size
+    size = options.global_batch_size
     chosen = examples.take(
         np.arange(batch_in_epoch * size, (batch_in_epoch + 1) * size))
     arrays = pretraining.assemble(
         self.corpus, chosen, max_seq_length=options.max_seq_length,
         **self._special_ids)
-    rng = masking.batch_rng(options.seed, options.process_index, epoch,
-                            batch_in_epoch)
+    rng = masking.batch_rng(options.seed, 0, epoch, batch_in_epoch)
     masked = masking.mask_tokens(
         arrays["input_ids"], arrays["attention_mask"], spec=self.spec,
         vocab=self.vocab, rng=rng)
@@ -298,7 +307,11 @@ class PretrainingDataset(grain.IterDataset):
       batch["pair_labels"] = chosen.pair_labels.astype(np.int32)
     if options.with_provenance:
       batch.update(self._provenance(chosen))
-    return batch
+    if options.process_count == 1:
+      return batch
+    rows = slice(options.process_index * options.batch_size,
+                 (options.process_index + 1) * options.batch_size)
+    return {name: value[rows] for name, value in batch.items()}
 
   def _provenance(self, chosen: pretraining.Examples) -> dict[str, np.ndarray]:
     corpus = self.corpus
@@ -316,7 +329,7 @@ class PretrainingDataset(grain.IterDataset):
     return fields
 
   def state_identity(self) -> dict[str, Any]:
-    """What a saved state must match: options and the shard's size."""
+    """What a saved state must match: the stream's options and the corpus size."""
     return {
         "options": self.options.stream_fields(),
         "num_documents": self.corpus.num_documents,
@@ -350,7 +363,7 @@ class PretrainingIterator(grain.DatasetIterator):
     return self._examples
 
   def _batches_in_epoch(self) -> int:
-    return len(self._current_examples()) // self._dataset.options.batch_size
+    return len(self._current_examples()) // self._dataset.options.global_batch_size
 
   def __next__(self) -> dict[str, np.ndarray]:
     while self._batch_in_epoch >= self._batches_in_epoch():
@@ -510,8 +523,7 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
     documents, tokenizer, batch_size, max_seq_length,
       max_predictions_per_seq, pair_objective: as `pretraining_batches`.
     num_batches: how many batches; None = every full batch of the first
-      epoch. With several hosts pass the same number on each (hosts must run
-      the same number of eval steps); a host whose shard has fewer refuses.
+      epoch. Each host gets its rows of the same global batches.
     corpus_name: how error messages name the corpus.
     **options: other `PretrainingOptions` fields (masking, short_seq_prob,
       seed, process_index, process_count, with_provenance).
@@ -529,7 +541,7 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
       max_predictions_per_seq=max_predictions_per_seq,
       pair_objective=pair_objective, corpus_name=corpus_name, **options)
   examples = dataset.epoch_examples(0)
-  available = len(examples) // batch_size
+  available = len(examples) // dataset.options.global_batch_size
   if num_batches is None:
     num_batches = available
   elif num_batches < 1:

@@ -381,8 +381,8 @@ class Checkpointer:
       if difference:
         raise UserError(f"{where} holds a different train state (another optimizer "
                         f"or model?): {difference}")
-    if shardings is None:
-      first_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if shardings is None:  # whole arrays on this process's first device (any process count)
+      first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: first_device, abstract_state)
     target = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
