@@ -50,7 +50,7 @@ from lite_bert.train import optim
 def init_params(cfgs: dict) -> dict:
   """PretrainingModel params per model (the encoder part drives inference)."""
   params = {}
-  for m in MODELS:
+  for m in (m for m in MODELS if m in cfgs):
     cfg = cfgs[m]
     model = PretrainingModel(cfg, pair_head=m != "distilbert")
     ids = jnp.ones((1, 8), jnp.int32)

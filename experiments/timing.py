@@ -167,11 +167,17 @@ def repeats_for(warm_s: float, policy: dict) -> int:
 
 
 def time_round_robin(candidates: list) -> None:
-  """Timed calls, one candidate after the other, until each has its `target`."""
+  """Timed calls, one candidate after the other, until each has its `target`.
+
+  Round r starts at candidate r mod n (the order rotates), so no candidate
+  always takes the same slot (after another library's call, first after a
+  pause): whatever a slot costs falls on every candidate alike.
+  """
   for c in candidates:
     c.times, c.rss, c.cpu = [], [], []
-  for _ in range(max(c.target for c in candidates)):
-    for c in candidates:
+  n = len(candidates)
+  for r in range(max(c.target for c in candidates)):
+    for c in candidates[r % n:] + candidates[:r % n]:
       if len(c.times) < c.target:
         c.time_once()
 

@@ -307,7 +307,8 @@ class Encoder(nn.Module):
       scan_kwargs = dict(variable_axes={"params": 0},
                          split_rngs={"params": True, "dropout": True})
     scanned = nn.scan(block_cls, in_axes=(nn.broadcast, nn.broadcast),
-                      length=cfg.num_layers, **scan_kwargs)
+                      length=cfg.num_layers, unroll=cfg.scan_unroll or cfg.num_layers,
+                      **scan_kwargs)
     shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
     return scanned(cfg, shared_part, deterministic, output_attentions, name="layers")
 

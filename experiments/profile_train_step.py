@@ -1,0 +1,213 @@
+"""Where the training step's time goes, and which step variants help (issue #23 item 1).
+
+  python -m experiments.profile_train_step --out=experiments/results/profile_train \
+      [--model=bert] [--size=base] [--points=8x128] [--repeats=5]
+
+One process, one model, the library's own `train.loop.train_step` (the
+pretraining objective and the config's optimizer, as `experiments/benchmark.py`
+times it), jitted with the state donated. Each variant is the smallest change
+to the library it stands for, built here; the library is not changed:
+
+  forward_only      the loss forward, deterministic (for the backward ratio);
+                    built first: in a process holding many variants the first
+                    one built ran 20-30% slower in every call, whichever it was
+  baseline          the step as it is (nn.scan over layers, dropout 0.1,
+                    threefry PRNG, the non-finite guard on loss, gradient and
+                    new state)
+  scan_unroll_all   `model.scan_unroll=0`: the scan's body holds every layer
+                    (same stacked params, no while loop)
+  unrolled          `model.scan_layers=False`: a Python loop of blocks, each
+                    with its own weights (no [L, ...] stacked weights to slice
+                    in the forward and accumulate into in the backward)
+  rbg               the dropout key drawn from `rbg` instead of threefry
+  no_attn_dropout   `attention_dropout_rate=0` (the cuDNN/Cramming recipe)
+  no_dropout        both dropouts 0 (what dropout costs in all)
+  guard_loss_only   the guard checks the loss and the gradient norm only, not
+                    the new params and moments (what the state check costs)
+  hf_torch          HF torch's step on the same weights (the benchmark's
+                    reference), when torch and transformers are installed
+
+Timed interleaved, call by call (the order rotating each round), medians of
+--repeats after one warm-up each.
+Writes <out>/profile_train.json and <out>/PROFILE_TRAIN.md (ratios to the
+baseline and to HF torch; CPU timings vary 20-30% run to run: compare ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from experiments.benchmark_candidates import init_params, torch_training
+from experiments.benchmark_inputs import make_pretraining_batch, model_config, optim_config
+from experiments.provenance import cpu_model, git_info
+from experiments.timing import (Candidate, CpuMonitor, time_round_robin, timed_call,
+                                wait_for_idle)
+from lite_bert import files
+from lite_bert.models.encoder import unstack_layers
+from lite_bert.models.heads import PretrainingModel
+from lite_bert.train import loop as loop_lib
+from lite_bert.train import objectives
+from lite_bert.train import optim
+
+VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
+            "no_dropout", "guard_loss_only", "hf_torch")
+
+
+def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
+  """`loop.train_step` with the finite check on the loss and gradient norm only."""
+  import optax
+  rng = jax.random.fold_in(base_rng, state["step"])
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], frozen, batch, rng, False)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  new_params = optax.apply_updates(state["params"], updates)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return ({"step": state["step"] + 1, "params": keep(new_params, state["params"]),
+           "opt_state": keep(new_opt_state, state["opt_state"])},
+          dict(metrics, loss=loss, grad_norm=grad_norm))
+
+
+def build(variant: str, model_name: str, size: str, batch: int, seq: int, params0):
+  """(call, info) for one variant: `call()` runs one step (or forward) to completion."""
+  cfg = model_config(model_name, size, "float32")
+  base_rng = jax.random.key(0)
+  step_fn = loop_lib.train_step
+  params = params0
+  if variant == "unrolled":
+    cfg = dataclasses.replace(cfg, scan_layers=False)
+    params = dict(params0, encoder=unstack_layers(params0["encoder"], cfg))
+  elif variant == "rbg":
+    base_rng = jax.random.key(0, impl="rbg")
+  elif variant == "no_attn_dropout":
+    cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0)
+  elif variant == "no_dropout":
+    cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
+  elif variant == "guard_loss_only":
+    step_fn = guard_loss_only_step
+  elif variant == "scan_unroll_all":
+    cfg = dataclasses.replace(cfg, scan_unroll=0)
+  return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+
+
+def _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng):
+  model = PretrainingModel(cfg, pair_head=model_name != "distilbert")
+  inner = objectives.pretraining_loss_fn(model)
+  loss_fn = lambda p, frozen, b, rng, det: inner(p, b, rng, det)
+  data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, batch, seq).items()}
+  st = {}
+  start = time.perf_counter()
+  if variant == "forward_only":
+    fwd = jax.jit(lambda p, d: loss_fn(p, None, d, None, True)[0])
+    compiled = fwd.lower(params, data).compile()
+
+    def call():
+      jax.block_until_ready(compiled(params, data))
+  else:
+    optimizer, _ = optim.make_optimizer(optim_config(model_name, size), total_steps=1_000_000)
+    state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree_util.tree_map(jnp.array, params),
+             "opt_state": optimizer.init(params)}
+    step = jax.jit(functools.partial(step_fn, loss_fn=loss_fn, optimizer=optimizer,
+                                     base_rng=base_rng), donate_argnums=0)
+    compiled = step.lower(state, None, data).compile()
+    st["state"] = state
+
+    def call():
+      st["state"], metrics = compiled(st["state"], None, data)
+      jax.block_until_ready((st["state"], metrics))
+      st["loss"] = float(metrics["loss"])
+  compile_s = time.perf_counter() - start
+  call()  # warm-up
+  return call, {"compile_s": round(compile_s, 2), "loss": st.get("loss")}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True)
+  p.add_argument("--model", default="bert", choices=("bert", "albert"))
+  p.add_argument("--size", default="base")
+  p.add_argument("--points", default="8x128")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--wait-idle", type=float, default=0.0,
+                 help="seconds to wait for an idle CPU before timing (0: do not wait)")
+  args = p.parse_args(argv)
+  variants = [v for v in args.variants.split(",") if v]
+  unknown = sorted(set(variants) - set(VARIANTS))
+  if unknown:
+    print(f"error: --variants: unknown {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+    return 2
+  os.makedirs(args.out, exist_ok=True)
+  cfg = model_config(args.model, args.size, "float32")
+  params0 = init_params({args.model: cfg})[args.model]
+  if args.wait_idle:
+    wait_for_idle(CpuMonitor(lambda: [os.getpid()]), args.wait_idle)
+  rows = []
+  for point in args.points.split(","):
+    batch, seq = (int(x) for x in point.split("x"))
+    calls, infos = {}, {}
+    for v in variants:
+      print(f"{args.model}-{args.size} {point}: compiling {v}", flush=True)
+      if v == "hf_torch":
+        try:
+          cand = torch_training(args.model, {args.model: cfg}, params0, batch, seq,
+                                size=args.size, dtype="float32", teacher_params=None)
+        except ImportError as e:
+          print(f"  hf_torch skipped: {e}", flush=True)
+          continue
+        infos[v] = cand.prepare()
+        calls[v] = lambda c=cand: c.run()
+      else:
+        calls[v], infos[v] = build(v, args.model, args.size, batch, seq, params0)
+    # One call each per round, the order rotating round by round (timing.time_round_robin).
+    candidates = [Candidate(args.model, v, prepare=dict, run=functools.partial(timed_call, call),
+                            target=args.repeats) for v, call in calls.items()]
+    print(f"  timing {len(candidates)} variants x {args.repeats} calls", flush=True)
+    time_round_robin(candidates)
+    times = {c.impl: c.times for c in candidates}
+    for v in calls:
+      print(f"  {v}: " + ", ".join(f"{t * 1e3:.0f}" for t in times[v]) + " ms", flush=True)
+    base = statistics.median(times["baseline"]) if "baseline" in times else None
+    torch_ms = statistics.median(times["hf_torch"]) if "hf_torch" in times else None
+    for v in calls:
+      med = statistics.median(times[v])
+      rows.append(dict(point=point, variant=v, median_ms=round(med * 1e3, 1),
+                       times_ms=[round(t * 1e3, 1) for t in times[v]],
+                       vs_baseline=round(base / med, 3) if base else None,
+                       vs_hf_torch=round(torch_ms / med, 3) if torch_ms else None,
+                       **{k: val for k, val in infos[v].items()
+                          if k in ("compile_s", "loss", "deterministic_loss")}))
+  result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join(["python -m experiments.profile_train_step"] + sys.argv[1:]),
+                cpu=cpu_model(), cpu_count=os.cpu_count(), git=git_info(), jax=jax.__version__,
+                model=args.model, size=args.size, repeats=args.repeats, rows=rows)
+  files.atomic_write(os.path.join(args.out, "profile_train.json"),
+                          json.dumps(result, indent=2) + "\n")
+  lines = [f"# Training-step variants: {args.model}-{args.size}", "",
+           f"`{result['command']}` on {result['cpu']} ({result['cpu_count']} cores), "
+           f"{result['date']}, git {result['git'].get('commit', '?')[:10]}. Medians of "
+           f"{args.repeats} interleaved calls; ratios > 1: faster than the baseline / HF torch.", "",
+           "| point | variant | median ms | vs baseline | vs HF torch |", "|---|---|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['point']} | {row['variant']} | {row['median_ms']:.0f} | "
+                 f"{row['vs_baseline'] if row['vs_baseline'] else '-'} | "
+                 f"{row['vs_hf_torch'] if row['vs_hf_torch'] else '-'} |")
+  files.atomic_write(os.path.join(args.out, "PROFILE_TRAIN.md"), "\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
