@@ -360,7 +360,8 @@ class Report:
               f"frequent masked token of those batches: a model at it has learned word "
               f"frequencies, not context.", ""]
     lines += md_table(["model", "final training loss (own objective)", "in training: MLM accuracy",
-                       "in training: unigram level", f"{held}: MLM accuracy", f"{held}: unigram level", f"{held}: perplexity",
+                       "in training: unigram level", f"{held}: MLM accuracy",
+                       f"{held}: unigram level", f"{held}: perplexity",
                        f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
     distil = "distill_distilbert/metrics.jsonl"
     steps = self.final_step("distill_distilbert")

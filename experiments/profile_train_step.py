@@ -198,7 +198,8 @@ def main(argv=None) -> int:
   lines = [f"# Training-step variants: {args.model}-{args.size}", "",
            f"`{result['command']}` on {result['cpu']} ({result['cpu_count']} cores), "
            f"{result['date']}, git {result['git'].get('commit', '?')[:10]}. Medians of "
-           f"{args.repeats} interleaved calls; ratios > 1: faster than the baseline / HF torch.", "",
+           f"{args.repeats} interleaved calls; ratios > 1: faster than the baseline / "
+           f"HF torch.", "",
            "| point | variant | median ms | vs baseline | vs HF torch |", "|---|---|---|---|---|"]
   for row in rows:
     lines.append(f"| {row['point']} | {row['variant']} | {row['median_ms']:.0f} | "

@@ -210,8 +210,7 @@ def _check_mlm(loaded: Loaded) -> None:
     raise UserError(f"{loaded.source} has no MLM head (mlm_head params), so it cannot "
                     f"predict [MASK] tokens; a base-model checkpoint (a transformers "
                     f"*Model class, a sentence-embedding model) or a fine-tuned classifier "
-                    f"has only the "
-                    f"encoder")
+                    f"has only the encoder")
 
 
 def mask_probabilities(loaded: Loaded, text: str) -> np.ndarray:

@@ -838,7 +838,8 @@ BAD_INPUTS = [
     ("finetune/truncated_weights", "fresh",
      lambda c: finetune_args(c.files / "truncated_hf", c.sst2_dir),
      r"cannot read the safetensors checkpoint in \S+truncated_hf: .{1,220}$"),
-    ("finetune/foreign_weights", "fresh", lambda c: finetune_args(c.files / "foreign_hf", c.sst2_dir),
+    ("finetune/foreign_weights", "fresh",
+     lambda c: finetune_args(c.files / "foreign_hf", c.sst2_dir),
      r"cannot read the safetensors checkpoint in \S+foreign_hf: .{1,220}$"),
     # predict (a finished fine-tuning run)
     ("predict/no_input", "finetuned", lambda c: PREDICT + ["--config.predict.output=-"],

@@ -174,11 +174,6 @@ def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
   masking.validate_spec_for_length(spec, options.max_seq_length)
 
 
-def _shard_name(corpus_name: str, options: PretrainingOptions) -> str:
-  del options  # every host reads the whole corpus
-  return f"corpus {corpus_name}"
-
-
 def _read_documents(documents: Sequence[str],
                     indices: Sequence[int]) -> list[str]:
   """`[documents[i] for i in indices]`, in one call when the source can."""
@@ -207,8 +202,9 @@ class PretrainingDataset(grain.IterDataset):
       corpus_name: how error messages name the corpus (e.g. its spec).
 
     Raises:
-      UserError: bad options; an empty corpus; a pair objective on a corpus with no document of >= 2 sentences (or,
-        for NSP, with fewer than 2 documents); fewer examples than one batch.
+      UserError: bad options; an empty corpus; a pair objective on a corpus
+        with no document of >= 2 sentences (or, for NSP, with fewer than 2
+        documents); fewer examples than one batch.
     """
     super().__init__()
     _check_options(options, corpus_name)
@@ -221,7 +217,7 @@ class PretrainingDataset(grain.IterDataset):
         _read_documents(documents, shard), tokenizer,
         max_seq_length=options.max_seq_length,
         pair_objective=options.pair_objective, document_ids=shard)
-    where = _shard_name(corpus_name, options)
+    where = f"corpus {corpus_name}"
     if self.corpus.num_documents == 0:
       raise UserError(f"{where} is empty: no document has any token")
     if options.pair_objective is not None:
@@ -271,7 +267,7 @@ class PretrainingDataset(grain.IterDataset):
         document_order=document_order)
     if len(examples) < options.global_batch_size:
       raise UserError(
-          f"{_shard_name(self.corpus_name, options)} gives only "
+          f"corpus {self.corpus_name} gives only "
           f"{len(examples)} examples of max_seq_length="
           f"{options.max_seq_length} in epoch {epoch}, fewer than one batch "
           f"(global batch_size={options.global_batch_size})")
@@ -548,7 +544,7 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
     raise UserError(f"eval num_batches must be >= 1, got {num_batches}")
   elif num_batches > available:
     raise UserError(
-        f"{_shard_name(corpus_name, dataset.options)} gives only {available} "
+        f"corpus {corpus_name} gives only {available} "
         f"full batches of batch_size={batch_size}, fewer than the "
         f"num_batches={num_batches} asked for evaluation")
   return [dataset.make_batch(examples, 0, k) for k in range(num_batches)]

@@ -12,9 +12,8 @@ import sys
 import time
 from typing import Optional
 
-from lite_bert import errors
 from lite_bert import files
-from lite_bert.errors import UserError
+from lite_bert.errors import UserError, clip
 
 
 def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
@@ -22,12 +21,12 @@ def read_metrics(workdir: str, split: Optional[str] = None) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  records = [record for _, _, record in _records_of(path) if record is not None]
+  records = [record for _, record in _records_of(path) if record is not None]
   return [r for r in records if split is None or r.get("split") == split]
 
 
 def _records_of(path: str):
-  """(line number, line, record) of each non-blank line of a metrics.jsonl.
+  """(line, record) of each non-blank line of a metrics.jsonl.
 
   A last line that is not a whole record (no newline, not JSON: a write cut by
   a kill or a full disk) comes back with record None; any other damage is a
@@ -48,12 +47,12 @@ def _records_of(path: str):
         raise ValueError("not a metrics record")
     except ValueError:
       if number == len(lines) and not line.endswith("\n"):
-        yield number, line, None
+        yield line, None
         continue
       raise UserError(f"{path} line {number} is not a metrics record "
-                      f"({errors.clip(line.strip(), 60)}); move the file away to start "
+                      f"({clip(line.strip(), 60)}); move the file away to start "
                       f"the metrics afresh") from None
-    yield number, line, record
+    yield line, record
 
 
 class MetricWriter:
@@ -80,7 +79,7 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     kept, changed = [], False
-    for number, line, record in _records_of(self.path):
+    for line, record in _records_of(self.path):
       if record is None:  # the torn last line of a killed run: its step is lost anyway
         changed = True
       elif record["step"] <= step:
