@@ -68,7 +68,7 @@ def restore_params(checkpoint_dir: str, step: Optional[int] = None, *,
   """(params as numpy, step) of a lite_bert checkpoint (latest if step is None), verified.
 
   Reads through `checkpoint.load_verified`: a step whose arrays or data state
-  fail their sha256 is refused, naming the newest good step and how to choose
+  fail their checksums is refused, naming the newest good step and how to choose
   it (`choose_with`, e.g. "--config.distill.teacher_step={step}").
   """
   restored = checkpoint.load_verified(os.path.abspath(checkpoint_dir), step,

@@ -228,7 +228,7 @@ def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, caplog, da
   assert restored.data_state == {"position": 1}
   assert f"checkpoint step 2 in {tmp_path} is unusable" in caplog.text
   if damage == "flip":
-    assert "sha256" in restored.bad_steps[2] or "DATA_LOSS" in restored.bad_steps[2]
+    assert "differ from their checksums" in restored.bad_steps[2] or "DATA_LOSS" in restored.bad_steps[2]
   # The bad step is moved aside (kept), so the run can write step 2 again.
   assert checkpointer.all_steps() == [1]
   assert [p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()] == ["2"]
@@ -292,6 +292,7 @@ def worker_restore_on_4_devices(directory: str) -> dict:
   exact = all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
               for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(want)))
   return {"devices": mesh.size, "step": restored.step, "exact": exact,
+          "checksums": fingerprints.tree_checksums(restored.state),
           "kernel_spec": str(kernel.sharding.spec),
           "kernel_shards": sorted([list(s.data.shape), s.device.id]
                                   for s in kernel.addressable_shards),
@@ -311,6 +312,8 @@ def test_checkpoint_from_1_device_restores_sharded_onto_4(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["devices"] == 4 and result["step"] == 5 and result["exact"]
+  # The digests of the FSDP-split arrays (partial sums on 4 devices) equal one device's.
+  assert result["checksums"] == fingerprints.tree_checksums(make_state(5))
   assert result["kernel_spec"] == "P('data', None)"
   assert result["kernel_shards"] == [[[16, 32], d] for d in range(4)]
   assert result["mu_spec"] == "P('data', None)"
@@ -320,6 +323,92 @@ def test_checkpoint_from_1_device_restores_sharded_onto_4(tmp_path):
 if __name__ == "__main__":
   workers = {"restore_on_4": worker_restore_on_4_devices}
   print(json.dumps(workers[sys.argv[1]](*sys.argv[2:])))
+
+
+# ---------------------------------------------------------------------------
+# The digests (#19): computed on the devices, the same for any sharding.
+
+
+def numpy_digest(value) -> str:
+  """fingerprints' digest recomputed in numpy: the sum of mixed (word, position)."""
+  value = np.asarray(value)
+  if value.dtype == np.bool_:
+    words = value.astype(np.uint32)
+  else:
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[value.dtype.itemsize]
+    words = np.ascontiguousarray(value).view(unsigned).astype(np.uint32)
+  words = words.reshape(-1)
+  position = np.arange(words.size, dtype=np.uint32)
+
+  def fmix32(h):
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+  with np.errstate(over="ignore"):
+    total = np.sum(fmix32(words ^ (position * np.uint32(0x9E3779B9) + np.uint32(0x3C6EF372))),
+                   dtype=np.uint32)
+  return f"{int(total):08x}"
+
+
+def test_digests_equal_a_numpy_recomputation_for_every_state_dtype():
+  state = dict(make_state(3), flags=jnp.asarray([True, False, True]))
+  digests = fingerprints.tree_checksums(state)
+  assert {np.asarray(leaf).dtype.name for _, leaf in fingerprints.leaf_paths(state)} >= {
+      "float32", "bfloat16", "int32", "uint32", "bool"}
+  for path, leaf in fingerprints.leaf_paths(state):
+    assert digests[path] == numpy_digest(leaf), path
+
+
+def test_any_changed_bit_or_moved_element_changes_the_digest():
+  kernel = make_state(0)["params"]["dense"]["kernel"]
+  digest = fingerprints.tree_checksums({"k": kernel})["k"]
+  bits = np.asarray(kernel).view(np.uint32).copy()
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    changed = bits.copy()
+    row, col, bit = rng.integers(64), rng.integers(32), rng.integers(32)
+    changed[row, col] ^= np.uint32(1 << int(bit))
+    assert fingerprints.tree_checksums({"k": changed.view(np.float32)})["k"] != digest
+  swapped = bits.copy()
+  swapped[[0, 1]] = swapped[[1, 0]]  # same values, other places
+  assert fingerprints.tree_checksums({"k": swapped.view(np.float32)})["k"] != digest
+
+
+def rewrite_meta(step_dir: pathlib.Path, change) -> None:
+  path = step_dir / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  change(meta)
+  path.write_text(json.dumps(meta))
+
+
+def test_steps_saved_with_sha256_checksums_are_still_verified(tmp_path):
+  """Steps written before the digests hold sha256 of each global array and no checksum_kind."""
+  save_steps(tmp_path, [1, 2])
+
+  def to_sha256(meta):
+    del meta["checksum_kind"]
+    meta["checksums"] = fingerprints.tree_sha256(make_state(int(step_dir.name)))
+
+  for step_dir in (tmp_path / "1", tmp_path / "2"):
+    rewrite_meta(step_dir, to_sha256)
+  assert ckpt_lib.load_verified(tmp_path).step == 2
+  flip_bytes(largest_file(tmp_path / "2"))
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match="differ from their checksums"):
+    ckpt_lib.load_verified(tmp_path)
+
+
+def test_checksums_of_an_unknown_kind_stop_the_read_and_move_nothing(tmp_path):
+  save_steps(tmp_path, [1])
+  rewrite_meta(tmp_path / "1", lambda meta: meta.update(checksum_kind="blake3-v9"))
+  before = snapshot(tmp_path)
+  checkpointer = ckpt_lib.Checkpointer(tmp_path, max_to_keep=3, save_every_steps=1)
+  with pytest.raises(ckpt_lib.CheckpointReadError, match="'blake3-v9'"):
+    checkpointer.restore_latest_good(abstract_of(make_state(1)))
+  checkpointer.close()
+  assert snapshot(tmp_path) == before
 
 
 def test_async_save_snapshots_the_metric_window(tmp_path, monkeypatch):
@@ -434,7 +523,7 @@ def test_the_verified_loader_refuses_a_damaged_step_and_offers_the_newest_good(t
     ckpt_lib.load_verified(tmp_path, choose_with="--config.x.step={step}")
   message = str(raised.value)
   assert f"checkpoint step 3 in {tmp_path} is unusable" in message
-  assert "sha256" in message
+  assert "differ from their checksums" in message
   assert "the newest good step is 1: choose it with --config.x.step=1" in message
   with pytest.raises(ckpt_lib.CorruptCheckpointError,
                      match=r"step 2 .* unusable: reading it failed .*good step is 1: .* step=1$"):

@@ -489,7 +489,7 @@ def test_corrupt_checkpoints_fall_back_through_the_cli(tmp_path, cli_env, pretra
   remove_file(checkpoint_dir(workdir) / str(steps[1]))
   out = run_ok(PRETRAIN, workdir, cli_env)
   assert re.search(rf"checkpoint step {steps[2]} in \S+ is unusable: .*differ from their "
-                   rf"sha256", out.stderr), out.stderr
+                   rf"checksums", out.stderr), out.stderr
   assert re.search(rf"checkpoint step {steps[1]} in \S+ is unusable: reading it failed",
                    out.stderr), out.stderr
   assert re.search(rf"resuming from checkpoint step {steps[0]} .*skipped bad step\(s\) "
@@ -865,13 +865,13 @@ BAD_INPUTS = [
     # Damaged checkpoints (newest step's bytes flipped): every reader refuses and offers a step.
     ("evaluate/damaged_checkpoint", "damaged",
      lambda c: EVALUATE + [f"--config.data.eval_corpus={WIKI / 'wiki.valid.raw'}"],
-     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*checksums.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.evaluate\.checkpoint={NUM_STEPS - 2}$"),
     ("finetune/damaged_init", "fresh", lambda c: finetune_args(c.damaged_ref, c.sst2_dir),
-     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*checksums.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.finetune\.init_step={NUM_STEPS - 2}$"),
     ("distill/damaged_teacher", "fresh", lambda c: distill_args(c.damaged_ref),
-     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*newest good step is "
+     rf"checkpoint step {NUM_STEPS} in \S+ is unusable: .*checksums.*newest good step is "
      rf"{NUM_STEPS - 2}: choose it with --config\.distill\.teacher_step={NUM_STEPS - 2}$"),
     # A hostile pass after #21's first fixes: each checked before anything is written.
     ("summary/config_file_syntax_error", "fresh",
@@ -1096,7 +1096,7 @@ def test_export_refuses_a_damaged_step_then_exports_the_offered_one(tmp_path, cl
                        capture_output=True, text=True, timeout=TIMEOUT)
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 2 and len(lines) == 1, out.stderr
-  assert re.fullmatch(rf"error: checkpoint step {NUM_STEPS} in \S+ is unusable: .*sha256.*"
+  assert re.fullmatch(rf"error: checkpoint step {NUM_STEPS} in \S+ is unusable: .*checksums.*"
                       rf"newest good step is {NUM_STEPS - 2}: choose it with "
                       rf"--step={NUM_STEPS - 2}", lines[0]), lines[0]
   assert not (tmp_path / "refused").exists()

@@ -10,8 +10,11 @@ directory `DIR/<step>/` holds three items:
   data   the data iterator's JSON state dict.
   meta   JSON: what the caller passes (`make_meta`: lite_bert version, model
          config, params shapes/dtypes) plus `state_tree` (every state leaf's
-         shape and dtype) and `checksums` (sha256 of every state leaf's bytes,
-         C order, of the global array).
+         shape and dtype), `checksums` (a 64-bit digest of every state
+         leaf, computed on the devices holding it: `fingerprints.tree_checksums`;
+         the same for any sharding, so nothing is gathered to a host) and
+         `checksum_kind`. Steps saved before the digests carry sha256 of
+         each global array instead (no `checksum_kind`), still verified.
 
 Completeness (Orbax 0.12.8, local/POSIX file systems): a save writes into
 `DIR/<step>.orbax-checkpoint-tmp-<timestamp>/`, writes `commit_success.txt`
@@ -27,8 +30,8 @@ Corruption after the commit (a lost file, flipped bytes) is a different
 matter. Orbax notices missing files and damaged JSON/OCDBT metadata (tensorstore
 CRC-32C on its b-tree nodes and manifests) as exceptions on restore, but a byte
 flipped inside an array's zstd-compressed chunk was measured to restore
-silently with a wrong value. So `restore` re-hashes every restored leaf and
-compares with `meta['checksums']`; either failure raises
+silently with a wrong value. So `restore` recomputes every restored leaf's
+digest on its new devices and compares with `meta['checksums']`; either failure raises
 `CorruptCheckpointError` naming the step and the reason.
 `restore_latest_good` walks back from the newest step to the newest good one.
 """
@@ -47,7 +50,8 @@ from jax.experimental import multihost_utils
 
 from lite_bert.errors import UserError, clip
 from lite_bert.train.fingerprints import (check_compatible, first_tree_difference, json_sha256,
-                                          tree_checksums, tree_fingerprint)
+                                          tree_checksums, tree_fingerprint, tree_sha256,
+                                          CHECKSUM_KIND)
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +237,8 @@ class Checkpointer:
     snapshot = lambda value: json.loads(json.dumps(value))
     data = snapshot(dict(data_state))
     full_meta = {**meta, "state_tree": tree_fingerprint(state),
-                 "checksums": tree_checksums(state), "data_sha256": json_sha256(data)}
+                 "checksum_kind": CHECKSUM_KIND, "checksums": tree_checksums(state),
+                 "data_sha256": json_sha256(data)}
     self.wait()  # a failed earlier save is reported as itself, before this one starts
     self._saving = step
     try:
@@ -381,6 +386,12 @@ class Checkpointer:
       if difference:
         raise UserError(f"{where} holds a different train state (another optimizer "
                         f"or model?): {difference}")
+    kind = meta.get("checksum_kind", "sha256" if "checksums" in meta else None)
+    checksum_fns = {CHECKSUM_KIND: tree_checksums, "sha256": tree_sha256, None: None}
+    if kind not in checksum_fns:
+      raise CheckpointReadError(self.directory, step, f"its checksums are of a kind this "
+                                f"lite_bert cannot check ({kind!r}; a newer version?)")
+    checksum_fn = checksum_fns[kind]
     if shardings is None:  # whole arrays on this process's first device (any process count)
       first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: first_device, abstract_state)
@@ -393,7 +404,7 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                         data=ocp.args.JsonRestore()))
       state = restored.state
-      checksums = tree_checksums(state)
+      checksums = checksum_fn(state) if checksum_fn else {}
     except MemoryError as e:  # this host's problem, not the checkpoint's
       raise CheckpointReadError(self.directory, step, "out of host memory") from e
     except Exception as e:  # pylint: disable=broad-except  # sorted by `is_damage`
@@ -401,7 +412,7 @@ class Checkpointer:
         raise CorruptCheckpointError(self.directory, step,
                                      f"reading it failed ({_short(e)})") from e
       raise CheckpointReadError(self.directory, step, f"reading it failed ({_short(e)})") from e
-    if "checksums" not in meta:
+    if checksum_fn is None:
       log.warning("%s has no checksums; restored without verifying its bytes", where)
     else:
       bad = [path for path, digest in checksums.items()
@@ -409,7 +420,7 @@ class Checkpointer:
       if bad:
         raise CorruptCheckpointError(
             self.directory, step,
-            f"{len(bad)} array(s) differ from their sha256 at save time, "
+            f"{len(bad)} array(s) differ from their checksums at save time, "
             f"first '{bad[0]}'")
     if "data_sha256" in meta and json_sha256(restored.data) != meta["data_sha256"]:
       raise CorruptCheckpointError(
@@ -479,7 +490,7 @@ def load_verified(directory, step: Optional[int] = None, *,
   Used by every reader of a finished or running run (`pretrained.load`,
   evaluation, fine-tuning's init, a distillation teacher, export, predict);
   resuming goes through `Checkpointer.restore_latest_good`, which may skip and
-  quarantine. The step's arrays are checked against their sha256 and its data
+  quarantine. The step's arrays are checked against their checksums and its data
   state against its sha256, as at resume. Nothing is moved or deleted.
 
   Args:

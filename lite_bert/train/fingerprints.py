@@ -5,7 +5,8 @@ a step's `meta` and to check it on every read:
 
   leaf_paths          [(path 'a/b/0/c', leaf)] in pytree order
   tree_fingerprint    path -> {'shape', 'dtype'} (or {'empty': type}) as JSON
-  tree_checksums      path -> sha256 of each leaf's bytes (global value)
+  tree_checksums      path -> digest of each leaf, computed on its devices (any sharding)
+  tree_sha256         path -> sha256 of each leaf's global value (steps saved before)
   json_sha256         sha256 of a JSON value, canonical (sorted keys)
   make_meta           the model's fingerprint stored with each step
   check_compatible    refuses a checkpoint of another model, naming what differs
@@ -19,6 +20,7 @@ import os
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -68,11 +70,109 @@ def tree_fingerprint(tree) -> dict[str, dict]:
   return fingerprint
 
 
-def _gather_if_split(leaf):
-  """A leaf whose shards live in several processes, gathered whole (collective)."""
-  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-    return multihost_utils.process_allgather(leaf, tiled=True)
-  return leaf
+# -- checksums ------------------------------------------------------------
+#
+# A checkpoint's arrays are checked by a digest computed where they live, shard
+# by shard on their devices: for each element, its bits (as 32-bit words) mixed
+# with its position in the global array through murmur3's 32-bit finalizer,
+# summed modulo 2**32 (32 bits per array, as many as the CRC-32C TensorStore
+# checks its own metadata with). Each element is counted once: every process
+# sums the shards it holds of one replica (for a replicated array, replica
+# `leaf index % replicas`, so the work is spread over the devices), and the
+# processes add their partial sums (4 bytes per array cross processes). The total is a function of the global
+# array alone, so a step saved on N devices verifies when restored on M, and no
+# array is gathered or copied to a host for it.
+#
+# For a fixed position the mix is a bijection of the word, so changing any one
+# element always changes the sum, and moving an element changes its mix;
+# several changes escape with probability ~2**-32. It is an integrity check
+# against damage (flipped bytes, a wrong chunk), not a cryptographic hash.
+
+CHECKSUM_KIND = "fmix32-sum"  # meta['checksum_kind'] of steps checked this way
+_GOLDEN = np.uint32(0x9E3779B9)
+_KEY = np.uint32(0x3C6EF372)
+
+
+def _fmix32(h):
+  """murmur3's finalizer: a bijection of uint32 that mixes every bit into every bit."""
+  h = h ^ (h >> 16)
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _words(x):
+  """The array's bits as uint32 words: 4-byte elements one word each, narrower
+  ones widened, 8-byte ones as two words (a trailing axis of 2)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _shard_digest(shard, start, strides):
+  """uint32: the sum over one shard.
+
+  Args:
+    shard: the shard's data (on its device).
+    start: uint32[ndim]: where the shard starts in the global array (in words).
+    strides: uint32[ndim]: the global array's row-major strides (in words).
+  """
+  words = _words(shard)
+  position = jnp.zeros(words.shape, jnp.uint32)
+  for axis in range(words.ndim):
+    position = position + ((jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
+                            + start[axis]) * strides[axis])
+  return jnp.sum(_fmix32(words ^ (position * _GOLDEN + _KEY)), dtype=jnp.uint32)
+
+
+def _word_layout(shape, itemsize: int, index) -> tuple[np.ndarray, np.ndarray]:
+  """(start, strides) in words of the shard at `index` (a tuple of slices)."""
+  starts = [s.start or 0 for s in index] + ([0] if itemsize == 8 else [])
+  shape = list(shape) + ([2] if itemsize == 8 else [])
+  strides = [int(np.prod(shape[axis + 1:], dtype=np.int64)) % 2**32
+             for axis in range(len(shape))]
+  return np.asarray(starts, np.uint32), np.asarray(strides, np.uint32)
+
+
+def _own_digests(leaf, replica: int) -> list:
+  """Digests (uint32, on device) of this process's shards of `replica` of `leaf`."""
+  if not isinstance(leaf, jax.Array):
+    leaf = jnp.asarray(leaf)
+  replicas = _replica_count(leaf)
+  digests = []
+  for shard in leaf.addressable_shards:
+    if shard.replica_id == replica % replicas:
+      start, strides = _word_layout(leaf.shape, leaf.dtype.itemsize, shard.index)
+      digests.append(_shard_digest(shard.data, start, strides))
+  return digests
+
+
+def _replica_count(leaf: jax.Array) -> int:
+  """How many full copies of `leaf` its devices hold."""
+  shard_shape = leaf.sharding.shard_shape(leaf.shape)
+  copies_of_one_shard = leaf.sharding.num_devices * int(np.prod(shard_shape, dtype=np.int64))
+  return max(1, copies_of_one_shard // max(1, leaf.size))
+
+
+def tree_checksums(tree) -> dict[str, str]:
+  """path -> 8 hex digits: each leaf's digest (see above), computed on its devices.
+
+  Every process of a multi-process job must call it (the partial sums are
+  added across processes). Waits only for the digests: one pass over one
+  replica of the arrays on their devices, then 4 bytes per array to the host.
+  """
+  paths_leaves = leaf_paths(tree)
+  pending = [_own_digests(leaf, i) for i, (_, leaf) in enumerate(paths_leaves)]  # dispatched
+  sums = np.zeros(len(pending), np.uint32)
+  for i, digests in enumerate(pending):
+    for digest in digests:
+      sums[i] += np.asarray(digest)  # uint32: wraps modulo 2**32
+  if jax.process_count() > 1:
+    sums = np.sum(multihost_utils.process_allgather(sums), axis=0, dtype=np.uint32)
+  return {path: f"{int(total):08x}" for (path, _), total in zip(paths_leaves, sums)}
 
 
 def array_sha256(value: np.ndarray) -> str:
@@ -80,15 +180,15 @@ def array_sha256(value: np.ndarray) -> str:
   return hashlib.sha256(value.reshape(-1).view(np.uint8)).hexdigest()
 
 
-def tree_checksums(tree) -> dict[str, str]:
-  """path -> sha256 of the leaf's global value; waits for the values.
-
-  Values are fetched in order (a multi-process gather is collective), then
-  hashed on a thread pool (hashlib releases the GIL).
-  """
+def tree_sha256(tree) -> dict[str, str]:
+  """path -> sha256 of each leaf's global value: how steps saved before
+  CHECKSUM_KIND were checked, kept to verify them. Gathers split arrays to every
+  process (collective), then hashes on a thread pool."""
   paths, leaves = zip(*leaf_paths(tree)) if jax.tree.leaves(tree) else ((), ())
-  values = jax.device_get([_gather_if_split(leaf) for leaf in leaves])
-  values = [np.ascontiguousarray(value) for value in values]
+  gathered = [multihost_utils.process_allgather(leaf, tiled=True)
+              if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable else leaf
+              for leaf in leaves]
+  values = [np.ascontiguousarray(value) for value in jax.device_get(gathered)]
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
     digests = list(pool.map(array_sha256, values))
   return dict(zip(paths, digests))
