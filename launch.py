@@ -52,9 +52,13 @@ def run(config, workdir: str):
     from lite_bert.train import loop  # pylint: disable=import-outside-toplevel  # jax
     # Fine-tuning sets train.num_steps from finetune.epochs once it has read the data.
     loop.check_config(config, check_schedule=mode != "finetune")
+  if mode == "evaluate":  # a JAX mode outside the loop: join a multi-process job first
+    from lite_bert.train import mesh  # pylint: disable=import-outside-toplevel  # jax
+    mesh.maybe_initialize_distributed(config)
   if mode not in setup.TRAINING_MODES:
     result = module.run(config, workdir)
-    setup.write_config(config, workdir)  # config_<mode>.json: only for a run that worked
+    if mode != "evaluate" or _process_index() == 0:  # process 0 writes for a job
+      setup.write_config(config, workdir)  # config_<mode>.json: only for a run that worked
     return result
   # One run per workdir; a killed run leaves no stale lock. The mode writes
   # config.json once its inputs are validated (the loop: after the restore

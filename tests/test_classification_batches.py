@@ -63,7 +63,8 @@ def test_restored_iterator_continues_exactly():
 
 
 def test_processes_share_every_batch_shape_and_together_cover_each_row_once():
-  """2 processes: the same number of batches, equal shapes per batch, disjoint rows."""
+  """2 processes: the same number of batches, equal shapes per batch, disjoint rows,
+  and together the one-process training batches."""
   encoded, labels = rows(203)
   options = dict(pad_id=0, pad_multiple=8, max_seq_length=64, regression=False)
   parts = [classification.eval_batches(encoded, labels, batch_size=16, process_index=p,
@@ -83,6 +84,11 @@ def test_processes_share_every_batch_shape_and_together_cover_each_row_once():
                    bucket_batches=5)[0] for p in range(2)]
   for a, b in zip(*train):  # training batches too: padded to the global batch's longest row
     assert a["input_ids"].shape == b["input_ids"].shape
+  # Row for row the one-process global batch (so each row draws the same dropout mask).
+  whole = batches(encoded, labels, 30, batch_size=8, bucket_batches=5)[0]
+  for a, b, expected in zip(*train, whole):
+    for key in ("input_ids", "example_ids", "labels"):
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), expected[key])
 
 
 def test_encode_rows_counts_the_rows_it_cuts():

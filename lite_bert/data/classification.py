@@ -84,8 +84,10 @@ class TaskBatches:
 
   The order of epoch e is a permutation drawn from (seed, e); `get_state()`
   is {'epoch', 'position'}, so a restored iterator yields exactly the batches
-  an uninterrupted one would. With several processes, each takes every
-  `process_count`-th row of the permutation (its own shard of the batch).
+  an uninterrupted one would. With several processes, process p takes the
+  p-th contiguous slice of batch_size rows of each global batch, so the global
+  batch on the devices is row for row the one-process batch (and each row
+  draws the same dropout mask).
   """
 
   def __init__(self, encoded, labels, *, batch_size: int, seed: int, pad_id: int,
@@ -139,7 +141,7 @@ class TaskBatches:
       order = self._order(self.epoch)
     chosen = order[self.position:self.position + global_batch]
     self.position += global_batch
-    mine = chosen[self.process_index::self.process_count]
+    mine = chosen[self.process_index * self.batch_size:(self.process_index + 1) * self.batch_size]
     return collate(self.encoded, self.labels, mine, batch_size=self.batch_size,
                    global_indices=chosen, **self.options)
 

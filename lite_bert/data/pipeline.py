@@ -550,6 +550,24 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
   return [dataset.make_batch(examples, 0, k) for k in range(num_batches)]
 
 
+def masked_token_counts(batches: Sequence[dict], size: int = 0) -> np.ndarray:
+  """float64 [max(size, largest id + 1)]: the summed weight of each masked token id.
+
+  batches: dicts with `masked_ids` and `masked_weights` [batch, P].
+  """
+  ids = [np.asarray(b["masked_ids"]).ravel() for b in batches]
+  weights = [np.asarray(b["masked_weights"], np.float64).ravel() for b in batches]
+  if not ids:
+    return np.zeros(size)
+  return np.bincount(np.concatenate(ids), np.concatenate(weights), minlength=size)
+
+
+def unigram_accuracy_of(counts: np.ndarray) -> float:
+  """The best constant guess's accuracy on targets with these `masked_token_counts`."""
+  total = float(counts.sum())
+  return float(counts.max()) / total if total else 0.0
+
+
 def unigram_accuracy(batches: Sequence[dict]) -> float:
   """The MLM accuracy of always predicting the most frequent masked token of `batches`.
 
@@ -558,12 +576,4 @@ def unigram_accuracy(batches: Sequence[dict]) -> float:
   unigram model of the training text would score). batches: dicts with
   `masked_ids` and `masked_weights` [batch, P].
   """
-  counts: dict = {}
-  total = 0.0
-  for batch in batches:
-    ids = np.asarray(batch["masked_ids"]).ravel()
-    weights = np.asarray(batch["masked_weights"]).ravel()
-    for token, weight in zip(ids[weights > 0], weights[weights > 0]):
-      counts[int(token)] = counts.get(int(token), 0.0) + float(weight)
-    total += float(weights.sum())
-  return max(counts.values()) / total if total else 0.0
+  return unigram_accuracy_of(masked_token_counts(batches))

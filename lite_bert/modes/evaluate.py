@@ -162,8 +162,10 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
                                     "mlm_unigram_accuracy")}
   result = dict(numbers, corpus=corpus, step=loaded.step, mode=mode,
                 arch=run_config.get("arch"), masking=run_config.data.masking,
-                batches=len(batches), sequences=int(sum(len(b["input_ids"]) for b in batches)),
-                masked_tokens=int(sum(float(b["masked_weights"].sum()) for b in batches)),
+                # Counted over the global batches (each process holds its rows).
+                batches=len(batches),
+                sequences=sum(len(b["input_ids"]) for b in batches) * jax.process_count(),
+                masked_tokens=int(evaluation.masked_token_counts(batches).sum()),
                 batch_size=run_config.data.batch_size,
                 max_seq_length=run_config.data.max_seq_length, seed=run_config.seed + 1)
   path = mlm_result_path(workdir, corpus)

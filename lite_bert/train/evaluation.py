@@ -28,16 +28,26 @@ def summed(step: Callable, batches, to_global: Callable) -> dict:
   return totals
 
 
+def masked_token_counts(batches) -> np.ndarray:
+  """`pipeline.masked_token_counts` of the global batches: every process's rows added."""
+  local = pipeline.masked_token_counts(batches)
+  if jax.process_count() == 1:
+    return local
+  size = int(np.max(multihost_utils.process_allgather(np.asarray([local.size]))))
+  return np.sum(multihost_utils.process_allgather(pipeline.masked_token_counts(batches, size)),
+                axis=0)
+
+
 def make_mlm_evaluate(loss_fn, eval_batches):
   """(params, frozen, to_global) -> held-out MLM loss / accuracy / perplexity, pair accuracy.
 
   loss_fn(params, frozen, batch, rng, deterministic) -> (loss, sums and counts).
   Also `mlm_unigram_accuracy`: the accuracy of always guessing the most frequent
-  masked token of these batches (`pipeline.unigram_accuracy`), the plateau a
-  model that has not yet learned to use context sits at.
+  masked token of these batches (of every process), the plateau a model that
+  has not yet learned to use context sits at.
   """
   eval_step = jax.jit(lambda params, frozen, batch: loss_fn(params, frozen, batch, None, True)[1])
-  unigram = pipeline.unigram_accuracy(eval_batches)
+  unigram = pipeline.unigram_accuracy_of(masked_token_counts(eval_batches))
 
   def evaluate(params, frozen, to_global):
     numbers = objectives.summarize(

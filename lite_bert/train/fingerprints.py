@@ -160,9 +160,10 @@ def _replica_count(leaf: jax.Array) -> int:
 def tree_checksums(tree) -> dict[str, str]:
   """path -> 8 hex digits: each leaf's digest (see above), computed on its devices.
 
-  Every process of a multi-process job must call it (the partial sums are
-  added across processes). Waits only for the digests: one pass over one
-  replica of the arrays on their devices, then 4 bytes per array to the host.
+  Every process of a multi-process job must call it when the tree holds arrays
+  split over processes (their partial sums are added across processes). Waits
+  only for the digests: one pass over one replica of the arrays on their
+  devices, then 4 bytes per array to the host.
   """
   paths_leaves = leaf_paths(tree)
   pending = [_own_digests(leaf, i) for i, (_, leaf) in enumerate(paths_leaves)]  # dispatched
@@ -170,8 +171,13 @@ def tree_checksums(tree) -> dict[str, str]:
   for i, digests in enumerate(pending):
     for digest in digests:
       sums[i] += np.asarray(digest)  # uint32: wraps modulo 2**32
-  if jax.process_count() > 1:
-    sums = np.sum(multihost_utils.process_allgather(sums), axis=0, dtype=np.uint32)
+  # Arrays split over processes: add the other processes' partial sums (collective).
+  # An array this process holds whole (one process's copy) is summed here alone.
+  split = np.asarray([isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+                      for _, leaf in paths_leaves], bool)
+  if split.any():
+    sums[split] = np.sum(multihost_utils.process_allgather(sums[split]), axis=0,
+                         dtype=np.uint32)
   return {path: f"{int(total):08x}" for (path, _), total in zip(paths_leaves, sums)}
 
 
