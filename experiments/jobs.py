@@ -205,8 +205,12 @@ def run_stage(stage: Job, root: str, position: str, echo: bool) -> None:
   finally:
     attempt.update(finished=now_iso(), wall_s=time.time() - attempt["started_ts"], rc=rc)
     record["wall_s"] = sum(a["wall_s"] for a in record["attempts"])
-    record["status"] = "done" if rc == 0 and stage.done() else "failed"
+    # Exit status 0 before the stage's end: stopped (SIGTERM), its state saved.
+    record["status"] = ("done" if stage.done() else "stopped") if rc == 0 else "failed"
     write_record(record_file, record)
+  if record["status"] == "stopped":
+    raise SystemExit(f"stage {stage.name} stopped before its end (exit status 0, e.g. by "
+                     f"SIGTERM); rerun the same command to resume it; log: {log}")
   if record["status"] != "done":
     sys.stdout.write("".join("  " + l for l in log_tail(log, 15)))
     raise SystemExit(f"error: stage {stage.name} failed (exit status {rc}); log: {log}")

@@ -345,3 +345,13 @@ def test_stage_records_count_every_attempt_of_one_run(tmp_path, capsys):
   assert [a["rc"] for a in record["attempts"]] == [0]
   assert (tmp_path / "logs" / "probe.log.previous").exists()
   assert "(resuming)" in capsys.readouterr().out
+
+
+def test_a_stage_that_exits_0_before_its_end_is_stopped_not_failed(tmp_path):
+  """A SIGTERMed stage saves and exits 0 unfinished: 'stopped', rerun to resume."""
+  stage = jobs.Job("probe", "probe", [sys.executable, "-c", "print('saved')"],
+                   str(tmp_path / "probe"), done=lambda: False)
+  with pytest.raises(SystemExit, match=r"stage probe stopped before its end \(exit status 0"):
+    jobs.run_stage(stage, str(tmp_path), "1/1", echo=False)
+  record = json.loads((tmp_path / "stages" / "probe.json").read_text())
+  assert record["status"] == "stopped" and [a["rc"] for a in record["attempts"]] == [0]
