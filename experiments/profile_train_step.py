@@ -19,10 +19,6 @@ to the library it stands for, built here; the library is not changed:
   unrolled          `model.scan_layers=False`: a Python loop of blocks, each
                     with its own weights (no [L, ...] stacked weights to slice
                     in the forward and accumulate into in the backward)
-  python_loop       `model.layer_loop='python'`: the state keeps the stacked
-                    [L, ...] params (the checkpoint layout), the encoder
-                    applies block i to static slice i in a Python loop: the
-                    gradient comes back stacked through the slices
   rbg               the dropout key drawn from `rbg` instead of threefry
   no_attn_dropout   `attention_dropout_rate=0` (the cuDNN/Cramming recipe)
   no_dropout        both dropouts 0 (what dropout costs in all)
@@ -64,8 +60,8 @@ from lite_bert.train import loop as loop_lib
 from lite_bert.train import objectives
 from lite_bert.train import optim
 
-VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "python_loop", "rbg",
-            "no_attn_dropout", "no_dropout", "guard_loss_only", "hf_torch")
+VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
+            "no_dropout", "guard_loss_only", "hf_torch")
 
 
 def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
@@ -90,9 +86,7 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
   base_rng = jax.random.key(0)
   step_fn = loop_lib.train_step
   params = params0
-  if variant == "python_loop":
-    cfg = dataclasses.replace(cfg, layer_loop="python")
-  elif variant == "unrolled":
+  if variant == "unrolled":
     cfg = dataclasses.replace(cfg, scan_layers=False)
     params = dict(params0, encoder=unstack_layers(params0["encoder"], cfg))
   elif variant == "rbg":

@@ -4,7 +4,6 @@ Counts come from `jax.eval_shape` (no weights allocated); one of them goes
 through `launch.py --config.mode=summary` to check the CLI and `summary.json`.
 """
 
-import functools
 import importlib
 import json
 import math
@@ -13,7 +12,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from lite_bert import paths
@@ -291,37 +289,3 @@ def test_share_all_keeps_its_scan_when_unrolled():
   jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, ids))(params)
   assert [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"] == [
       SMALL["num_layers"]]
-
-
-# ---- layer_loop='python': stacked params, a Python loop of blocks
-
-
-@pytest.mark.parametrize("share", ["none", "attention", "ffn"])
-def test_python_loop_over_stacked_params_is_the_scan(share):
-  """Same params tree (init by the scan), same outputs, same gradient, no scan; dropout runs."""
-  import dataclasses
-  cfg = EncoderConfig(**SMALL, share=share, embedding_size=4)
-  looped_cfg = dataclasses.replace(cfg, layer_loop="python")
-  ids = jax.random.randint(jax.random.key(3), (2, 7), 0, SMALL["vocab_size"])
-  mask = jnp.array([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)
-  scanned, looped = PretrainingModel(cfg), PretrainingModel(looped_cfg)
-  params = scanned.init(jax.random.key(0), ids)["params"]
-  assert jax.tree.all(jax.tree.map(jnp.array_equal, looped.init(jax.random.key(0), ids)["params"],
-                                   params))
-  jaxpr = jax.make_jaxpr(lambda p: looped.apply({"params": p}, ids, mask))(params)
-  assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
-
-  def loss(model, p, deterministic=True, rng=None):
-    out = model.apply({"params": p}, ids, mask, deterministic=deterministic,
-                      rngs=None if rng is None else {"dropout": rng})
-    return jnp.mean(out["mlm_logits"] ** 2)
-
-  want, want_grads = jax.value_and_grad(functools.partial(loss, scanned))(params)
-  got, got_grads = jax.value_and_grad(functools.partial(loss, looped))(params)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads),
-                          jax.tree.leaves(want_grads)):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7, err_msg=str(path))
-  # Training mode: each layer draws its own dropout mask (two keys, two losses).
-  assert loss(looped, params, False, jax.random.key(1)) != loss(looped, params, False,
-                                                                jax.random.key(2))

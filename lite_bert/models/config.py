@@ -14,7 +14,6 @@ from lite_bert.errors import UserError
 SHARE_MODES = ("none", "all", "attention", "ffn")
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 DTYPES = ("float32", "bfloat16", "float16")
-LAYER_LOOPS = ("scan", "python")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +58,6 @@ class EncoderConfig:
       `unroll`); 0 runs all of them in one iteration (no loop). Same params,
       same results; a longer compile. 0 is the faster training step on
       XLA:CPU (see experiments/profile_train_step.py).
-    layer_loop: how stacked layers (scan_layers=True, share 'none' or
-      partial) run: 'scan' (`nn.scan` over the stacked params) or 'python'
-      (a Python loop of blocks, block i applied to the static slice i of the
-      same stacked params: the same params and checkpoint layout; the
-      gradient comes back stacked through the slices). Dropout masks are drawn
-      per layer from other keys than the scan's, so with dropout the two are
-      not bit-identical (each is reproducible). share='all' always scans.
     dtype: compute dtype ('float32' or 'bfloat16').
     param_dtype: storage dtype of the parameters (keep 'float32').
   """
@@ -88,7 +80,6 @@ class EncoderConfig:
   remat: bool = False
   scan_layers: bool = True
   scan_unroll: int = 1
-  layer_loop: str = "scan"
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -125,8 +116,6 @@ class EncoderConfig:
         or self.scan_unroll < 0):
       raise UserError(f"model.scan_unroll must be an integer >= 0 (0: all layers), "
                       f"got {self.scan_unroll!r}")
-    if self.layer_loop not in LAYER_LOOPS:
-      raise UserError(f"model.layer_loop must be one of {LAYER_LOOPS}, got {self.layer_loop!r}")
     eps = self.layer_norm_eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
       raise UserError(f"model.layer_norm_eps must be a number in (0, 1), got {eps!r}")

@@ -326,23 +326,6 @@ class Encoder(nn.Module):
       per_layer.append(ys)
     return x, jax.tree.map(lambda *ys: jnp.stack(ys), *per_layer)
 
-  def _looped_stacked_layers(self, x: Array, key_mask: Array, shared: Any,
-                             deterministic: bool, output_attentions: bool
-                             ) -> tuple[Array, dict]:
-    """`layer_loop='python'`: block i applied to slice i of the stacked `layers` params."""
-    cfg = self.cfg
-    block_cls = nn.remat(Block) if cfg.remat else Block
-    shared_part = cfg.share if cfg.share in ("attention", "ffn") else None
-    block = block_cls(cfg, shared_part, deterministic, output_attentions)
-    stacked = self.variables["params"]["layers"]
-    per_layer = []
-    for i in range(cfg.num_layers):
-      rngs = None if deterministic else {"dropout": self.make_rng("dropout")}
-      x, ys = block.apply({"params": jax.tree.map(lambda a, i=i: a[i], stacked)},
-                          x, key_mask, shared, rngs=rngs)
-      per_layer.append(ys)
-    return x, jax.tree.map(lambda *ys: jnp.stack(ys), *per_layer)
-
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
                token_type_ids: Optional[Array] = None, *, deterministic: bool = True,
@@ -353,11 +336,7 @@ class Encoder(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, deterministic)
     key_mask = attention_mask.astype(bool)[:, None, None, :]
     shared = self.shared_params if cfg.share in ("attention", "ffn") else None
-    if (cfg.scan_layers and cfg.share != "all" and cfg.layer_loop == "python"
-        and not self.is_initializing()):  # initialised by the scan: the same params
-      last, ys = self._looped_stacked_layers(x, key_mask, shared, deterministic,
-                                             output_attentions)
-    elif cfg.scan_layers or cfg.share == "all":  # one broadcast block: nothing to unroll
+    if cfg.scan_layers or cfg.share == "all":  # one broadcast block: nothing to unroll
       layers = self._layer_stack(deterministic, output_attentions)
       last, ys = layers(x, key_mask, shared)
     else:

@@ -97,8 +97,7 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
 
 # Fields that change how a model computes but not what its params are: a
 # checkpoint restores across them (e.g. bf16 fine-tuning of an fp32 run).
-RUNTIME_FIELDS = ("dtype", "remat", "scan_unroll", "layer_loop", "dropout_rate",
-                  "attention_dropout_rate")
+RUNTIME_FIELDS = ("dtype", "remat", "scan_unroll", "dropout_rate", "attention_dropout_rate")
 
 
 def model_meta(cfg: EncoderConfig, **extra) -> dict:
