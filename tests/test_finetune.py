@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -43,6 +44,14 @@ def tiny_config(task="sst2", **overrides):
     section, field = key.split(".")
     config[section][field] = value
   return config
+
+
+@pytest.fixture(scope="module")
+def sst2_run(tmp_path_factory):
+  """One finished `tiny_config()` run, shared by the tests that only read it (or copy it)."""
+  workdir = str(tmp_path_factory.mktemp("sst2_run") / "run")
+  launch.run(tiny_config(), workdir)
+  return workdir
 
 
 def read_predictions(path, spec):
@@ -172,9 +181,8 @@ def test_regression_task_reports_pearson_spearman(tmp_path):
                                                abs=1e-3)
 
 
-def test_resume_continues_exactly(tmp_path):
-  full = str(tmp_path / "full")
-  launch.run(tiny_config(), full)
+def test_resume_continues_exactly(tmp_path, sst2_run):
+  full = sst2_run  # one uninterrupted tiny_config() run
   stopped = str(tmp_path / "stopped")
   launch.run(tiny_config(**{"train.stop_after": 2}), stopped)
   launch.run(tiny_config(), stopped)
@@ -229,7 +237,7 @@ def test_bad_inputs_are_named(tmp_path):
     launch.run(config, str(tmp_path / "e"))
 
 
-def test_checkpoint_with_other_vocab_is_refused(tmp_path):
+def test_checkpoint_with_other_vocab_is_refused(tmp_path, sst2_run):
   """Init from a lite_bert workdir whose tokenizer has another vocabulary than its weights.
 
   The workdir's weights have 30,522 token rows; its config.json is pointed at a
@@ -237,7 +245,7 @@ def test_checkpoint_with_other_vocab_is_refused(tmp_path):
   (not a missing file).
   """
   workdir = str(tmp_path / "pre")
-  launch.run(tiny_config(), workdir)  # a finished run with vocab 30522 ...
+  shutil.copytree(sst2_run, workdir)  # a finished tiny_config() run with vocab 30522 ...
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
                              + [f"w{i}" for i in range(95)]) + "\n")
@@ -253,10 +261,9 @@ def test_checkpoint_with_other_vocab_is_refused(tmp_path):
     launch.run(config, str(tmp_path / "ft"))
 
 
-def test_task_distillation_from_finetuned_teacher(tmp_path):
+def test_task_distillation_from_finetuned_teacher(tmp_path, sst2_run):
   """A student fine-tuned on hard labels mixed with a fine-tuned teacher's soft labels."""
-  teacher = str(tmp_path / "teacher")
-  launch.run(tiny_config(), teacher)
+  teacher = sst2_run  # a finished tiny_config() run, only read
   student = str(tmp_path / "student")
   config = tiny_config(**{"finetune.teacher": teacher, "finetune.alpha_soft": 0.5})
   config.seed = 1
