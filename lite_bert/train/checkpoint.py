@@ -10,7 +10,7 @@ directory `DIR/<step>/` holds three items:
   data   the data iterator's JSON state dict.
   meta   JSON: what the caller passes (`make_meta`: lite_bert version, model
          config, params shapes/dtypes) plus `state_tree` (every state leaf's
-         shape and dtype), `checksums` (a 64-bit digest of every state
+         shape and dtype), `checksums` (a 32-bit digest of every state
          leaf, computed on the devices holding it: `fingerprints.tree_checksums`;
          the same for any sharding, so nothing is gathered to a host) and
          `checksum_kind`. Steps saved before the digests carry sha256 of
@@ -31,8 +31,8 @@ matter. Orbax notices missing files and damaged JSON/OCDBT metadata (tensorstore
 CRC-32C on its b-tree nodes and manifests) as exceptions on restore, but a byte
 flipped inside an array's zstd-compressed chunk was measured to restore
 silently with a wrong value. So `restore` recomputes every restored leaf's
-digest on its new devices and compares with `meta['checksums']`; either failure raises
-`CorruptCheckpointError` naming the step and the reason.
+digest on its new devices and compares with `meta['checksums']`; either
+failure raises `CorruptCheckpointError` naming the step and the reason.
 `restore_latest_good` walks back from the newest step to the newest good one.
 """
 

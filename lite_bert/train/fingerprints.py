@@ -79,9 +79,9 @@ def tree_fingerprint(tree) -> dict[str, dict]:
 # checks its own metadata with). Each element is counted once: every process
 # sums the shards it holds of one replica (for a replicated array, replica
 # `leaf index % replicas`, so the work is spread over the devices), and the
-# processes add their partial sums (4 bytes per array cross processes). The total is a function of the global
-# array alone, so a step saved on N devices verifies when restored on M, and no
-# array is gathered or copied to a host for it.
+# processes add their partial sums (4 bytes per array cross processes). The
+# total is a function of the global array alone, so a step saved on N devices
+# verifies when restored on M, and no array is gathered or copied to a host.
 #
 # For a fixed position the mix is a bijection of the word, so changing any one
 # element always changes the sum, and moving an element changes its mix;
