@@ -132,6 +132,9 @@ def pretrained_two(tmp_path_factory):
   run_one(PRETRAIN + [f"--config.train.num_steps={STEPS}"], one)
   outs = run_two(PRETRAIN + [f"--config.train.num_steps={STEPS}"], two)
   assert "step 1 started" in outs[0][1] and "step 1 started" not in outs[1][1]  # process 0 prints
+  # One tokenizer, trained by process 0 alone (two trainers raced on one temporary file).
+  assert "training a sentencepiece tokenizer" in outs[0][1]
+  assert "training a sentencepiece tokenizer" not in outs[1][1]
   return one, two
 
 

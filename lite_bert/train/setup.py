@@ -7,7 +7,9 @@ import os
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_dict
+import numpy as np
 
 from lite_bert import __version__
 from lite_bert import files
@@ -56,14 +58,18 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
 
   A sentencepiece model trained here (first run only) has exactly
   `model.vocab_size` pieces. A given tokenizer's vocabulary must equal
-  `model.vocab_size`.
+  `model.vocab_size`. In a job of several processes (one shared workdir),
+  process 0 decides and trains; the others wait for it, then read its file.
   """
   path = config.tokenizer.path
   where = f"--config.tokenizer.path={path}"
   if not path:
     path = os.path.join(workdir, "tokenizer", "spm.model")
     where = path
-    if not os.path.exists(path):
+    missing = not os.path.exists(path)
+    if jax.process_count() > 1:  # process 0's answer, so every process takes the same path
+      missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing, np.int32)))
+    if missing and jax.process_index() == 0:
       if documents is None:
         documents = _corpora().open_corpus(config.data.corpus, format=config.data.format)
       folder = os.path.dirname(path)
@@ -90,6 +96,8 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
         raise
       os.replace(partial_vocab, path[:-len(".model")] + ".vocab")
       os.replace(partial, path)
+    if missing and jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lite_bert_tokenizer_trained")
   tokenizer = tokenizers.load_tokenizer(path)
   tokenizers.check_vocab_matches(tokenizer, config.model.vocab_size, where)
   return tokenizer
