@@ -59,6 +59,11 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   config.data.short_seq_prob = 0.1  # fraction of examples with a shorter target length
   config.data.pair_objective = "nsp" if pair_head else "none"  # nsp | sop | none
   config.data.batch_size = 32  # global batch (all hosts, all devices)
+  # 0: every host tokenizes the whole corpus and keeps its rows of each batch.
+  # N (pods): the corpus (and each held-out set) in N fixed shards, each host
+  # reading only its N / process_count; N divides the batch, the process count
+  # divides N, and the batches are the same on any process count.
+  config.data.shards = 0
   config.data.eval_batches = 20  # fixed held-out batches scored at every evaluation
 
   config.train = config_dict.ConfigDict()

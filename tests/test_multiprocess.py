@@ -6,8 +6,9 @@ with 4 devices, the same global batch. Checked, for pretraining and for
 fine-tuning with evaluation:
 
 * the same train losses and eval metrics, step by step, within float
-  tolerance (the data pipeline makes one global stream and each process keeps
-  its rows, so both runs see the same batches);
+  tolerance (pretraining reads its corpus and eval set in 4 fixed shards, each
+  process only its 2, fine-tuning one global stream of which each process
+  keeps its rows: both ways the global batches are those of one process);
 * eval examples counted exactly once (fine-tuning's dev accuracy is a count
   over the dev rows: the 2-process number equals the 1-process one);
 * a restore onto a different process count: the 2-process run's mid-run
@@ -44,7 +45,8 @@ STEPS = 6
 PRETRAIN = ["--config=configs/bert.py:tiny", "--config.mode=pretrain", *MODEL, *DATA,
             "--config.data.batch_size=8", "--config.train.log_every=1",
             "--config.train.eval_every=3", "--config.train.sync_every=1",
-            "--config.checkpoint.every_steps=3", "--config.optim.warmup_steps=2"]
+            "--config.checkpoint.every_steps=3", "--config.optim.warmup_steps=2",
+            "--config.data.shards=4"]  # the pod layout: each process reads 2 of 4 shards
 
 
 def env_with_devices(count: int) -> dict:

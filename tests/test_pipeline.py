@@ -122,6 +122,47 @@ def test_hosts_split_the_one_process_global_batches(documents, tokenizer):
                       [expected])
 
 
+def test_shards_are_read_by_their_hosts_only_and_join_the_one_process_batches(
+    documents, tokenizer):
+  """shards=4: 2 hosts x 8 rows = the 16-row batches of one process, past every shard's epoch.
+
+  Each host tokenizes only its 2 shards' documents (document i in shard i % 4)
+  and its rows come from them; a state saved on 2 hosts resumes on 1.
+  """
+  options = dict(pair_objective="nsp", with_provenance=True, shards=4)
+  _, single_iterator = batches(documents, tokenizer, 0, batch_size=16, **options)
+  count = 2 + max(shard.batches_in_epoch(0) for shard in single_iterator.dataset.shards)
+  single, single_iterator = batches(documents, tokenizer, count, batch_size=16, **options)
+  hosts = [batches(documents, tokenizer, count, batch_size=8, process_index=p,
+                   process_count=2, **options) for p in range(2)]
+  for k in range(count):
+    joined = {name: np.concatenate([host[0][k][name] for host in hosts]) for name in single[k]}
+    assert_same_batches([joined], [single[k]])
+  for p, (stream, iterator) in enumerate(hosts):
+    read = np.concatenate([shard.corpus.document_ids for shard in iterator.dataset.shards])
+    assert sorted(read) == [i for i in range(len(documents)) if i % 4 in (2 * p, 2 * p + 1)]
+    for batch in stream:  # rows 0-3 from shard 2p, rows 4-7 from shard 2p + 1
+      expected = np.repeat([2 * p, 2 * p + 1], 4)
+      np.testing.assert_array_equal(batch["a_document"] % 4, expected)
+      np.testing.assert_array_equal(batch["b_document"] % 4, expected)  # NSP's random next too
+  states = [json.loads(json.dumps(host[1].get_state())) for host in hosts]
+  assert states[0] == states[1] == single_iterator.get_state()
+  assert states[0]["batches"] == count
+  resumed = pipeline.pretraining_batches(documents, tokenizer, batch_size=16, max_seq_length=SEQ,
+                                         max_predictions_per_seq=PREDICTIONS, state=states[0],
+                                         **options)
+  assert_same_batches([next(resumed) for _ in range(2)],
+                      [next(single_iterator) for _ in range(2)])
+  # The eval set too: each host's rows of the same global batches.
+  evals = [pipeline.eval_batches(documents, tokenizer, batch_size=b, max_seq_length=SEQ,
+                                 max_predictions_per_seq=PREDICTIONS, num_batches=3,
+                                 process_index=p, process_count=n, **options)
+           for b, p, n in ((16, 0, 1), (8, 0, 2), (8, 1, 2))]
+  for k in range(3):
+    assert_same_batches([{name: np.concatenate([evals[1][k][name], evals[2][k][name]])
+                          for name in evals[0][k]}], [evals[0][k]])
+
+
 def test_provenance_points_at_the_tokens(documents, tokenizer):
   stream, iterator = batches(documents, tokenizer, 5, pair_objective="nsp",
                              with_provenance=True)
@@ -308,6 +349,10 @@ def test_max_seq_length_must_hold_the_layout(documents, tokenizer, objective,
     (dict(max_predictions_per_seq=200), "max_predictions_per_seq=200"),
     (dict(batch_size=0), "batch_size"),
     (dict(batch_size=100_000), "fewer than one batch"),
+    (dict(shards=3, process_count=2), "data.shards=3 is not a multiple of the 2 processes"),
+    (dict(shards=4, batch_size=3), "batch_size=3 is not divisible by data.shards=4"),
+    (dict(shards=-1), "data.shards must be an integer >= 0"),
+    (dict(shards=1000, batch_size=2000), "fewer than data.shards=1000"),
 ])
 def test_bad_options_are_refused(documents, tokenizer, kwargs, message):
   options = dict(batch_size=2, max_seq_length=SEQ, max_predictions_per_seq=20,

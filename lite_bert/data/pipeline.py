@@ -41,6 +41,14 @@ position, which is why a 2-number state is enough to resume):
     tokenizes every document and masks the whole global batch (cheap next to
     a training step; the corpus must fit in each host's memory, as it must
     anyway for `open_corpus`).
+  * Or, for pods (`shards=N`): the corpus in N fixed shards, document i in
+    shard i % N, each shard a stream of its own (its epochs, examples and
+    masks keyed by the shard) giving G / N rows of every global batch. A host
+    tokenizes only its N / process_count shards and its rows are theirs,
+    concatenated; the global batch is every shard's rows in shard order, so it
+    does not depend on the process count either, and the state is the global
+    batch count. N is fixed for the run (a multiple of every process count it
+    will run on); NSP needs 2 documents in every shard.
   * Epoch e: the documents in a new order, examples created from them
     with a new rng (new A/B splits, random nexts and swaps every epoch; no
     BERT `dupe_factor` copies needed), then all the epoch's examples shuffled
@@ -81,8 +89,10 @@ from lite_bert.errors import UserError
 
 # Stream tag of the per-epoch example shuffle.
 _SHUFFLE_STREAM = 0x73687566  # "shuf"
-# Version of the state layout returned by `get_state`.
+# Version of the state layout returned by `get_state`: the global stream's
+# (epoch, batch in epoch), and a sharded stream's global batch count.
 _STATE_VERSION = 1
+_SHARDED_STATE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +115,11 @@ class PretrainingOptions:
       each global batch it keeps.
     process_count: number of host processes; the global batch is
       batch_size * process_count.
+    shards: 0 = one global stream (every host tokenizes the whole corpus and
+      keeps its rows of each batch); N > 0 = the corpus in N fixed shards
+      (document i in shard i % N), each giving global_batch / N rows of every
+      batch, and each host reading only its N / process_count shards. Either
+      way the global batches do not depend on the process count.
     with_provenance: add the debug fields `a_document`, `b_document`,
       `a_offset`, `b_offset` to every batch.
   """
@@ -120,6 +135,7 @@ class PretrainingOptions:
   seed: int = 0
   process_index: int = 0
   process_count: int = 1
+  shards: int = 0
   with_provenance: bool = False
 
   def masking_spec(self) -> masking.MaskingSpec:
@@ -141,6 +157,8 @@ class PretrainingOptions:
     """
     fields = dataclasses.asdict(self)
     del fields["with_provenance"]
+    if not self.shards:
+      del fields["shards"]  # as states saved before shards existed
     fields.update(batch_size=self.global_batch_size, process_index=0, process_count=1)
     return {name: value.item() if isinstance(value, np.generic) else value
             for name, value in fields.items()}
@@ -157,6 +175,15 @@ def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
     raise UserError(
         f"process_index={options.process_index} is not in [0, "
         f"process_count={options.process_count})")
+  shards = options.shards
+  if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 0:
+    raise UserError(f"data.shards must be an integer >= 0, got {shards!r}")
+  if shards and shards % options.process_count:
+    raise UserError(f"data.shards={shards} is not a multiple of the {options.process_count} "
+                    f"processes: each process reads the same number of shards")
+  if shards and options.global_batch_size % shards:
+    raise UserError(f"the global batch_size={options.global_batch_size} is not divisible by "
+                    f"data.shards={shards}: each shard gives the same rows of every batch")
   if not 0.0 <= options.short_seq_prob <= 1.0:
     raise UserError(
         f"short_seq_prob must be in [0, 1], got {options.short_seq_prob!r}")
@@ -183,41 +210,21 @@ def _read_documents(documents: Sequence[str],
   return [documents[i] for i in indices]
 
 
-class PretrainingDataset(grain.IterDataset):
-  """This host's rows of the endless global stream of pretraining batches (module docstring).
+class _Shard:
+  """One stream of examples: some documents, tokenized, and each epoch's examples.
 
-  Construction tokenizes the corpus (the expensive part)
-  and refuses corpora that cannot give batches; iterating is cheap.
+  Everything is a pure function of (seed, `key`, epoch): the global stream is
+  the shard of key 0 holding every document; with `options.shards` = N, shard
+  s (key 1 + s) holds documents s, s + N, s + 2N, ...
   """
 
-  def __init__(self, documents: Sequence[str], tokenizer: Any,
-               options: PretrainingOptions, *, corpus_name: str = "corpus"):
-    """Tokenizes the corpus (every host: the whole of it).
-
-    Args:
-      documents: the corpus, one string per document (e.g.
-        `corpora.open_corpus(spec)`).
-      tokenizer: a `lite_bert.data.tokenizers.Tokenizer`.
-      options: batch shape, objectives, masking, seed, host.
-      corpus_name: how error messages name the corpus (e.g. its spec).
-
-    Raises:
-      UserError: bad options; an empty corpus; a pair objective on a corpus
-        with no document of >= 2 sentences (or, for NSP, with fewer than 2
-        documents); fewer examples than one batch.
-    """
-    super().__init__()
-    _check_options(options, corpus_name)
-    self.options = options
-    self.corpus_name = corpus_name
-    if len(documents) == 0:
-      raise UserError(f"corpus {corpus_name} is empty: it has no documents")
-    shard = range(len(documents))  # every host: the whole corpus (one global stream)
+  def __init__(self, documents: Sequence[str], indices: Sequence[int], tokenizer: Any,
+               options: PretrainingOptions, *, key: int, rows: int, where: str):
+    self.options, self.key, self.rows, self.where = options, key, rows, where
     self.corpus = pretraining.tokenize_documents(
-        _read_documents(documents, shard), tokenizer,
+        _read_documents(documents, indices), tokenizer,
         max_seq_length=options.max_seq_length,
-        pair_objective=options.pair_objective, document_ids=shard)
-    where = f"corpus {corpus_name}"
+        pair_objective=options.pair_objective, document_ids=indices)
     if self.corpus.num_documents == 0:
       raise UserError(f"{where} is empty: no document has any token")
     if options.pair_objective is not None:
@@ -231,33 +238,22 @@ class PretrainingDataset(grain.IterDataset):
         raise UserError(
             f"{where} has a single document, so pair_objective='nsp' has no "
             "other document to draw a random next segment from; give it at "
-            "least 2 documents")
+            "least 2 documents" + (" per shard (or fewer data.shards)" if key else ""))
     self.vocab = masking.masking_vocab(tokenizer)
     self.spec = options.masking_spec()
     self._special_ids = dict(cls_id=int(tokenizer.cls_id),
                              sep_id=int(tokenizer.sep_id),
                              pad_id=int(tokenizer.pad_id))
     self._cached_epoch = (-1, None)
-    self.epoch_examples(0)  # Refuses a corpus too small for one batch.
-
-  def __iter__(self) -> "PretrainingIterator":
-    return PretrainingIterator(self)
-
-  def __str__(self) -> str:
-    return (f"PretrainingDataset({self.corpus_name}, "
-            f"{self.corpus.num_documents} documents, {self.options})")
+    self.epoch_examples(0)  # Refuses a shard too small for one batch.
 
   def epoch_examples(self, epoch: int) -> pretraining.Examples:
-    """All examples of `epoch`, in their shuffled order (a pure function).
-
-    The last epoch asked for is kept, so the iterator does not redo the
-    epoch 0 that construction made to check the corpus.
-    """
+    """All examples of `epoch`, in their shuffled order (the last epoch asked for is kept)."""
     cached_epoch, cached = self._cached_epoch
     if cached_epoch == epoch:
       return cached
     options = self.options
-    rng = pretraining.example_rng(options.seed, 0, epoch)  # the global stream's
+    rng = pretraining.example_rng(options.seed, self.key, epoch)
     document_order = list(range(self.corpus.num_documents))
     rng.shuffle(document_order)
     examples = pretraining.create_examples(
@@ -265,29 +261,29 @@ class PretrainingDataset(grain.IterDataset):
         pair_objective=options.pair_objective,
         short_seq_prob=options.short_seq_prob, rng=rng,
         document_order=document_order)
-    if len(examples) < options.global_batch_size:
+    if len(examples) < self.rows:
       raise UserError(
-          f"corpus {self.corpus_name} gives only "
-          f"{len(examples)} examples of max_seq_length="
+          f"{self.where} gives only {len(examples)} examples of max_seq_length="
           f"{options.max_seq_length} in epoch {epoch}, fewer than one batch "
-          f"(global batch_size={options.global_batch_size})")
+          f"({self.rows} rows of the global batch_size={options.global_batch_size})")
     shuffle_rng = np.random.default_rng(np.random.SeedSequence(
-        [_SHUFFLE_STREAM, options.seed, 0, epoch]))
+        [_SHUFFLE_STREAM, options.seed, self.key, epoch]))
     examples = examples.take(shuffle_rng.permutation(len(examples)))
     self._cached_epoch = (epoch, examples)
     return examples
 
-  def make_batch(self, examples: pretraining.Examples, epoch: int,
-                 batch_in_epoch: int) -> dict[str, np.ndarray]:
-    """This host's rows of global batch `batch_in_epoch` of an epoch of `examples`."""
+  def batches_in_epoch(self, epoch: int) -> int:
+    return len(self.epoch_examples(epoch)) // self.rows
+
+  def batch(self, epoch: int, batch_in_epoch: int) -> dict[str, np.ndarray]:
+    """This shard's `rows` of batch `batch_in_epoch` of `epoch`, masked."""
     options = self.options
-    size = options.global_batch_size
-    chosen = examples.take(
-        np.arange(batch_in_epoch * size, (batch_in_epoch + 1) * size))
+    chosen = self.epoch_examples(epoch).take(
+        np.arange(batch_in_epoch * self.rows, (batch_in_epoch + 1) * self.rows))
     arrays = pretraining.assemble(
         self.corpus, chosen, max_seq_length=options.max_seq_length,
         **self._special_ids)
-    rng = masking.batch_rng(options.seed, 0, epoch, batch_in_epoch)
+    rng = masking.batch_rng(options.seed, self.key, epoch, batch_in_epoch)
     masked = masking.mask_tokens(
         arrays["input_ids"], arrays["attention_mask"], spec=self.spec,
         vocab=self.vocab, rng=rng)
@@ -303,11 +299,15 @@ class PretrainingDataset(grain.IterDataset):
       batch["pair_labels"] = chosen.pair_labels.astype(np.int32)
     if options.with_provenance:
       batch.update(self._provenance(chosen))
-    if options.process_count == 1:
-      return batch
-    rows = slice(options.process_index * options.batch_size,
-                 (options.process_index + 1) * options.batch_size)
-    return {name: value[rows] for name, value in batch.items()}
+    return batch
+
+  def position(self, batches: int) -> tuple[int, int]:
+    """(epoch, batch_in_epoch) of this shard's part of global batch `batches` (0-based)."""
+    epoch = 0
+    while batches >= self.batches_in_epoch(epoch):
+      batches -= self.batches_in_epoch(epoch)
+      epoch += 1
+    return epoch, batches
 
   def _provenance(self, chosen: pretraining.Examples) -> dict[str, np.ndarray]:
     corpus = self.corpus
@@ -324,8 +324,87 @@ class PretrainingDataset(grain.IterDataset):
       fields["b_offset"] = np.zeros_like(fields["b_offset"])
     return fields
 
+
+class PretrainingDataset(grain.IterDataset):
+  """This host's rows of the endless global stream of pretraining batches (module docstring).
+
+  Construction tokenizes this host's documents (the expensive part) and
+  refuses corpora that cannot give batches; iterating is cheap.
+  """
+
+  def __init__(self, documents: Sequence[str], tokenizer: Any,
+               options: PretrainingOptions, *, corpus_name: str = "corpus"):
+    """Tokenizes the corpus (every host the whole of it; with `options.shards`, its shards).
+
+    Args:
+      documents: the corpus, one string per document (e.g.
+        `corpora.open_corpus(spec)`).
+      tokenizer: a `lite_bert.data.tokenizers.Tokenizer`.
+      options: batch shape, objectives, masking, seed, host, shards.
+      corpus_name: how error messages name the corpus (e.g. its spec).
+
+    Raises:
+      UserError: bad options; an empty corpus (or shard); a pair objective on
+        a corpus with no document of >= 2 sentences (or, for NSP, with fewer
+        than 2 documents); fewer examples than one batch.
+    """
+    super().__init__()
+    _check_options(options, corpus_name)
+    self.options = options
+    self.corpus_name = corpus_name
+    self.num_corpus_documents = len(documents)
+    if len(documents) == 0:
+      raise UserError(f"corpus {corpus_name} is empty: it has no documents")
+    count = options.shards
+    if not count:  # one global stream: every host reads everything, keeps its rows
+      self.shards = [_Shard(documents, range(len(documents)), tokenizer, options, key=0,
+                            rows=options.global_batch_size, where=f"corpus {corpus_name}")]
+      return
+    if len(documents) < count:
+      raise UserError(f"corpus {corpus_name} has {len(documents)} document(s), fewer than "
+                      f"data.shards={count}: every shard needs documents")
+    per_host = count // options.process_count
+    self.shards = [
+        _Shard(documents, range(s, len(documents), count), tokenizer, options, key=1 + s,
+               rows=options.global_batch_size // count,
+               where=f"shard {s} of {count} of corpus {corpus_name}")
+        for s in range(options.process_index * per_host, (options.process_index + 1) * per_host)]
+
+  @property
+  def corpus(self) -> pretraining.TokenizedDocuments:
+    """The tokenized corpus of the global stream (`options.shards` = 0)."""
+    (shard,) = self.shards
+    return shard.corpus
+
+  def epoch_examples(self, epoch: int) -> pretraining.Examples:
+    """The global stream's examples of `epoch`, shuffled (`options.shards` = 0)."""
+    (shard,) = self.shards
+    return shard.epoch_examples(epoch)
+
+  def __iter__(self) -> "PretrainingIterator":
+    return PretrainingIterator(self)
+
+  def __str__(self) -> str:
+    documents = sum(shard.corpus.num_documents for shard in self.shards)
+    return f"PretrainingDataset({self.corpus_name}, {documents} documents, {self.options})"
+
+  def host_batch(self, positions: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """This host's rows of one global batch: each shard's part at its (epoch, batch_in_epoch)."""
+    parts = [shard.batch(*position) for shard, position in zip(self.shards, positions)]
+    if self.options.shards:  # this host's shards, in order: its contiguous rows
+      return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    (batch,) = parts
+    if self.options.process_count == 1:
+      return batch
+    rows = slice(self.options.process_index * self.options.batch_size,
+                 (self.options.process_index + 1) * self.options.batch_size)
+    return {name: value[rows] for name, value in batch.items()}
+
   def state_identity(self) -> dict[str, Any]:
     """What a saved state must match: the stream's options and the corpus size."""
+    if self.options.shards:  # what every host knows, whichever shards it reads
+      return {"options": self.options.stream_fields(),
+              "corpus_documents": self.num_corpus_documents}
     return {
         "options": self.options.stream_fields(),
         "num_documents": self.corpus.num_documents,
@@ -338,40 +417,38 @@ class PretrainingIterator(grain.DatasetIterator):
 
   `get_state()` is a small JSON-serialisable dict naming the next batch;
   `set_state(state)` makes the following batches exactly those an
-  uninterrupted run would have produced from that point.
+  uninterrupted run would have produced from that point. Each shard walks its
+  own epochs; the state of a sharded stream is the global batch count, the
+  same on every host and for any process count.
   """
 
   def __init__(self, dataset: PretrainingDataset,
                state: Optional[dict[str, Any]] = None):
     super().__init__()
     self._dataset = dataset
-    self._epoch = 0
-    self._batch_in_epoch = 0
-    self._examples = None
-    self._examples_epoch = -1
+    self._batches = 0  # global batches given so far
+    self._positions = [(0, 0)] * len(dataset.shards)  # each shard's next (epoch, batch)
     if state is not None:
       self.set_state(state)
 
-  def _current_examples(self) -> pretraining.Examples:
-    if self._examples_epoch != self._epoch:
-      self._examples = self._dataset.epoch_examples(self._epoch)
-      self._examples_epoch = self._epoch
-    return self._examples
-
-  def _batches_in_epoch(self) -> int:
-    return len(self._current_examples()) // self._dataset.options.global_batch_size
-
   def __next__(self) -> dict[str, np.ndarray]:
-    while self._batch_in_epoch >= self._batches_in_epoch():
-      self._epoch += 1
-      self._batch_in_epoch = 0
-    batch = self._dataset.make_batch(self._current_examples(), self._epoch,
-                                     self._batch_in_epoch)
-    self._batch_in_epoch += 1
-    if self._batch_in_epoch == self._batches_in_epoch():
-      self._epoch += 1
-      self._batch_in_epoch = 0
+    positions = []
+    for shard, (epoch, batch_in_epoch) in zip(self._dataset.shards, self._positions):
+      while batch_in_epoch >= shard.batches_in_epoch(epoch):
+        epoch, batch_in_epoch = epoch + 1, 0
+      positions.append((epoch, batch_in_epoch))
+    batch = self._dataset.host_batch(positions)
+    self._positions = [self._following(shard, position)
+                       for shard, position in zip(self._dataset.shards, positions)]
+    self._batches += 1
     return batch
+
+  @staticmethod
+  def _following(shard: _Shard, position: tuple[int, int]) -> tuple[int, int]:
+    epoch, batch_in_epoch = position[0], position[1] + 1
+    if batch_in_epoch == shard.batches_in_epoch(epoch):
+      return epoch + 1, 0
+    return epoch, batch_in_epoch
 
   @property
   def dataset(self) -> PretrainingDataset:
@@ -380,14 +457,18 @@ class PretrainingIterator(grain.DatasetIterator):
 
   @property
   def epoch(self) -> int:
-    """The epoch of the next batch (0-based)."""
-    return self._epoch
+    """The epoch of the next batch (0-based; with shards, the first shard's)."""
+    return self._positions[0][0]
 
   def get_state(self) -> dict[str, Any]:
+    if self._dataset.options.shards:
+      return {"version": _SHARDED_STATE_VERSION, "batches": self._batches,
+              **self._dataset.state_identity()}
+    epoch, batch_in_epoch = self._positions[0]
     return {
         "version": _STATE_VERSION,
-        "epoch": self._epoch,
-        "batch_in_epoch": self._batch_in_epoch,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
         **self._dataset.state_identity(),
     }
 
@@ -396,21 +477,23 @@ class PretrainingIterator(grain.DatasetIterator):
 
     Raises:
       UserError: the state is malformed, or was saved by a stream with other
-        options or another shard (different corpus, tokenizer or hosts).
+        options or another corpus (different corpus, tokenizer or shards).
     """
     where = self._dataset.corpus_name
+    sharded = bool(self._dataset.options.shards)
+    fields = ("batches",) if sharded else ("epoch", "batch_in_epoch")
     try:
       version = int(state["version"])
-      epoch = int(state["epoch"])
-      batch_in_epoch = int(state["batch_in_epoch"])
+      numbers = [int(state[field]) for field in fields]
     except (KeyError, TypeError, ValueError):
       raise UserError(
           f"data iterator state for corpus {where} is malformed: {state!r}"
       ) from None
-    if version != _STATE_VERSION or epoch < 0 or batch_in_epoch < 0:
+    if version != (_SHARDED_STATE_VERSION if sharded else _STATE_VERSION) or min(numbers) < 0:
       raise UserError(
           f"data iterator state for corpus {where} is not one this code "
-          f"wrote (version {version}, epoch {epoch}, batch {batch_in_epoch})")
+          f"wrote (version {version}, "
+          + ", ".join(f"{field} {n}" for field, n in zip(fields, numbers)) + ")")
     expected = self._dataset.state_identity()
     saved = {key: state.get(key) for key in expected}
     if saved != expected:
@@ -419,9 +502,13 @@ class PretrainingIterator(grain.DatasetIterator):
           f"data iterator state for corpus {where} was saved by a different "
           f"data stream, so the run cannot resume exactly ({differences}); "
           "restore with the same data options, corpus, tokenizer and "
-          "process count")
-    self._epoch = epoch
-    self._batch_in_epoch = batch_in_epoch
+          + ("data.shards" if sharded else "global batch"))
+    if sharded:
+      self._batches = numbers[0]
+      self._positions = [shard.position(numbers[0]) for shard in self._dataset.shards]
+    else:
+      self._positions = [tuple(numbers)]
+      self._batches = 0  # not part of a global-stream state; counts from here
 
 
 def _differences(saved: dict[str, Any], expected: dict[str, Any]) -> str:
@@ -465,6 +552,7 @@ def pretraining_batches(documents: Sequence[str], tokenizer: Any, *,
                         seed: int = 0,
                         process_index: int = 0,
                         process_count: int = 1,
+                        shards: int = 0,
                         state: Optional[dict[str, Any]] = None,
                         corpus_name: str = "corpus",
                         with_provenance: bool = False) -> PretrainingIterator:
@@ -482,6 +570,7 @@ def pretraining_batches(documents: Sequence[str], tokenizer: Any, *,
     short_seq_prob: probability of a short target length.
     seed: the data seed.
     process_index, process_count: this host and the number of hosts.
+    shards: 0 = one global stream; N = N fixed shards, this host reading its own.
     state: a `get_state()` dict to resume from; None starts at epoch 0.
     corpus_name: how error messages name the corpus.
     with_provenance: add debug provenance fields to each batch.
@@ -497,7 +586,7 @@ def pretraining_batches(documents: Sequence[str], tokenizer: Any, *,
       pair_objective=pair_objective, masked_lm_prob=masked_lm_prob,
       whole_word_masking=whole_word_masking, max_ngram=max_ngram,
       short_seq_prob=short_seq_prob, seed=seed, process_index=process_index,
-      process_count=process_count, with_provenance=with_provenance,
+      process_count=process_count, shards=shards, with_provenance=with_provenance,
       corpus_name=corpus_name)
   return PretrainingIterator(dataset, state)
 
@@ -536,8 +625,7 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
       max_seq_length=max_seq_length,
       max_predictions_per_seq=max_predictions_per_seq,
       pair_objective=pair_objective, corpus_name=corpus_name, **options)
-  examples = dataset.epoch_examples(0)
-  available = len(examples) // dataset.options.global_batch_size
+  available = min(shard.batches_in_epoch(0) for shard in dataset.shards)
   if num_batches is None:
     num_batches = available
   elif num_batches < 1:
@@ -547,7 +635,7 @@ def eval_batches(documents: Sequence[str], tokenizer: Any, *,
         f"corpus {corpus_name} gives only {available} "
         f"full batches of batch_size={batch_size}, fewer than the "
         f"num_batches={num_batches} asked for evaluation")
-  return [dataset.make_batch(examples, 0, k) for k in range(num_batches)]
+  return [dataset.host_batch([(0, k)] * len(dataset.shards)) for k in range(num_batches)]
 
 
 def masked_token_counts(batches: Sequence[dict], size: int = 0) -> np.ndarray:

@@ -132,6 +132,7 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
     run_config.data.eval_batches = data.get("eval_batches", run_config.data.eval_batches)
     run_config.data.masking = data.get("masking", run_config.data.masking)
     run_config.data.format = data.get("format", run_config.data.format)
+    run_config.data.shards = data.get("shards", 0)  # how this job's hosts split the corpus
     run_config.data.pair_objective = "none"  # single segments: the same batches for every model
   options = setup.batch_options(run_config)  # checks masking; refuses before any work
   # A pretraining run keeps no best-dev params: 'best' (fine-tuning's default) = the newest.

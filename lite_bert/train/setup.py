@@ -251,4 +251,5 @@ def batch_options(config) -> dict:
       pair_objective=None if data.pair_objective == "none" else data.pair_objective,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      shards=data.get("shards", 0),  # runs saved before data.shards read everything
   )
