@@ -352,7 +352,7 @@ def test_max_seq_length_must_hold_the_layout(documents, tokenizer, objective,
     (dict(shards=3, process_count=2), "data.shards=3 is not a multiple of the 2 processes"),
     (dict(shards=4, batch_size=3), "batch_size=3 is not divisible by data.shards=4"),
     (dict(shards=-1), "data.shards must be an integer >= 0"),
-    (dict(shards=1000, batch_size=2000), "fewer than data.shards=1000"),
+    (dict(shards=1000, batch_size=2000), "too few for data.shards=1000"),
 ])
 def test_bad_options_are_refused(documents, tokenizer, kwargs, message):
   options = dict(batch_size=2, max_seq_length=SEQ, max_predictions_per_seq=20,

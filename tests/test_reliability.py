@@ -886,7 +886,14 @@ BAD_INPUTS = [
      r"data\.max_predictions_per_seq must be an integer >= 1, got 0"),
     ("pretrain/single_document_corpus", "fresh",
      lambda c: PRETRAIN + [f"--config.data.corpus={c.files / 'one_document.txt'}"],
-     r"one_document\.txt has 1 document\(s\) to train on, so data\.pair_objective='nsp'"),
+     r"one_document\.txt has 1 document\(s\), so data\.pair_objective='nsp'"),
+    ("pretrain/shards_not_dividing_the_batch", "fresh",
+     lambda c: PRETRAIN + ["--config.data.shards=3"],
+     r"the global batch_size=8 is not divisible by data\.shards=3"),
+    ("pretrain/more_shards_than_documents", "fresh",
+     lambda c: PRETRAIN + [f"--config.data.corpus={c.files / 'one_document.txt'}",
+                           "--config.data.pair_objective=none", "--config.data.shards=2"],
+     r"one_document\.txt has 1 document\(s\), too few for data\.shards=2"),
     ("pretrain/negative_seed", "fresh", lambda c: PRETRAIN + ["--config.seed=-1"],
      r"seed must be an integer in \[0, 2\*\*32\), got -1"),
     ("pretrain/negative_layer_norm_eps", "fresh",
@@ -928,7 +935,7 @@ BAD_INPUTS = [
                           "--config.predict.output={workdir}/config.json"],
      r"predict\.output \S+config\.json is a file of the run in"),
 ]
-N_BAD_INPUTS = 95  # README "Reliability" quotes this count
+N_BAD_INPUTS = 97  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():

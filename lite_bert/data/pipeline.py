@@ -164,6 +164,36 @@ class PretrainingOptions:
             for name, value in fields.items()}
 
 
+def check_shards(shards: Any, *, global_batch_size: int, process_count: int,
+                 documents: Optional[dict[str, int]] = None,
+                 pair_objective: Optional[str] = None) -> None:
+  """UserError unless `shards` (`PretrainingOptions.shards`) can cut these batches and corpora.
+
+  documents: {corpus name: document count}, each needing a document per shard
+  (two for NSP's random next) or, with no shards, 2 for NSP.
+  """
+  if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 0:
+    raise UserError(f"data.shards must be an integer >= 0, got {shards!r}")
+  if shards and shards % process_count:
+    raise UserError(f"data.shards={shards} is not a multiple of the {process_count} "
+                    f"processes: each process reads the same number of shards")
+  if shards and global_batch_size % shards:
+    raise UserError(f"the global batch_size={global_batch_size} is not divisible by "
+                    f"data.shards={shards}: each shard gives the same rows of every batch")
+  per_shard = 2 if pair_objective == "nsp" else 1
+  for name, count in (documents or {}).items():
+    if shards and count < per_shard * shards:
+      raise UserError(
+          f"corpus {name} has {count} document(s), too few for data.shards={shards}: each "
+          f"shard needs {'2 (NSP draws a random next from another document)' if per_shard == 2 else '1'}"
+          f"; give it more documents or use fewer shards")
+    if count < per_shard:
+      raise UserError(
+          f"corpus {name} has {count} document(s), so data.pair_objective='nsp' has no other "
+          f"document to draw a random next segment from; give it at least 2 documents, or use "
+          f"--config.data.pair_objective=none")
+
+
 def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
   """UserError naming the first option that cannot work."""
   pretraining.check_pair_objective(options.pair_objective)
@@ -175,15 +205,8 @@ def _check_options(options: PretrainingOptions, corpus_name: str) -> None:
     raise UserError(
         f"process_index={options.process_index} is not in [0, "
         f"process_count={options.process_count})")
-  shards = options.shards
-  if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 0:
-    raise UserError(f"data.shards must be an integer >= 0, got {shards!r}")
-  if shards and shards % options.process_count:
-    raise UserError(f"data.shards={shards} is not a multiple of the {options.process_count} "
-                    f"processes: each process reads the same number of shards")
-  if shards and options.global_batch_size % shards:
-    raise UserError(f"the global batch_size={options.global_batch_size} is not divisible by "
-                    f"data.shards={shards}: each shard gives the same rows of every batch")
+  check_shards(options.shards, global_batch_size=options.global_batch_size,
+               process_count=options.process_count)
   if not 0.0 <= options.short_seq_prob <= 1.0:
     raise UserError(
         f"short_seq_prob must be in [0, 1], got {options.short_seq_prob!r}")
@@ -360,9 +383,8 @@ class PretrainingDataset(grain.IterDataset):
       self.shards = [_Shard(documents, range(len(documents)), tokenizer, options, key=0,
                             rows=options.global_batch_size, where=f"corpus {corpus_name}")]
       return
-    if len(documents) < count:
-      raise UserError(f"corpus {corpus_name} has {len(documents)} document(s), fewer than "
-                      f"data.shards={count}: every shard needs documents")
+    check_shards(count, global_batch_size=options.global_batch_size,
+                 process_count=options.process_count, documents={corpus_name: len(documents)})
     per_host = count // options.process_count
     self.shards = [
         _Shard(documents, range(s, len(documents), count), tokenizer, options, key=1 + s,

@@ -25,12 +25,7 @@ def build_job(config, workdir: str) -> loop.Job:
   cfg = setup.encoder_config(config)
   options = setup.batch_options(config)
   train_docs, eval_docs = setup.split_corpus(config)
-  if options["pair_objective"] == "nsp" and len(train_docs) < 2 * options["process_count"]:
-    # The pipeline checks this too, on tokens; here it refuses before a tokenizer is trained.
-    raise UserError(f"corpus {config.data.corpus} has {len(train_docs)} document(s) to train "
-                    f"on, so data.pair_objective='nsp' has no other document to draw a random "
-                    f"next segment from; give it at least 2 documents per process, or use "
-                    f"--config.data.pair_objective=none")
+  setup.check_document_counts(config, options, train_docs, eval_docs)  # before any work
   tokenizer = setup.tokenizer_for(config, workdir)  # trained on all of data.corpus
   model = PretrainingModel(cfg, pair_head=config.pair_head)
   seq = config.data.max_seq_length

@@ -25,6 +25,12 @@ def _corpora():
   return corpora
 
 
+def _pipeline():
+  """lite_bert.data.pipeline, imported when batches are checked or made (it pulls in grain)."""
+  from lite_bert.data import pipeline  # pylint: disable=import-outside-toplevel
+  return pipeline
+
+
 def use_compilation_cache(config) -> Optional[str]:
   """Turns on JAX's persistent compilation cache for this process; returns its folder.
 
@@ -216,6 +222,17 @@ def split_corpus(config):
   return documents[:split_at], documents[split_at:]
 
 
+def check_document_counts(config, options: dict, train_docs, eval_docs) -> None:
+  """UserError, before a tokenizer is trained, when a corpus has too few documents for
+  `data.shards` (one per shard) or for NSP (a random next from another document)."""
+  _pipeline().check_shards(
+      options["shards"], global_batch_size=options["batch_size"] * options["process_count"],
+      process_count=options["process_count"], pair_objective=options["pair_objective"],
+      documents={config.data.corpus: len(train_docs),
+                 config.data.eval_corpus or f"held-out part of {config.data.corpus}":
+                     len(eval_docs)})
+
+
 def batch_options(config) -> dict:
   """The `config.data` fields the pretraining pipeline takes."""
   data = config.data
@@ -240,7 +257,7 @@ def batch_options(config) -> dict:
         (0.0 < value if low_open else 0.0 <= value) and value <= 1.0):
       raise UserError(f"data.{name} must be a number in {'(' if low_open else '['}0, 1], "
                       f"got {value!r}")
-  return dict(
+  options = dict(
       batch_size=data.batch_size // jax.process_count(),
       max_seq_length=data.max_seq_length,
       max_predictions_per_seq=data.max_predictions_per_seq,
@@ -253,3 +270,6 @@ def batch_options(config) -> dict:
       process_count=jax.process_count(),
       shards=data.get("shards", 0),  # runs saved before data.shards read everything
   )
+  _pipeline().check_shards(options["shards"], global_batch_size=data.batch_size,
+                           process_count=jax.process_count())
+  return options
