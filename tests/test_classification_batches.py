@@ -105,3 +105,24 @@ def test_encode_rows_counts_the_rows_it_cuts():
   pairs = [{"a": "w " * 3, "b": "w " * 3}, {"a": "w " * 3, "b": "w " * 4}]  # 9 and 10 tokens
   encoded, cut = classification.encode_rows(pairs, ("a", "b"), Words(), 9)
   assert cut == 1 and [len(ids) for ids, _ in encoded] == [9, 9]
+
+
+def test_a_process_makes_its_eval_batches_from_its_own_rows_alone():
+  """With sort keys known before encoding (e.g. character counts) and each batch's longest
+  row over all processes, a process needs only its rows: the same batches as from every row."""
+  encoded, labels = rows(203)
+  keys = np.random.default_rng(1).integers(0, 500, size=203)  # not the token counts
+  options = dict(batch_size=16, pad_id=0, pad_multiple=8, max_seq_length=64, regression=False,
+                 sort_keys=keys, process_count=2)
+  everyone = classification.eval_layout(keys, batch_size=16)
+  longest = [max(len(encoded[i][0]) for i in rows) for rows in everyone]
+  for p in range(2):
+    layout = classification.eval_layout(keys, batch_size=16, process_index=p, process_count=2)
+    own = {int(i): encoded[i] for i in np.concatenate(layout)}
+    assert len(own) == (104, 99)[p]  # 12 batches of 8 each, then 8 and 3 of the last 11
+    alone = classification.eval_batches(own, labels, process_index=p, longest=longest, **options)
+    full = classification.eval_batches(encoded, labels, process_index=p, **options)
+    assert len(alone) == len(full) == 13
+    for a, b in zip(alone, full):
+      for key in b:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -160,9 +160,12 @@ def test_a_two_process_checkpoint_resumes_on_one_process(pretrained_two, tmp_pat
 def test_two_process_finetuning_counts_each_dev_example_once(pretrained_two, tmp_path):
   one, _ = pretrained_two
   sst2 = small_sst2(tmp_path / "SST-2")
-  args = finetune_args(one, sst2) + ["--config.train.sync_every=1"]
+  args = finetune_args(one, sst2) + ["--config.train.sync_every=1",
+                                      "--config.finetune.eval_batch_size=4"]
   run_one(args, tmp_path / "ft_one")
-  run_two(args, tmp_path / "ft_two")
+  outs = run_two(args, tmp_path / "ft_two")
+  # Each process encodes only its rows of the dev set: 2 of every 4.
+  assert "SST-2 validation: tokenized 8 examples (this process's share)" in outs[0][1]
   assert len(records(tmp_path / "ft_one", "eval")) == 2
   assert_same_records(tmp_path / "ft_two", tmp_path / "ft_one")
   # Counted once: the eval file's example count and one prediction per dev row, in order.

@@ -47,19 +47,20 @@ def encode_rows(rows: Sequence[dict], text_fields: Sequence[str], tokenizer: Tok
 
 def collate(encoded: Sequence[tuple[list[int], list[int]]], labels: Sequence, indices,
             *, batch_size: int, pad_id: int, pad_multiple: int, max_seq_length: int,
-            regression: bool, global_indices=None) -> dict:
+            regression: bool, global_indices=None, longest: Optional[int] = None) -> dict:
   """Pads `encoded[indices]` to one batch; rows past the data get weight 0.
 
-  `global_indices`: the rows of the whole global batch (every process's), which
-  decide the padded length, so that every process's part has the same shape
-  (default: `indices`).
+  The padded length is `longest` rounded up to `pad_multiple`; by default the
+  longest row of `global_indices`, the rows of the whole global batch (every
+  process's, so that every process's part has the same shape), or of `indices`.
 
   Returns input_ids, attention_mask, token_type_ids [batch, seq] int32,
   labels [batch] (int32 or float32), weights [batch] float32, example_ids
   [batch] int32 (-1 for padding rows).
   """
-  rows = indices if global_indices is None else global_indices
-  longest = max(len(encoded[i][0]) for i in rows)
+  if longest is None:
+    rows = indices if global_indices is None else global_indices
+    longest = max(len(encoded[i][0]) for i in rows)
   seq = min(max_seq_length, -(-longest // pad_multiple) * pad_multiple)
   input_ids = np.full((batch_size, seq), pad_id, np.int32)
   token_types = np.zeros((batch_size, seq), np.int32)
@@ -146,29 +147,48 @@ class TaskBatches:
                    global_indices=chosen, **self.options)
 
 
-def eval_batches(encoded, labels, *, batch_size: int, pad_id: int, pad_multiple: int,
-                 max_seq_length: int, regression: bool, process_index: int = 0,
-                 process_count: int = 1) -> list[dict]:
-  """This process's part of every eval batch: each row once over all processes, in order.
+def eval_layout(sort_keys: Sequence[int], *, batch_size: int, process_index: int = 0,
+                process_count: int = 1) -> list[np.ndarray]:
+  """This process's row ids in each global eval batch; each row once over all processes.
 
-  Global batch b holds rows [b * batch_size, (b + 1) * batch_size) of the rows
-  sorted by length (less padding); process p takes the p-th contiguous slice
-  of batch_size / process_count of them. The last batch is filled with
-  weight-0 rows (example id -1). Every process gets the same number of
-  batches, padded to the same length (the global batch's longest row).
+  Rows sorted by `sort_keys` (stable; a length, so a batch pads little): global
+  batch b holds sorted rows [b * batch_size, (b + 1) * batch_size), and process
+  p the p-th contiguous slice of batch_size / process_count of them (the last
+  batch's slices may be short or empty). A pure function of the keys, so a
+  process can pick its rows before it encodes any.
   """
-  if not encoded:
+  if not len(sort_keys):
     raise UserError("the evaluation split has no rows")
   if batch_size % process_count:
     raise UserError(f"finetune.eval_batch_size={batch_size} is not divisible by the "
                     f"{process_count} processes")
   per_process = batch_size // process_count
-  order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
-  batches = []
-  for start in range(0, len(order), batch_size):
-    chosen = order[start:start + batch_size]
-    mine = chosen[process_index * per_process:(process_index + 1) * per_process]
-    batches.append(collate(encoded, labels, mine, batch_size=per_process, pad_id=pad_id,
-                           pad_multiple=pad_multiple, max_seq_length=max_seq_length,
-                           regression=regression, global_indices=chosen))
-  return batches
+  order = np.argsort(np.asarray(sort_keys), kind="stable")
+  return [order[start:start + batch_size][process_index * per_process:
+                                          (process_index + 1) * per_process]
+          for start in range(0, len(order), batch_size)]
+
+
+def eval_batches(encoded, labels, *, batch_size: int, pad_id: int, pad_multiple: int,
+                 max_seq_length: int, regression: bool, process_index: int = 0,
+                 process_count: int = 1, sort_keys: Optional[Sequence[int]] = None,
+                 longest: Optional[Sequence[int]] = None) -> list[dict]:
+  """This process's part of every eval batch (`eval_layout`), padded.
+
+  `encoded` maps a row id to its (input ids, token types); it needs only this
+  process's rows when `sort_keys` (one per row; default each row's token
+  count) and `longest` (each global batch's longest row, over all processes)
+  are given. The last batch is filled with weight-0 rows (example id -1).
+  Every process gets the same number of batches, padded to the same length.
+  """
+  if sort_keys is None:
+    sort_keys = [len(encoded[i][0]) for i in range(len(encoded))]
+  layout = eval_layout(sort_keys, batch_size=batch_size, process_index=process_index,
+                       process_count=process_count)
+  if longest is None:  # every row at hand: each global batch's own rows
+    everyone = eval_layout(sort_keys, batch_size=batch_size)
+    longest = [max(len(encoded[i][0]) for i in rows) for rows in everyone]
+  return [collate(encoded, labels, mine, batch_size=batch_size // process_count, pad_id=pad_id,
+                  pad_multiple=pad_multiple, max_seq_length=max_seq_length,
+                  regression=regression, longest=length)
+          for mine, length in zip(layout, longest)]

@@ -81,7 +81,7 @@ def run(config, workdir: str) -> dict:
   data = task_eval.load_task_data(run_config, spec, tokenizer, with_train=False)
   model = ClassificationModel(cfg, num_labels=spec.num_labels)
   check_params_fit(model, params, run_config, workdir, choice)
-  score = task_eval.make_scorer(run_config, spec, data, model, workdir, tokenizer.pad_id,
+  score = task_eval.make_scorer(run_config, spec, data, model, workdir,
                                files=("evaluate_{split}.json",
                                       "evaluate_predictions_{split}.tsv"))
   mesh = mesh_lib.make_mesh(config.mesh)

@@ -197,8 +197,7 @@ def build_job(config, workdir: str) -> loop.Job:
   return loop.Job(name=f"finetune {spec.name}", init_params=init_params, loss_fn=loss_fn,
                   make_train_iter=make_train_iter, meta=meta, load_params=load_params,
                   frozen=frozen,
-                  evaluate=task_eval.make_scorer(config, spec, data, model, workdir,
-                                                 tokenizer.pad_id),
+                  evaluate=task_eval.make_scorer(config, spec, data, model, workdir),
                   on_eval=keep_best(config, spec, workdir),
                   max_shapes=math.ceil(config.data.max_seq_length / config.finetune.pad_multiple),
                   step_flops=functools.partial(

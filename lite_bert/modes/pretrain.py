@@ -13,7 +13,6 @@ import functools
 import jax.numpy as jnp
 
 from lite_bert.data import pipeline
-from lite_bert.errors import UserError
 from lite_bert.models import flops
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.train import evaluation

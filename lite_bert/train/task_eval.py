@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from lite_bert import files
@@ -29,7 +30,7 @@ class TaskData:
   spec: glue.TaskSpec
   train: list  # [(input ids, token types)]
   train_labels: np.ndarray
-  eval_splits: dict  # split -> (rows, encoded, labels)
+  eval_splits: dict  # split -> (rows, labels, this process's eval batches)
 
 
 def task_spec(config) -> glue.TaskSpec:
@@ -47,26 +48,57 @@ def read_split(config, spec: glue.TaskSpec, split: str) -> list[dict]:
   return glue.read_task(spec, split, config.finetune.data_dir or None)
 
 
-def encode_split(config, spec, tokenizer, split: str):
-  rows = read_split(config, spec, split)
+def encode_split(config, spec, tokenizer, split: str, rows: list, chosen=None) -> list:
+  """[(input ids, token types)] of `rows` (or of rows `chosen`), with a progress line."""
+  if chosen is not None:
+    rows = [rows[i] for i in chosen]
   started = time.perf_counter()
   encoded, truncated = classification.encode_rows(rows, spec.text_fields, tokenizer,
                                                   config.data.max_seq_length)
   if jax.process_index() == 0:
     seconds = time.perf_counter() - started
     cut = f"; {truncated} cut to {config.data.max_seq_length} tokens" if truncated else ""
-    print(f"{spec.name} {split}: tokenized {len(rows)} examples in {seconds:.1f} s "
+    mine = " (this process's share)" if chosen is not None and jax.process_count() > 1 else ""
+    print(f"{spec.name} {split}: tokenized {len(rows)} examples{mine} in {seconds:.1f} s "
           f"({len(rows) / max(seconds, 1e-9):.0f}/s{cut})", flush=True)
-  labels = np.asarray([row["label"] for row in rows],
-                      np.float32 if spec.is_regression else np.int32)
-  return rows, encoded, labels
+  return encoded
+
+
+def labels_of(spec, rows) -> np.ndarray:
+  return np.asarray([row["label"] for row in rows], np.float32 if spec.is_regression else np.int32)
+
+
+def eval_split(config, spec, tokenizer, split: str):
+  """(rows, labels, this process's eval batches): each process encodes only its rows.
+
+  Rows are ordered by character count (known before encoding, so every
+  process lays out the same global batches); each global batch is padded to
+  its longest row over all processes (one small all-gather).
+  """
+  rows = read_split(config, spec, split)
+  options = dict(batch_size=config.finetune.eval_batch_size,
+                 process_index=jax.process_index(), process_count=jax.process_count(),
+                 sort_keys=[sum(len(row[field]) for field in spec.text_fields) for row in rows])
+  layout = classification.eval_layout(**options)
+  chosen = np.concatenate(layout)
+  encoded = dict(zip(chosen.tolist(), encode_split(config, spec, tokenizer, split, rows, chosen)))
+  longest = np.asarray([max((len(encoded[i][0]) for i in mine), default=0) for mine in layout])
+  if jax.process_count() > 1:
+    longest = np.max(multihost_utils.process_allgather(longest), axis=0)
+  labels = labels_of(spec, rows)
+  batches = classification.eval_batches(
+      encoded, labels, pad_id=tokenizer.pad_id, pad_multiple=config.finetune.pad_multiple,
+      max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
+      longest=longest.tolist(), **options)
+  return rows, labels, batches
 
 
 def load_task_data(config, spec, tokenizer, *, with_train: bool = True) -> TaskData:
   train, train_labels = [], np.zeros((0,))
   if with_train:
-    _, train, train_labels = encode_split(config, spec, tokenizer, "train")
-  splits = {split: encode_split(config, spec, tokenizer, split)
+    rows = read_split(config, spec, "train")
+    train, train_labels = encode_split(config, spec, tokenizer, "train", rows), labels_of(spec, rows)
+  splits = {split: eval_split(config, spec, tokenizer, split)
             for split in config.finetune.eval_splits}
   return TaskData(spec, train, train_labels, splits)
 
@@ -97,25 +129,18 @@ write_json = files.atomic_write_json
 EVAL_FILES = ("eval_{split}.json", "predictions_{split}.tsv")
 
 
-def make_scorer(config, spec, data: TaskData, model, workdir: str, pad_id: int, *,
+def make_scorer(config, spec, data: TaskData, model, workdir: str, *,
                 files: tuple[str, str] = EVAL_FILES):
   """(params, frozen, to_global) -> metrics per eval split; writes metrics and predictions."""
   apply_fn = jax.jit(lambda params, batch: model.apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"],
       batch["token_type_ids"])["logits"])
-  batches = {
-      split: classification.eval_batches(
-          encoded, labels, batch_size=config.finetune.eval_batch_size,
-          pad_id=pad_id, pad_multiple=config.finetune.pad_multiple,
-          max_seq_length=config.data.max_seq_length, regression=spec.is_regression,
-          process_index=jax.process_index(), process_count=jax.process_count())
-      for split, (_, encoded, labels) in data.eval_splits.items()}
 
   def score(params, frozen, to_global):
     del frozen
     numbers = {}
-    for split, (rows, _, labels) in data.eval_splits.items():
-      logits = evaluation.gathered(apply_fn, params, batches[split], to_global, len(rows))
+    for split, (rows, labels, batches) in data.eval_splits.items():
+      logits = evaluation.gathered(apply_fn, params, batches, to_global, len(rows))
       predictions = predictions_from_logits(spec, logits)
       metrics = task_metrics.compute(spec.metrics, predictions, labels)
       if jax.process_index() == 0:
