@@ -98,6 +98,9 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   config.distributed.num_processes = 1
   config.distributed.process_id = 0
   config.distributed.enabled = False
+  # A process silent this long counts as dead: the others stop with an error
+  # (then restart the job: it resumes from the last checkpoint).
+  config.distributed.heartbeat_timeout_s = 100
   return config
 
 

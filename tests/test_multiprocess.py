@@ -13,8 +13,9 @@ fine-tuning with evaluation:
   over the dev rows: the 2-process number equals the 1-process one);
 * a restore onto a different process count: the 2-process run's mid-run
   checkpoint resumed by one process ends where the one-process run ends;
-* both processes killed (SIGKILL) after a checkpoint and restarted: the run
-  ends exactly as the uninterrupted 2-process run.
+* one process killed (SIGKILL) after a checkpoint: the other stops by itself
+  (a heartbeat timeout, not a hang); both restarted, the run ends exactly as
+  the uninterrupted 2-process run.
 
 Distillation is checked the same way, and `mode=evaluate` (masked LM on a
 held-out corpus) counts each held-out sequence once in two processes.
@@ -178,30 +179,37 @@ def test_two_process_finetuning_counts_each_dev_example_once(pretrained_two, tmp
           == (tmp_path / "ft_two" / "predictions_validation.tsv").read_text())
 
 
-def test_both_processes_killed_and_restarted_resume_exactly(pretrained_two, tmp_path):
-  """SIGKILL both processes once step 3 is committed (before step 6 is), restart both:
-  the metrics equal the uninterrupted 2-process run's, every logged number."""
+def test_one_process_killed_the_other_stops_and_both_restarted_resume_exactly(
+    pretrained_two, tmp_path):
+  """SIGKILL process 1 once step 3 is committed (before step 6 is): process 0 stops by
+  itself with an error (its peer's heartbeat is gone); both restarted, the metrics equal
+  the uninterrupted 2-process run's, every logged number."""
   _, two = pretrained_two
   workdir = tmp_path / "killed"
   args = PRETRAIN + [f"--config.train.num_steps={STEPS}"]
-  logs = [open(tmp_path / f"{pid}.out", "w") for pid in range(2)]
-  procs = start_two(args, workdir, stdout=logs[0], stderr=subprocess.STDOUT)
-  procs[1].stdout = None
+  log = open(tmp_path / "out", "w")
+  procs = start_two(args + ["--config.distributed.heartbeat_timeout_s=5"], workdir,
+                    stdout=log, stderr=subprocess.STDOUT)
   committed = lambda: sorted(int(p.name) for p in (workdir / "checkpoints").glob("*")
                              if p.name.isdigit()) if (workdir / "checkpoints").is_dir() else []
   deadline = time.monotonic() + TIMEOUT
   while STEPS // 2 not in committed():
-    assert all(p.poll() is None for p in procs), (tmp_path / "0.out").read_text()[-3000:]
+    assert all(p.poll() is None for p in procs), (tmp_path / "out").read_text()[-3000:]
     assert time.monotonic() < deadline, "no checkpoint within the timeout"
-    time.sleep(0.001)
+    time.sleep(0.01)
   for proc in procs:
-    os.kill(proc.pid, signal.SIGSTOP)  # frozen: what is on disk now is what the kill leaves
+    os.kill(proc.pid, signal.SIGSTOP)  # frozen: nothing moves until process 1 is gone
   assert STEPS not in committed(), "the run finished before the kill: it did not land mid-run"
-  for proc in reversed(procs):  # process 1 first, then the coordinator's process
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  for log in logs:
-    log.close()
+  os.kill(procs[1].pid, signal.SIGKILL)
+  procs[1].wait()
+  os.kill(procs[0].pid, signal.SIGCONT)
+  started = time.monotonic()
+  procs[0].wait(timeout=TIMEOUT)  # never hangs waiting for a dead peer
+  log.close()
+  output = (tmp_path / "out").read_text()
+  assert procs[0].returncode != 0, output[-3000:]
+  print(f"process 0 stopped {time.monotonic() - started:.0f} s after its peer's death")
+  assert STEPS not in committed()
   outs = run_two(args, workdir)
   assert f"resumed from step {STEPS // 2}" in outs[0][1], outs[0][1][-2000:]
   assert_same_records(workdir, two, rtol=0)  # the same job resumed: bit for bit

@@ -52,6 +52,9 @@ def maybe_initialize_distributed(config) -> bool:
                          or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
                          JAX_PROCESS_ID environment variables).
     initialization_timeout_s  seconds to wait for every process (default 300).
+    heartbeat_timeout_s  seconds without a heartbeat after which a process
+                         counts as dead and the others stop with an error,
+                         instead of waiting for it forever (default 100).
 
   Must run before any JAX computation. Calling it again (or after someone else
   initialized) does nothing.
@@ -74,9 +77,10 @@ def maybe_initialize_distributed(config) -> bool:
     return False
   if jax.distributed.is_initialized():
     return True
-  timeout_s = int(_get(distributed, "initialization_timeout_s", 300))
+  timeouts = dict(initialization_timeout=int(_get(distributed, "initialization_timeout_s", 300)),
+                  heartbeat_timeout_seconds=int(_get(distributed, "heartbeat_timeout_s", 100)))
   if not address:
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    jax.distributed.initialize(**timeouts)
     return True
   num_processes = _get(distributed, "num_processes")
   process_id = _get(distributed, "process_id")
@@ -90,8 +94,7 @@ def maybe_initialize_distributed(config) -> bool:
         f"distributed.coordinator_address={address!r} is set, got {process_id!r}")
   jax.distributed.initialize(coordinator_address=address,
                              num_processes=num_processes,
-                             process_id=process_id,
-                             initialization_timeout=timeout_s)
+                             process_id=process_id, **timeouts)
   return True
 
 
