@@ -188,7 +188,7 @@ def test_one_process_killed_the_other_stops_and_both_restarted_resume_exactly(
   workdir = tmp_path / "killed"
   args = PRETRAIN + [f"--config.train.num_steps={STEPS}"]
   log = open(tmp_path / "out", "w")
-  procs = start_two(args + ["--config.distributed.heartbeat_timeout_s=5"], workdir,
+  procs = start_two(args + ["--config.distributed.heartbeat_timeout_s=30"], workdir,
                     stdout=log, stderr=subprocess.STDOUT)
   committed = lambda: sorted(int(p.name) for p in (workdir / "checkpoints").glob("*")
                              if p.name.isdigit()) if (workdir / "checkpoints").is_dir() else []
