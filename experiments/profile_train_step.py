@@ -21,6 +21,8 @@ to the library it stands for, built here; the library is not changed:
                     in the forward and accumulate into in the backward)
   rbg               the dropout key drawn from `rbg` instead of threefry
   no_attn_dropout   `attention_dropout_rate=0` (the cuDNN/Cramming recipe)
+  explicit_attention  no attention dropout, but the explicit softmax path that dropout
+                    takes (LITE_BERT_ATTENTION=explicit): splits dropout's cost from the path's
   no_dropout        both dropouts 0 (what dropout costs in all)
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
@@ -61,7 +63,7 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
-            "no_dropout", "guard_loss_only", "hf_torch")
+            "explicit_attention", "no_dropout", "guard_loss_only", "hf_torch")
 
 
 def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
@@ -91,7 +93,7 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     params = dict(params0, encoder=unstack_layers(params0["encoder"], cfg))
   elif variant == "rbg":
     base_rng = jax.random.key(0, impl="rbg")
-  elif variant == "no_attn_dropout":
+  elif variant in ("no_attn_dropout", "explicit_attention"):
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0)
   elif variant == "no_dropout":
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
@@ -99,7 +101,13 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     step_fn = guard_loss_only_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
-  return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+  if variant != "explicit_attention":
+    return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+  os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant
+  try:
+    return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+  finally:
+    del os.environ["LITE_BERT_ATTENTION"]
 
 
 def _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng):

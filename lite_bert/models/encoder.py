@@ -162,7 +162,8 @@ def fused_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   On a GPU in bf16/fp16, cuDNN's flash attention (`implementation="cudnn"`)
   when it takes these shapes and this mask (it has no attention dropout: the
   callers take this path only without it); otherwise, or with
-  LITE_BERT_ATTENTION=xla, the implementation XLA chooses.
+  LITE_BERT_ATTENTION=xla, the implementation XLA chooses. (LITE_BERT_ATTENTION=explicit
+  sends every call to `attention_weights_and_output` instead, for profiling.)
   """
   if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
       and os.environ.get("LITE_BERT_ATTENTION", "") != "xla"):
@@ -198,7 +199,8 @@ class SelfAttention(nn.Module):
     # XLA:CPU's fused attention runs bf16 matmuls without fp32 accumulation, i.e. widened
     # to fp32 (see `f32_accumulating_dot_general`); the explicit path is faster there.
     reduced_on_cpu = is_reduced_precision(cfg) and jax.default_backend() == "cpu"
-    if self.output_attentions or needs_dropout or reduced_on_cpu:
+    explicit = os.environ.get("LITE_BERT_ATTENTION", "") == "explicit"  # profiling: this path
+    if self.output_attentions or needs_dropout or reduced_on_cpu or explicit:
       context, probs = attention_weights_and_output(q, k, v, mask, attention_dropout,
                                                     self.deterministic)
     else:
