@@ -8,6 +8,7 @@ Pieces, on activations [8 x 128 tokens, 768] (BERT-base, batch 8 x 128):
   ffn_gelu    gelu(x @ W1) @ W2                 (the feed-forward block)
   layernorm   LayerNorm(x + b), scale only       (x2 per layer, + the embeddings')
   attention   softmax(q k^T / 8) v, 12 heads    (without the projections)
+  scores      q k^T alone: 96 small GEMMs [128, 64] x [64, 128] (a batched dot)
 and, apart, one AdamW update over 106M parameters, about BERT-base's (optax.adamw in
 jax.jit with the state donated, against torch.optim.AdamW with foreach=True).
 Each cell is the median of `--repeats` calls after a warm-up, both libraries in
@@ -55,15 +56,25 @@ def attention(x):
   return jnp.einsum("bnqk,bknd->bqnd", probs, v)
 
 
+def scores(x):
+  q = x.reshape(8, 128, HEADS, HIDDEN // HEADS).transpose(0, 2, 1, 3)
+  return jnp.einsum("bnqd,bnkd->bnqk", q, q * 1.01)
+
+
 JAX_PIECES = {
     "dense_h_i": lambda w, x: (x @ w["w1"]).sum(),
     "ffn_gelu": lambda w, x: (jax.nn.gelu(x @ w["w1"], approximate=False) @ w["w2"]).sum(),
     "layernorm": lambda w, x: layer_norm(x + w["b"], w["scale"]).sum(),
     "attention": lambda w, x: attention(x).sum() + 0 * w["b"].sum(),
+    "scores": lambda w, x: scores(x).sum() + 0 * w["b"].sum(),
 }
 
 
 def torch_pieces(torch, x, w1, w2, scale):
+  def scores_(h):
+    q = h.reshape(8, 128, HEADS, HIDDEN // HEADS).transpose(1, 2)
+    return q @ (q * 1.01).transpose(-1, -2)
+
   def attn(h):
     q = h.reshape(8, 128, HEADS, HIDDEN // HEADS).transpose(1, 2)
     return torch.softmax(q @ (q * 1.01).transpose(-1, -2) * 0.125, -1) @ (q * 0.99)
@@ -72,6 +83,7 @@ def torch_pieces(torch, x, w1, w2, scale):
       "ffn_gelu": lambda: (torch.nn.functional.gelu(x @ w1) @ w2).sum(),
       "layernorm": lambda: torch.nn.functional.layer_norm(x, (HIDDEN,), scale, None, 1e-12).sum(),
       "attention": lambda: attn(x).sum(),
+      "scores": lambda: scores_(x).sum(),
   }
 
 
