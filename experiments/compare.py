@@ -37,8 +37,9 @@ study, or arithmetic on those); `tests/test_compare.py` checks each one.
 Scales (`SCALES`): `tiny` (the configs' tiny models, 300 steps: 40 minutes
 measured on 2 CPU cores shared with other jobs, less on idle ones), `small` (4
 layers of 256, 3,000 steps: about four hours on 2 CPU cores), `long`
-(`small`'s models without dropout, 12,000 steps: about four hours a model,
-resumable across sessions), `base` (the real BERT-base / DistilBERT /
+(`small`'s models without dropout, 1,500 steps of 128 x 32 tokens then 3,000
+of 32 x 128 continuing from them, a sequence-length warmup that leaves the
+unigram plateau: about 1.5 hours a model, resumable across sessions), `base` (the real BERT-base / DistilBERT /
 ALBERT-base, 100k steps of 256 sequences: an accelerator). The parameter
 counts and the benchmark are at base size at every scale. Step counts, the corpora, the benchmark grid and the
 evaluation size can be overridden (`--pretrain-steps`, `--corpus`, `--batches`,
