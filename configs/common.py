@@ -77,6 +77,14 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   # num_steps. Rerunning without it resumes and finishes the same schedule.
   config.train.stop_after = 0
 
+  config.pretrain = config_dict.ConfigDict()
+  # mode=pretrain starts from these params instead of a random init (fresh start
+  # only): a lite_bert workdir or a Hugging Face folder, whose architecture and
+  # tokenizer the run takes; heads it lacks start fresh. For BERT's second
+  # phase at a longer sequence length, or continued pretraining on a new corpus.
+  config.pretrain.init = ""
+  config.pretrain.init_step = 0  # checkpoint step of an init workdir (0: its newest)
+
   config.optim = optim.default_optim_config()
 
   config.mesh = config_dict.ConfigDict()

@@ -355,3 +355,23 @@ def test_a_stage_that_exits_0_before_its_end_is_stopped_not_failed(tmp_path):
     jobs.run_stage(stage, str(tmp_path), "1/1", echo=False)
   record = json.loads((tmp_path / "stages" / "probe.json").read_text())
   assert record["status"] == "stopped" and [a["rc"] for a in record["attempts"]] == [0]
+
+
+def test_long_scale_warms_up_the_sequence_length_alike_for_bert_and_albert(tmp_path):
+  """`long`: pretrain_<m>_short at 128 x 32, then pretrain_<m> at 32 x 128 starting from it."""
+  from experiments import compare  # pylint: disable=import-outside-toplevel
+  settings = compare_plan.settings_of(compare.parse_args([f"--workdir={tmp_path}",
+                                                          "--scale=long"]))
+  stages = {job.name: job for job in compare_plan.make_plan(str(tmp_path), settings)}
+  flags = lambda job: dict(a[len("--config."):].split("=", 1) for a in job.argv
+                           if a.startswith("--config."))
+  shapes = {}
+  for m in ("bert", "albert"):
+    short, main = flags(stages[f"pretrain_{m}_short"]), flags(stages[f"pretrain_{m}"])
+    assert (short["data.max_seq_length"], short["data.batch_size"]) == ("32", "128")
+    assert (main["data.max_seq_length"], main["data.batch_size"]) == ("128", "32")
+    assert main["pretrain.init"] == jobs.shown_path(str(tmp_path / f"pretrain_{m}_short"))
+    assert stages[f"pretrain_{m}"].needs == (f"pretrain_{m}_short",)
+    shapes[m] = [(f["train.num_steps"], f["data.batch_size"], f["data.max_seq_length"])
+                 for f in (short, main)]
+  assert shapes["bert"] == shapes["albert"]

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -72,6 +73,37 @@ def test_incompatible_checkpoint_refused(tmp_path):
   wider.model.intermediate_size = 256
   with pytest.raises(UserError, match="hidden_size"):
     launch.run(wider, workdir)
+
+
+def test_init_starts_from_another_runs_params_architecture_and_tokenizer(tmp_path):
+  """pretrain.init (BERT's second phase): a 64-token run starts from a 32-token run.
+
+  Its step-1 params equal the source's (a learning rate of 1e-30 moves no
+  weight), its model and tokenizer are the source's although this config asked
+  for another hidden size and named no tokenizer.
+  """
+  from lite_bert import pretrained  # pylint: disable=import-outside-toplevel
+  short = str(tmp_path / "short")
+  launch.run(tiny_config(bert, **{"train.num_steps": 6, "data.max_seq_length": 32,
+                                  "data.max_predictions_per_seq": 5,
+                                  "checkpoint.every_steps": 6, "optim.warmup_steps": 2}), short)
+  long = str(tmp_path / "long")
+  config = tiny_config(bert, **{"train.num_steps": 1, "checkpoint.every_steps": 1,
+                                "optim.warmup_steps": 0, "pretrain.init": short})
+  config.optim.learning_rate = 1e-30
+  config.model.hidden_size = 64  # the source's 128 wins
+  launch.run(config, long)
+  with open(os.path.join(long, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["model"]["hidden_size"] == 128
+  assert saved["tokenizer"]["path"] == os.path.join(short, "tokenizer", "spm.model")
+  source, started = pretrained.load(short), pretrained.load(long)
+  assert started.step == 1 and set(started.params) == {"encoder", "mlm_head", "pair_head"}
+  flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  expected = flat(source.params)
+  for path, value in flat(started.params).items():
+    np.testing.assert_allclose(value, expected[path], rtol=0, atol=1e-20,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 MULTI_DEVICE_SCRIPT = r"""

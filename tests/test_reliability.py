@@ -901,6 +901,13 @@ BAD_INPUTS = [
      r"model\.layer_norm_eps must be a number in \(0, 1\), got -5\.0"),
     ("pretrain/lock_is_a_folder", "pretrained_lock_folder", lambda c: PRETRAIN,
      r"cannot take the workdir's lock file \S+\.lock: Is a directory"),
+    ("pretrain/init_run_without_checkpoints", "fresh",
+     lambda c: PRETRAIN + [f"--config.pretrain.init={c.files / 'run_without_checkpoints'}"],
+     r"run_without_checkpoints holds a lite_bert 'pretrain' run config but no checkpoints/"),
+    ("pretrain/init_of_another_architecture", "fresh",
+     lambda c: PRETRAIN + [f"--config.pretrain.init={c.pretrain_ref}",
+                           "--config.model.num_heads=4"],
+     r"--config\.model\.num_heads=4 conflicts with pretrain\.init=\S+, whose num_heads is 2"),
     ("finetune/negative_seed", "fresh",
      lambda c: finetune_args(c.pretrain_ref, c.sst2_dir) + ["--config.seed=-1"],
      r"seed must be an integer in \[0, 2\*\*32\), got -1"),
@@ -935,7 +942,7 @@ BAD_INPUTS = [
                           "--config.predict.output={workdir}/config.json"],
      r"predict\.output \S+config\.json is a file of the run in"),
 ]
-N_BAD_INPUTS = 97  # README "Reliability" quotes this count
+N_BAD_INPUTS = 99  # README "Reliability" quotes this count
 
 
 def test_catalogue_size():

@@ -23,7 +23,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from lite_bert import pretrained
 from lite_bert import teachers
 from lite_bert.data import classification
 from lite_bert.data import tokenizers
@@ -49,22 +48,7 @@ def model_and_tokenizer(config, workdir: str):
   """
   source = None
   if config.finetune.init:
-    if jax.process_index() == 0:
-      print(f"finetune: loading the encoder of {config.finetune.init}", flush=True)
-    source = pretrained.load(config.finetune.init, step=int(config.finetune.init_step) or None,
-                             choose_with="--config.finetune.init_step={step}")
-    with config.unlocked():
-      for key, value in source.cfg.to_dict().items():
-        if key in setup.RUNTIME_FIELDS:
-          continue
-        if setup.set_on_command_line(f"model.{key}") and config.model[key] != value:
-          raise UserError(f"--config.model.{key}={config.model[key]!r} conflicts with "
-                          f"finetune.init={config.finetune.init}, whose {key} is {value!r} "
-                          f"(the architecture comes from finetune.init): drop the override")
-        config.model[key] = value
-    if source.tokenizer is None:
-      raise UserError(f"{config.finetune.init} has no tokenizer (expected "
-                      f"tokenizer/spm.model, vocab.txt or tokenizer.json)")
+    source = setup.adopt_init(config, "finetune")
     tokenizer = source.tokenizer
     where = f"the tokenizer of {config.finetune.init}"
   else:
