@@ -246,7 +246,12 @@ class Report:
     names = " + ".join(TASK_NAMES[t] for t in TASKS)
     majority = "; ".join(f"{TASK_NAMES[t]} {n(get('tasks', t, 'majority_score'), '.1f', 100)}"
                          for t in TASKS)
-    scale_note = (f"At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps, "
+    short = ""
+    if self.src.exists("pretrain_bert_short/config.json"):
+      short = (f" (after {n(self.final_step('pretrain_bert_short'), ',.0f')} on "
+               f"{n(self.src.get('pretrain_bert_short/config.json', 'data', 'max_seq_length'), '.0f')}"
+               f"-token sequences)")
+    scale_note = (f"At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps{short}, "
                   f"one seed a model; the study's figure is for BERT-base pretrained to "
                   f"convergence, on all of GLUE")
     confidence = lambda: n(Num.of(0.95), ".0f", 100)  # each use is a number of the text
@@ -307,8 +312,10 @@ class Report:
   def models_at_scale(self) -> list:
     n = self.n
     rows = []
-    for m in MODELS:
-      stage = self.trained(m)
+    short_phase = [m for m in MODELS if self.src.exists(f"pretrain_{m}_short/config.json")]
+    for m, stage in [(m, s) for m in MODELS
+                     for s in ([f"pretrain_{m}_short"] if m in short_phase else [])
+                     + [self.trained(m)]]:
       cfg = lambda *k, stage=stage: self.src.get(f"{stage}/config.json", *k)
       summ = lambda k, m=m: self.summary("trained", m, k)
       emb = cfg("model", "embedding_size")
@@ -325,7 +332,12 @@ class Report:
              f"The three models trained at scale {code(self.scale)}, on the corpus "
              f"{code(self.settings.get('corpus', '?'))}, with one shared sentencepiece "
              f"vocabulary ({code('tokenizer/')}); DistilBERT is distilled from the BERT above "
-             f"(teacher layers spread evenly, student initialised from them).", ""]
+             f"(teacher layers spread evenly, student initialised from them)." +
+             (f" {' and '.join(NAMES[m] for m in short_phase)} first trained on short "
+              f"sequences ({code('pretrain_<model>_short')}); {code('pretrain_<model>')} "
+              f"continued from those params ({code('pretrain.init')}) with a new optimizer "
+              f"and schedule: a sequence-length warmup, as BERT's two phases (128, then 512 "
+              f"tokens)." if short_phase else ""), ""]
     lines += md_table(["model", "stage", "layers", "hidden", "embedding", "vocabulary",
                        "parameters", "steps", "batch", "sequence length", "optimizer",
                        "learning rate"], rows)
