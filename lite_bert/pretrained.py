@@ -5,7 +5,8 @@
   loaded.cfg, loaded.params, loaded.tokenizer, loaded.config
 
 `params` is a PretrainingModel or ClassificationModel params tree (numpy)
-with at least `encoder`; heads the source has are there too.
+with at least `encoder`; heads the source has are there too. Always the
+stacked (`scan_layers=True`) layout, whatever layout the run trained in.
 """
 
 import dataclasses
@@ -20,8 +21,10 @@ from lite_bert import files
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
 from lite_bert.models import convert
+from lite_bert.models import encoder as encoder_lib
 from lite_bert.models.config import EncoderConfig
 from lite_bert.train import checkpoint
+from lite_bert.train import setup
 
 
 @dataclasses.dataclass
@@ -123,6 +126,9 @@ def load(source: str, *, step: Optional[int] = None,
     cfg = EncoderConfig.from_dict(config.model.to_dict())
     params, step = restore_params(os.path.join(source, "checkpoints"), step,
                                   choose_with=choose_with)
+    if not cfg.scan_layers:  # trained as separate layers: readers get the stacked layout
+      params = _to_numpy(encoder_lib.stack_layers(params, cfg))
+      cfg = dataclasses.replace(cfg, scan_layers=True)
     return Loaded(cfg=cfg, params=params, tokenizer=workdir_tokenizer(source, config),
                   config=config, source=source, kind="workdir", arch=config.get("arch"),
                   pair_head="pair_head" in params, step=step)
@@ -145,3 +151,43 @@ def load(source: str, *, step: Optional[int] = None,
                   pair_head="pair_head" in params)
   raise UserError(f"{source} is neither a lite_bert workdir (config.json + checkpoints/) "
                   f"nor a Hugging Face checkpoint folder (config.json + weights)")
+
+
+def adopt_init(config, section: str):
+  """Loads `<section>.init` and makes its architecture and tokenizer this run's.
+
+  `<section>.init` is a lite_bert workdir (its checkpoint `<section>.init_step`,
+  0 = the newest, verified) or a Hugging Face folder. `config.model` takes the
+  source's architecture (the runtime and layout fields stay this run's) so
+  the run's config.json describes the model it trains, and `tokenizer.path`
+  the source's tokenizer. A `--config.model.*` or `--config.tokenizer.path` given
+  on the command line that says otherwise is refused.
+
+  Returns:
+    the `Loaded` source (numpy params; `convert.fill_missing` puts
+    them into a fresh tree).
+  """
+  init = config[section].init
+  if jax.process_index() == 0:
+    print(f"{section}: starting from {init}", flush=True)
+  source = load(init, step=int(config[section].init_step) or None,
+                choose_with=f"--config.{section}.init_step={{step}}")
+  with config.unlocked():
+    for key, value in source.cfg.to_dict().items():
+      if key in setup.RUNTIME_FIELDS or key in setup.LAYOUT_FIELDS:  # this run's choice
+        continue
+      if setup.set_on_command_line(f"model.{key}") and config.model[key] != value:
+        raise UserError(f"--config.model.{key}={config.model[key]!r} conflicts with "
+                        f"{section}.init={init}, whose {key} is {value!r} "
+                        f"(the architecture comes from {section}.init): drop the override")
+      config.model[key] = value
+  if source.tokenizer is None:
+    raise UserError(f"{init} has no tokenizer (expected tokenizer/spm.model, vocab.txt or "
+                    f"tokenizer.json)")
+  given = config.tokenizer.path
+  if (given and setup.set_on_command_line("tokenizer.path")
+      and os.path.realpath(given) != os.path.realpath(source.tokenizer.source)):
+    raise UserError(f"--config.tokenizer.path={given} conflicts with {section}.init={init}, "
+                    f"whose tokenizer is {source.tokenizer.source}: drop the override")
+  config.tokenizer.path = source.tokenizer.source
+  return source

@@ -106,6 +106,39 @@ def test_init_starts_from_another_runs_params_architecture_and_tokenizer(tmp_pat
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_separately_stored_layers_train_alike_and_load_stacked(tmp_path):
+  """model.scan_layers=False trains like the scanned layout from the same params.
+
+  Both continue one run (`pretrain.init`, which hands the loop the stacked
+  layout): the same losses and weights. The unrolled run's checkpoints keep its
+  layout (resuming it scanned is refused), and `pretrain.load`, what every
+  reader uses, gives the stacked one.
+  """
+  from lite_bert import pretrained  # pylint: disable=import-outside-toplevel
+  source = str(tmp_path / "source")
+  # No dropout: the layouts draw different masks (scan splits its key per layer).
+  short = {"train.num_steps": 4, "checkpoint.every_steps": 4, "optim.warmup_steps": 2,
+           "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
+  launch.run(tiny_config(bert, **short), source)
+  runs = {}
+  for layout, scan in (("scanned", True), ("unrolled", False)):
+    runs[layout] = str(tmp_path / layout)
+    launch.run(tiny_config(bert, **short, **{"pretrain.init": source,
+                                             "model.scan_layers": scan}), runs[layout])
+  np.testing.assert_allclose([l for _, l in train_losses(runs["unrolled"])],
+                             [l for _, l in train_losses(runs["scanned"])], rtol=1e-5)
+  loaded = pretrained.load(runs["unrolled"])
+  assert loaded.cfg.scan_layers and "layers" in loaded.params["encoder"]
+  flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  expected, got = flat(pretrained.load(runs["scanned"]).params), flat(loaded.params)
+  assert got.keys() == expected.keys()
+  for path, value in got.items():
+    np.testing.assert_allclose(value, expected[path], rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+  with pytest.raises(UserError, match="scan_layers"):
+    launch.run(tiny_config(bert, **dict(short, **{"train.num_steps": 6})), runs["unrolled"])
+
+
 MULTI_DEVICE_SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, {repo!r})

@@ -23,6 +23,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from lite_bert import pretrained
 from lite_bert import teachers
 from lite_bert.data import classification
 from lite_bert.data import tokenizers
@@ -48,7 +49,7 @@ def model_and_tokenizer(config, workdir: str):
   """
   source = None
   if config.finetune.init:
-    source = setup.adopt_init(config, "finetune")
+    source = pretrained.adopt_init(config, "finetune")
     tokenizer = source.tokenizer
     where = f"the tokenizer of {config.finetune.init}"
   else:

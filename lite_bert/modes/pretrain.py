@@ -21,6 +21,7 @@ import functools
 import jax.numpy as jnp
 
 from lite_bert.data import pipeline
+from lite_bert import pretrained
 from lite_bert.models import convert
 from lite_bert.models import flops
 from lite_bert.models.heads import PretrainingModel
@@ -33,7 +34,7 @@ def build_job(config, workdir: str) -> loop.Job:
   options = setup.batch_options(config)
   train_docs, eval_docs = setup.split_corpus(config)
   setup.check_document_counts(config, options, train_docs, eval_docs)  # before any work
-  source = setup.adopt_init(config, "pretrain") if config.pretrain.init else None
+  source = pretrained.adopt_init(config, "pretrain") if config.pretrain.init else None
   cfg = setup.encoder_config(config)
   tokenizer = setup.tokenizer_for(config, workdir)  # trained on all of data.corpus
   model = PretrainingModel(cfg, pair_head=config.pair_head)

@@ -24,6 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from lite_bert.errors import UserError
+from lite_bert.models import encoder as encoder_lib
 from lite_bert.train import setup
 from lite_bert.train import checkpoint as checkpoint_lib
 from lite_bert.train import guards
@@ -51,7 +52,8 @@ class Job:
       called every `config.train.eval_every` steps and at the end;
       `to_global(host_batch)` puts a host batch on the loop's mesh.
     load_params: Optional params -> params, applied once on a fresh start (not
-      on resume) to put pretrained weights into the random init (host side).
+      on resume) to put pretrained weights into the random init (host side),
+      in the stacked layout (`pretrained.load`'s) whatever `model.scan_layers`.
     frozen: a pytree the objective reads but never trains (a teacher's
       params), placed on the mesh once.
     meta: JSON-able description of the model, stored with every checkpoint
@@ -272,8 +274,14 @@ def train(config, workdir: str, job: Job) -> dict:
         print(f"{job.name}: resumed from step {first_step} in {workdir}", flush=True)
     else:
       state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-      if job.load_params is not None:
-        params = job.load_params(jax.device_get(state["params"]))
+      if job.load_params is not None:  # written for the stacked layout that readers give
+        cfg = setup.encoder_config(config)
+        params = jax.device_get(state["params"])
+        if cfg.scan_layers:
+          params = job.load_params(params)
+        else:
+          params = encoder_lib.stack_layers(params, cfg)
+          params = encoder_lib.unstack_layers(job.load_params(params), cfg)
         params = jax.device_put(params, state_shardings["params"])
         state = {"step": state["step"], "params": params,
                  "opt_state": jax.jit(optimizer.init,

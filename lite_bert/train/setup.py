@@ -112,47 +112,9 @@ def tokenizer_for(config, workdir: str, documents=None) -> tokenizers.Tokenizer:
 # Fields that change how a model computes but not what its params are: a
 # checkpoint restores across them (e.g. bf16 fine-tuning of an fp32 run).
 RUNTIME_FIELDS = ("dtype", "remat", "scan_unroll", "dropout_rate", "attention_dropout_rate")
-
-
-def adopt_init(config, section: str):
-  """Loads `<section>.init` and makes its architecture and tokenizer this run's.
-
-  `<section>.init` is a lite_bert workdir (its checkpoint `<section>.init_step`,
-  0 = the newest, verified) or a Hugging Face folder. `config.model` takes the
-  source's architecture (the runtime fields stay this run's) so the run's
-  config.json describes the model it trains, and `tokenizer.path` the
-  source's tokenizer. A `--config.model.*` or `--config.tokenizer.path` given
-  on the command line that says otherwise is refused.
-
-  Returns:
-    the `pretrained.Loaded` source (numpy params; `convert.fill_missing` puts
-    them into a fresh tree).
-  """
-  from lite_bert import pretrained  # pylint: disable=import-outside-toplevel  # reads checkpoints
-  init = config[section].init
-  if jax.process_index() == 0:
-    print(f"{section}: starting from {init}", flush=True)
-  source = pretrained.load(init, step=int(config[section].init_step) or None,
-                           choose_with=f"--config.{section}.init_step={{step}}")
-  with config.unlocked():
-    for key, value in source.cfg.to_dict().items():
-      if key in RUNTIME_FIELDS:
-        continue
-      if set_on_command_line(f"model.{key}") and config.model[key] != value:
-        raise UserError(f"--config.model.{key}={config.model[key]!r} conflicts with "
-                        f"{section}.init={init}, whose {key} is {value!r} "
-                        f"(the architecture comes from {section}.init): drop the override")
-      config.model[key] = value
-  if source.tokenizer is None:
-    raise UserError(f"{init} has no tokenizer (expected tokenizer/spm.model, vocab.txt or "
-                    f"tokenizer.json)")
-  given = config.tokenizer.path
-  if (given and set_on_command_line("tokenizer.path")
-      and os.path.realpath(given) != os.path.realpath(source.tokenizer.source)):
-    raise UserError(f"--config.tokenizer.path={given} conflicts with {section}.init={init}, "
-                    f"whose tokenizer is {source.tokenizer.source}: drop the override")
-  config.tokenizer.path = source.tokenizer.source
-  return source
+# How a run stores its layers: its own choice (not taken from an init), but part
+# of its checkpoints' meta, since their trees differ.
+LAYOUT_FIELDS = ("scan_layers",)
 
 
 def model_meta(cfg: EncoderConfig, **extra) -> dict:
