@@ -169,17 +169,23 @@ def parity(m: str, cfg: EncoderConfig, params, refs, *, layout: str, dtype: str,
 # ---- training
 
 def our_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str,
-                 teacher_params, deterministic_loss: bool) -> Candidate:
+                 teacher_params, deterministic_loss: bool,
+                 layout: str = "scanned") -> Candidate:
   """One jitted training step of model `m` (`cfgs`: every model's config, BERT the teacher).
 
   `teacher_params`: the frozen BERT teacher's (DistilBERT only);
-  `deterministic_loss`: also record the loss without dropout (to compare with HF torch's).
+  `deterministic_loss`: also record the loss without dropout (to compare with HF torch's);
+  `layout`: 'unrolled' trains separately stored layers (`scan_layers=False`).
   """
   cfg = cfgs[m]
+  if layout == "unrolled" and cfg.share != "all":
+    cfg = dataclasses.replace(cfg, scan_layers=False)
+    params = unstack_layers(params, cfg)
   model = PretrainingModel(cfg, pair_head=m != "distilbert")
   data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, batch, seq).items()}
   frozen = None
-  stacks = [(cfg, batch, seq, True)]
+  # XLA counts a scanned stack's block once; separately stored layers are all counted.
+  stacks = [(cfg, batch, seq, True)] if cfg.scan_layers or cfg.share == "all" else []
   if m == "distilbert":
     tcfg = cfgs["bert"]
     teacher = PretrainingModel(tcfg, pair_head=False)

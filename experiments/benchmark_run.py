@@ -138,6 +138,7 @@ class Benchmark:
         "repeat_policy": self.policy, "retries": self.args.retries,
         "wait_idle_s": self.args.wait_idle,
         "inference_layout": self.args.inference_layout,
+        "train_layout": self.args.train_layout,
     }
     try:
       import jaxlib
@@ -267,7 +268,8 @@ class Benchmark:
           continue
         candidates = [our_training(m, self.cfgs, params[m], batch, seq, size=self.args.size,
                                    teacher_params=self._teacher_params,
-                                   deterministic_loss=self.args.reference)]
+                                   deterministic_loss=self.args.reference,
+                                   layout=self.args.train_layout)]
         if with_torch:
           candidates.append(torch_training(m, self.cfgs, params[m], batch, seq,
                                            size=self.args.size, dtype=self.args.dtype,

@@ -16,9 +16,10 @@ to the library it stands for, built here; the library is not changed:
                     new state)
   scan_unroll_all   `model.scan_unroll=0`: the scan's body holds every layer
                     (same stacked params, no while loop)
-  unrolled          `model.scan_layers=False`: a Python loop of blocks, each
-                    with its own weights (no [L, ...] stacked weights to slice
-                    in the forward and accumulate into in the backward)
+  unrolled          `model.scan_layers=False` (a training option now): a Python
+                    loop of blocks, each with its own weights (no [L, ...]
+                    stacked weights to slice in the forward and accumulate into
+                    in the backward)
   rbg               the dropout key drawn from `rbg` instead of threefry
   no_attn_dropout   `attention_dropout_rate=0` (the cuDNN/Cramming recipe)
   explicit_attention  no attention dropout, but the explicit softmax path that dropout

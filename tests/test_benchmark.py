@@ -124,9 +124,15 @@ def test_analytic_flops_agree_with_xla(run):
     else:
       assert r["xla_flops_counted"] == r["xla_flops"]
   assert res["meta"]["inference_layout"] == "unrolled"
+  assert res["meta"]["train_layout"] == "unrolled"
   for r in res["training"]:
-    # Training is scanned: one while loop, whose body XLA counts once (corrected for).
-    assert r["xla_flops_counted"] < r["xla_flops"]
+    # Training runs separately stored layers too (the default); ALBERT's shared block
+    # and DistilBERT's frozen teacher scan, one while loop whose body XLA counts once
+    # (corrected for).
+    if r["model"] in ("albert", "distilbert"):
+      assert r["xla_flops_counted"] < r["xla_flops"]
+    else:
+      assert r["xla_flops_counted"] == r["xla_flops"]
     # + the optimizer's element-wise updates, large next to a 2x32 batch of a tiny model.
     assert 1.0 <= r["xla_flops"] / r["analytic_flops"] <= 1.3, r["model"]
 
