@@ -108,10 +108,11 @@ def parse_args(argv=None):
   p.add_argument("--inference-layout", default="unrolled", choices=("unrolled", "scanned"),
                  help="layers as separate arrays (EncoderConfig.scan_layers=False, the "
                       "inference layout) or the scanned training layout")
-  p.add_argument("--train-layout", default="unrolled", choices=("unrolled", "scanned"),
+  p.add_argument("--train-layout", default="unrolled", choices=("unrolled", "scanned", "both"),
                  help="the layers our training step runs: separately stored "
                       "(`model.scan_layers=False`, the faster XLA:CPU step) or the scanned "
-                      "stacked ones (ALBERT's shared layer scans either way)")
+                      "stacked ones (ALBERT's shared layer scans either way); 'both' times "
+                      "the scanned step too, interleaved, as impl 'ours_scanned'")
   p.add_argument("--resume", action="store_true",
                  help="carry on from <out>/partial.json (written after every point) of an "
                       "interrupted run with the same settings")

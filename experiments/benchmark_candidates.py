@@ -170,7 +170,7 @@ def parity(m: str, cfg: EncoderConfig, params, refs, *, layout: str, dtype: str,
 
 def our_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str,
                  teacher_params, deterministic_loss: bool,
-                 layout: str = "scanned") -> Candidate:
+                 layout: str = "scanned", impl: str = "ours") -> Candidate:
   """One jitted training step of model `m` (`cfgs`: every model's config, BERT the teacher).
 
   `teacher_params`: the frozen BERT teacher's (DistilBERT only);
@@ -243,7 +243,7 @@ def our_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str,
     st["final_loss"] = float(st["loss"])
     st.clear()
 
-  return Candidate(m, "ours", prepare, lambda: timed_call(st["call"]), cleanup)
+  return Candidate(m, impl, prepare, lambda: timed_call(st["call"]), cleanup)
 
 
 def torch_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str, dtype: str,

@@ -92,6 +92,12 @@ def compute_ratios(res: dict, models) -> dict:
           {"model": m, "batch": b, "seq": s, "ours_s": r["median_s"],
            "hf_torch_s": other["median_s"],
            "speedup_vs_hf_torch": other["median_s"] / r["median_s"]})
+    scanned = tr.get((m, "ours_scanned", b, s))
+    if scanned is not None:  # --train-layout=both: the two layouts, interleaved
+      out.setdefault("training_layouts", []).append(
+          {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
+           "scanned_s": scanned["median_s"],
+           "speedup_unrolled_vs_scanned": scanned["median_s"] / r["median_s"]})
     bert = tr.get(("bert", "ours", b, s))
     if bert is not None and m != "bert":
       out["training_model_vs_bert"].append(
@@ -191,6 +197,13 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
         "  All three implementations spend nearly all their time in the same GEMMs (MKL for "
         "torch, YNNPACK for XLA), so inference lands within a few percent of HF torch; ALBERT "
         "is where we are clearly ahead, because HF torch runs ALBERT's tanh-GELU unfused.")
+  layouts = res["ratios"].get("training_layouts") or []
+  if layouts:
+    lines.append(
+        "- Training layouts (same step, timed interleaved): separately stored layers "
+        "(`model.scan_layers=False`) vs the scanned stack: " + ", ".join(
+            f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
+            for e in layouts) + " (> 1: separate layers faster).")
   tv = res["ratios"]["training_vs_reference"]
   if tv:
     lines.append(

@@ -266,10 +266,17 @@ class Benchmark:
       for m in self.models:  # one model at a time: optimizer states are large
         if (m, batch, seq) in done:
           continue
+        layout = self.args.train_layout
         candidates = [our_training(m, self.cfgs, params[m], batch, seq, size=self.args.size,
                                    teacher_params=self._teacher_params,
                                    deterministic_loss=self.args.reference,
-                                   layout=self.args.train_layout)]
+                                   layout="unrolled" if layout == "both" else layout)]
+        if layout == "both" and self.cfgs[m].share != "all":  # ALBERT scans either way
+          candidates.append(our_training(m, self.cfgs, params[m], batch, seq,
+                                         size=self.args.size,
+                                         teacher_params=self._teacher_params,
+                                         deterministic_loss=False, layout="scanned",
+                                         impl="ours_scanned"))
         if with_torch:
           candidates.append(torch_training(m, self.cfgs, params[m], batch, seq,
                                            size=self.args.size, dtype=self.args.dtype,

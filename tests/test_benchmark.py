@@ -27,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tiny sizes (configs/*.py:tiny): H=128, I=512, heads=2; BERT L=4 with
 # pooler; DistilBERT L=2, no pooler; ALBERT L=4, E=64, pooler.
 ARGS = ["--quick", "--size=tiny", "--no-reference", "--batches=1,2", "--seqs=32",
-        "--train-points=2x32"]
+        "--train-points=2x32", "--train-layout=both"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_files_and_fields(run):
 
   train = res["training"]
   assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in train} == {
-      (m, "ours", 2, 32) for m in MODELS}
+      (m, "ours", 2, 32) for m in MODELS} | {(m, "ours_scanned", 2, 32)
+                                             for m in ("bert", "distilbert")}
   for r in train:
     assert math.isclose(r["sequences_per_s"], 2 / r["median_s"])
     assert math.isclose(r["mfu"], r["gflops_per_s"] / res["roofline"]["peak_gflops"]["float32"])
@@ -124,12 +125,14 @@ def test_analytic_flops_agree_with_xla(run):
     else:
       assert r["xla_flops_counted"] == r["xla_flops"]
   assert res["meta"]["inference_layout"] == "unrolled"
-  assert res["meta"]["train_layout"] == "unrolled"
+  assert res["meta"]["train_layout"] == "both"
+  assert {(r["model"], r["impl"]) for r in res["training"]} == {
+      (m, "ours") for m in MODELS} | {("bert", "ours_scanned"), ("distilbert", "ours_scanned")}
   for r in res["training"]:
-    # Training runs separately stored layers too (the default); ALBERT's shared block
-    # and DistilBERT's frozen teacher scan, one while loop whose body XLA counts once
+    # 'ours' trains separately stored layers; ALBERT's shared block, DistilBERT's frozen
+    # teacher and 'ours_scanned' scan: one while loop whose body XLA counts once
     # (corrected for).
-    if r["model"] in ("albert", "distilbert"):
+    if r["model"] in ("albert", "distilbert") or r["impl"] == "ours_scanned":
       assert r["xla_flops_counted"] < r["xla_flops"]
     else:
       assert r["xla_flops_counted"] == r["xla_flops"]
@@ -156,6 +159,12 @@ def test_ratios_are_computed_from_rows(run):
   again = report.compute_ratios(edited, MODELS)["model_vs_bert"]
   for old, new in zip(entries, again):
     assert math.isclose(new["latency_ratio"], old["latency_ratio"] / 2)
+  train = {(r["model"], r["impl"]): r for r in res["training"]}
+  layouts = res["ratios"]["training_layouts"]
+  assert [e["model"] for e in layouts] == ["bert", "distilbert"]
+  for e in layouts:
+    assert e["speedup_unrolled_vs_scanned"] == (train[(e["model"], "ours_scanned")]["median_s"]
+                                                / train[(e["model"], "ours")]["median_s"])
   targets = {t["target"]: t for t in report.evaluate_targets(dict(edited, ratios={
       **report.compute_ratios(edited, MODELS)}))}
   assert targets["distil_ratio"]["value"] == {
