@@ -20,8 +20,8 @@ import functools
 
 import jax.numpy as jnp
 
-from lite_bert.data import pipeline
 from lite_bert import pretrained
+from lite_bert.data import pipeline
 from lite_bert.models import convert
 from lite_bert.models import flops
 from lite_bert.models.heads import PretrainingModel
