@@ -313,9 +313,10 @@ class Report:
     n = self.n
     rows = []
     short_phase = [m for m in MODELS if self.src.exists(f"pretrain_{m}_short/config.json")]
-    for m, stage in [(m, s) for m in MODELS
-                     for s in ([f"pretrain_{m}_short"] if m in short_phase else [])
-                     + [self.trained(m)]]:
+    # Each model's training stages in order: its short-sequence phase, if it had one.
+    stages = [(m, f"pretrain_{m}_short") for m in short_phase] + [
+        (m, self.trained(m)) for m in MODELS]
+    for m, stage in sorted(stages, key=lambda pair: MODELS.index(pair[0])):
       cfg = lambda *k, stage=stage: self.src.get(f"{stage}/config.json", *k)
       summ = lambda k, m=m: self.summary("trained", m, k)
       emb = cfg("model", "embedding_size")
