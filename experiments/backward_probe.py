@@ -12,35 +12,40 @@ Pieces, on activations [8 x 128 tokens, 768] (BERT-base, batch 8 x 128):
 and, apart, one AdamW update over 106M parameters, about BERT-base's (optax.adamw in
 jax.jit with the state donated, against torch.optim.AdamW with foreach=True).
 Each cell is the median of `--repeats` calls after a warm-up, both libraries in
-this one process, 2 threads each. Gradients are taken with respect to the
+this one process, 2 threads each; a piece's four calls are timed round-robin
+(`timing.time_round_robin`), the AdamW states one after the other (the XLA
+state is freed before torch allocates its own). Gradients are taken with respect to the
 inputs and the weights, as in training. Writes BACKWARD_PIECES.md and
 backward_pieces.json into --out.
 """
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import timing
+
 TOKENS, HIDDEN, INTERMEDIATE, HEADS = 8 * 128, 768, 3072, 12
 
 
-def median_ms(call, repeats: int) -> float:
-  call()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+def median_ms(calls: dict, repeats: int) -> dict:
+  """name -> median ms of `repeats` calls each, after one warm-up, timed round-robin."""
+  candidates = []
+  for name, call in calls.items():
+    call()  # warm-up: compiles
+    candidates.append(timing.Candidate("piece", name, prepare=dict, target=repeats,
+                                       run=functools.partial(timing.timed_call, call)))
+  timing.time_round_robin(candidates)
+  return {c.impl: statistics.median(c.times) * 1e3 for c in candidates}
 
 
 def layer_norm(h, scale):
@@ -106,14 +111,14 @@ def adamw_row(torch, repeats: int) -> dict:
     state["params"], state["opt"] = step(state["params"], state["opt"], grads)
     jax.block_until_ready(state["params"])
 
-  xla_ms = median_ms(xla_call, repeats)
+  xla_ms = median_ms({"xla": xla_call}, repeats)["xla"]
   state.clear()  # frees the XLA arrays before torch allocates its own
   params = grads = None
   tparams = [torch.nn.Parameter(torch.full(shape, 0.01)) for shape in shapes]
   for p in tparams:
     p.grad = torch.full(p.shape, 1e-3)
   topt = torch.optim.AdamW(tparams, lr=1e-4, weight_decay=0.01, foreach=True)
-  torch_ms = median_ms(topt.step, repeats)
+  torch_ms = median_ms({"torch": topt.step}, repeats)["torch"]
   return {"piece": "adamw_update", "parameters": sum(int(np.prod(s)) for s in shapes),
           "xla_ms": xla_ms, "torch_ms": torch_ms}
 
@@ -149,13 +154,11 @@ def main(argv=None) -> int:
       with torch.no_grad():
         piece_fn()
 
-    row = {"piece": name,
-           "xla_forward_ms": median_ms(lambda: jax.block_until_ready(forward(weights, jx)),
-                                       args.repeats),
-           "xla_forward_backward_ms": median_ms(lambda: jax.block_until_ready(both(weights, jx)),
-                                                args.repeats),
-           "torch_forward_ms": median_ms(torch_forward, args.repeats),
-           "torch_forward_backward_ms": median_ms(torch_both, args.repeats)}
+    row = {"piece": name, **median_ms({
+        "xla_forward_ms": lambda: jax.block_until_ready(forward(weights, jx)),
+        "xla_forward_backward_ms": lambda: jax.block_until_ready(both(weights, jx)),
+        "torch_forward_ms": torch_forward,
+        "torch_forward_backward_ms": torch_both}, args.repeats)}
     rows.append(row)
     print(row, flush=True)
   rows.append(adamw_row(torch, args.repeats))
