@@ -15,8 +15,8 @@ from typing import Optional
 
 from experiments.compare_numbers import (ACCURACY_FILE, Ledger, Num, Sources, ms_fmt,
                                          reduce_nums, study, write_accuracy_stats)
-from experiments.compare_plan import (MODELS, NAMES, STUDY, TASK_NAMES, TASKS, TRAINED_BY,
-                                      corpus_label, make_plan)
+from experiments.compare_plan import (MODELS, NAMES, SCALES, STUDY, TASK_NAMES, TASKS,
+                                      TRAINED_BY, corpus_label, make_plan, pretraining_stages)
 from experiments.compare_plots import PLOTS, write_plots
 from experiments.jobs import shown_path, write_record
 from lite_bert import files
@@ -49,6 +49,11 @@ class Report:
 
   def trained(self, m: str) -> str:
     return TRAINED_BY[m]
+
+  def earlier_phases(self, m: str) -> list:
+    """The pretraining stages that ran before TRAINED_BY's, in order, those found."""
+    stages = pretraining_stages(self.scale, m)[:-1] if self.scale in SCALES else []
+    return [stage for stage in stages if self.src.exists(f"{stage}/config.json")]
 
   def final_step(self, stage: str) -> Optional[Num]:
     return self.src.get(f"{stage}/config.json", "train", "num_steps")
@@ -246,12 +251,12 @@ class Report:
     names = " + ".join(TASK_NAMES[t] for t in TASKS)
     majority = "; ".join(f"{TASK_NAMES[t]} {n(get('tasks', t, 'majority_score'), '.1f', 100)}"
                          for t in TASKS)
-    short = ""
-    if self.src.exists("pretrain_bert_short/config.json"):
-      short = (f" (after {n(self.final_step('pretrain_bert_short'), ',.0f')} on "
-               f"{n(self.src.get('pretrain_bert_short/config.json', 'data', 'max_seq_length'), '.0f')}"
-               f"-token sequences)")
-    scale_note = (f"At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps{short}, "
+    earlier = "; ".join(  # the phases before pretrain_bert, if the scale has them
+        f"{n(self.final_step(stage), ',.0f')} on "
+        f"{n(self.src.get(f'{stage}/config.json', 'data', 'max_seq_length'), '.0f')}-token "
+        f"sequences in {code(stage)}" for stage in self.earlier_phases("bert"))
+    scale_note = (f"At scale {code(self.scale)}, after {n(steps, ',.0f')} pretraining steps in "
+                  f"{code('pretrain_bert')}{f' (before them: {earlier})' if earlier else ''}, "
                   f"one seed a model; the study's figure is for BERT-base pretrained to "
                   f"convergence, on all of GLUE")
     confidence = lambda: n(Num.of(0.95), ".0f", 100)  # each use is a number of the text
@@ -312,11 +317,10 @@ class Report:
   def models_at_scale(self) -> list:
     n = self.n
     rows = []
-    short_phase = [m for m in MODELS if self.src.exists(f"pretrain_{m}_short/config.json")]
-    # Each model's training stages in order: its short-sequence phase, if it had one.
-    stages = [(m, f"pretrain_{m}_short") for m in short_phase] + [
-        (m, self.trained(m)) for m in MODELS]
-    for m, stage in sorted(stages, key=lambda pair: MODELS.index(pair[0])):
+    phased = [m for m in MODELS if self.earlier_phases(m)]
+    # Each model's training stages in order: its earlier phases, if it had any.
+    stages = [(m, stage) for m in MODELS for stage in [*self.earlier_phases(m), self.trained(m)]]
+    for m, stage in stages:
       cfg = lambda *k, stage=stage: self.src.get(f"{stage}/config.json", *k)
       summ = lambda k, m=m: self.summary("trained", m, k)
       emb = cfg("model", "embedding_size")
@@ -334,11 +338,11 @@ class Report:
              f"{code(self.settings.get('corpus', '?'))}, with one shared sentencepiece "
              f"vocabulary ({code('tokenizer/')}); DistilBERT is distilled from the BERT above "
              f"(teacher layers spread evenly, student initialised from them)." +
-             (f" {' and '.join(NAMES[m] for m in short_phase)} first trained on short "
-              f"sequences ({code('pretrain_<model>_short')}); {code('pretrain_<model>')} "
-              f"continued from those params ({code('pretrain.init')}) with a new optimizer "
-              f"and schedule: a sequence-length warmup, as BERT's two phases (128, then 512 "
-              f"tokens)." if short_phase else ""), ""]
+             (f" {' and '.join(NAMES[m] for m in phased)} trained in phases, each "
+              f"continuing from the one before ({code('pretrain.init')}) with a new optimizer "
+              f"and schedule: first on short sequences ({code('pretrain_<model>_short')}), a "
+              f"sequence-length warmup as BERT's two phases (128, then 512 tokens); the table "
+              f"lists the phases in order, {code('pretrain_<model>')} last." if phased else ""), ""]
     lines += md_table(["model", "stage", "layers", "hidden", "embedding", "vocabulary",
                        "parameters", "steps", "batch", "sequence length", "optimizer",
                        "learning rate"], rows)

@@ -358,7 +358,7 @@ def test_a_stage_that_exits_0_before_its_end_is_stopped_not_failed(tmp_path):
 
 
 def test_long_scale_warms_up_the_sequence_length_alike_for_bert_and_albert(tmp_path):
-  """`long`: pretrain_<m>_short at 128 x 32, then pretrain_<m> at 32 x 128 starting from it."""
+  """`long`: pretrain_<m>_short at 128 x 32, pretrain_<m>_128 at 32 x 128 from it, pretrain_<m> from that."""
   from experiments import compare  # pylint: disable=import-outside-toplevel
   settings = compare_plan.settings_of(compare.parse_args([f"--workdir={tmp_path}",
                                                           "--scale=long"]))
@@ -367,11 +367,16 @@ def test_long_scale_warms_up_the_sequence_length_alike_for_bert_and_albert(tmp_p
                            if a.startswith("--config."))
   shapes = {}
   for m in ("bert", "albert"):
-    short, main = flags(stages[f"pretrain_{m}_short"]), flags(stages[f"pretrain_{m}"])
-    assert (short["data.max_seq_length"], short["data.batch_size"]) == ("32", "128")
-    assert (main["data.max_seq_length"], main["data.batch_size"]) == ("128", "32")
-    assert main["pretrain.init"] == jobs.shown_path(str(tmp_path / f"pretrain_{m}_short"))
-    assert stages[f"pretrain_{m}"].needs == (f"pretrain_{m}_short",)
+    names = compare_plan.pretraining_stages("long", m)
+    assert names == [f"pretrain_{m}_short", f"pretrain_{m}_128", f"pretrain_{m}"]
+    assert names[-1] == compare_plan.TRAINED_BY[m]
+    phases = [flags(stages[name]) for name in names]
+    assert [(f["data.max_seq_length"], f["data.batch_size"]) for f in phases] == [
+        ("32", "128"), ("128", "32"), ("128", "32")]
+    assert "pretrain.init" not in phases[0]
+    for before, name, f in zip(names, names[1:], phases[1:]):  # each continues the one before
+      assert f["pretrain.init"] == jobs.shown_path(str(tmp_path / before))
+      assert stages[name].needs == (before,)
     shapes[m] = [(f["train.num_steps"], f["data.batch_size"], f["data.max_seq_length"])
-                 for f in (short, main)]
+                 for f in phases]
   assert shapes["bert"] == shapes["albert"]
