@@ -61,6 +61,42 @@ def latency_lines(root: str) -> tuple[list[str], dict]:
   return lines, latency
 
 
+def recipe(root: str, data: dict) -> dict:
+  """The levers this study ran with, read from its runs' config.json, and the stages
+  linked from another study (`--reuse`)."""
+  def cfg(folder, *keys):
+    path = os.path.join(root, folder, "config.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      value = json.load(f)
+    for key in keys:
+      value = value.get(key, {}) if isinstance(value, dict) else None
+    return value if value != {} else None
+  task_runs = sorted({folder for task in data.values()
+                      for _, _, folder in task["runs"].get("task", [])})
+  levers = {(cfg(f, "finetune", "temperature"), cfg(f, "finetune", "alpha_soft"))
+            for f in task_runs}
+  reused = sorted(name for name in os.listdir(root)
+                  if os.path.islink(os.path.join(root, name)))
+  return dict(general_steps=cfg("general_distillation", "train", "num_steps"),
+              general_batch=cfg("general_distillation", "data", "batch_size"),
+              task_levers=[dict(temperature=t, alpha_soft=a) for t, a in sorted(levers)],
+              reused={name: os.path.realpath(os.path.join(root, name)) for name in reused})
+
+
+def recipe_lines(rec: dict) -> list[str]:
+  levers = "; ".join(f"temperature {l['temperature']}, soft-label weight {l['alpha_soft']}"
+                     for l in rec["task_levers"]) or "no task distillation run yet"
+  lines = [f"Levers: general distillation {rec['general_steps']} steps of batch "
+           f"{rec['general_batch']} (`general_distillation/config.json`); task distillation "
+           f"{levers} (`task_<task>_s<seed>/config.json`)."]
+  if rec["reused"]:
+    lines.append("Linked from another run of the study (same command, `--reuse`): " + ", ".join(
+        f"`{name}`" for name in rec["reused"]) + ".")
+  return lines + [""]
+
+
 def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
   tasks = numbers["tasks_order"]
   names = {t: numbers["tasks"][t] for t in tasks}
@@ -70,7 +106,7 @@ def markdown(numbers: dict, latency_md: list[str], latency: dict) -> str:
          "from. Scores are GLUE's (SST-2 accuracy; MRPC mean of F1 and accuracy), from the "
          "final dev predictions of each run (not the best-dev checkpoint); intervals are 95% "
          "bootstrap intervals over dev examples; the majority class is the training set's "
-         "most frequent label.", ""]
+         "most frequent label.", ""] + recipe_lines(numbers["recipe"])
   verdict_rows = []
   for v, entry in numbers["variants"].items():
     if "retention_verdict" not in entry:
@@ -180,6 +216,7 @@ def write(root: str, tasks: list[str], publish: Optional[str] = None,
   numbers = accuracy_stats.analyse(data, texts=VARIANT_TEXT)
   latency_md, latency = latency_lines(root)
   numbers["latency"] = latency
+  numbers["recipe"] = recipe(root, data)
   files.atomic_write(os.path.join(root, "distill_numbers.json"),
                      json.dumps(numbers, indent=2, sort_keys=True))
   files.atomic_write(os.path.join(root, "report.md"), markdown(numbers, latency_md, latency))

@@ -28,6 +28,13 @@ each instead of one at the top (`distill.alpha_hidden`, `modes/distill.py`).
 `init` is the same command stopped after one update whose learning rate is 0
 (the first warmup step), so its weights are the cut exactly.
 
+The levers DistilBERT's recipe leaves open are flags: `--general-steps` (the
+length of general distillation), `--temperature` and `--alpha-soft` (task
+distillation). A run with other levers goes in another DIR; `--reuse=FIRST_DIR`
+links the stages whose command the levers leave unchanged (the teacher, `init`
+and `random` fine-tunes) from a finished study instead of running them again.
+A stage done with another command than the one planned is refused, never mixed.
+
 The report (`experiments/distill_report.py`) scores the final dev predictions
 of every run (not the best-dev checkpoint, which would pick on the dev set),
 with per-seed mean +- std, bootstrap intervals over dev examples for the
@@ -41,6 +48,7 @@ import argparse
 import datetime
 import os
 import shlex
+import shutil
 import sys
 import time
 from typing import Optional
@@ -66,6 +74,10 @@ SCALE = dict(
     epochs={"mrpc": 2.0, "sst2": 0.25, "rte": 2.0},
     seeds={"mrpc": (0, 1, 2), "sst2": (0, 1)},
     learning_rate=5e-5,
+    # Task distillation: the fine-tuned teacher's soft labels at this temperature,
+    # weight alpha_soft against the hard labels (DistilBERT's T 2).
+    temperature=2.0,
+    alpha_soft=0.5,
 )
 
 
@@ -98,7 +110,7 @@ def distill_command(workdir: str, *, steps: int, learning_rate: float, warmup: i
 
 
 def finetune_command(root: str, variant: str, task: str, seed: int,
-                     data_dir: str = "") -> list[str]:
+                     data_dir: str = "", levers: Optional[dict] = None) -> list[str]:
   """One fine-tuning run of the grid as a launch.py argv (data_dir: the task's TSV folder)."""
   workdir = os.path.join(root, stage_name(variant, task, seed))
   model = "bert:base" if variant == "teacher" else "distilbert:base"
@@ -116,8 +128,10 @@ def finetune_command(root: str, variant: str, task: str, seed: int,
   else:  # random: the student's shape with the teacher's vocabulary
     argv += [f"--config.tokenizer.path={minilm_folder()}", *student_flags()]
   if variant == "task":
-    argv.append(f"--config.finetune.teacher="
-                f"{os.path.join(root, stage_name('teacher', task, seed))}")
+    levers = dict(SCALE, **(levers or {}))
+    argv += [f"--config.finetune.teacher={os.path.join(root, stage_name('teacher', task, seed))}",
+             f"--config.finetune.temperature={levers['temperature']}",
+             f"--config.finetune.alpha_soft={levers['alpha_soft']}"]
   return argv
 
 
@@ -125,13 +139,18 @@ def stage_name(variant: str, task: str, seed: int) -> str:
   return f"{variant}_{task}_s{seed}"
 
 
-def stages(root: str, tasks: list[str], seeds: dict,
-           data_dirs: Optional[dict] = None) -> list[tuple[str, list[str]]]:
-  """(name, argv) in run order: distillation, then seed by seed, MRPC before SST-2."""
+def stages(root: str, tasks: list[str], seeds: dict, data_dirs: Optional[dict] = None,
+           levers: Optional[dict] = None) -> list[tuple[str, list[str]]]:
+  """(name, argv) in run order: distillation, then seed by seed, MRPC before SST-2.
+
+  levers: SCALE's general_steps, temperature, alpha_soft overridden.
+  """
+  levers = dict(SCALE, **(levers or {}))
+  general_steps = levers["general_steps"]
   out = [("general_distillation",
           distill_command(os.path.join(root, "general_distillation"),
-                          steps=SCALE["general_steps"], learning_rate=SCALE["general_lr"],
-                          warmup=30)),
+                          steps=general_steps, learning_rate=levers["general_lr"],
+                          warmup=max(1, min(30, general_steps // 10)))),
          ("student_init",
           distill_command(os.path.join(root, "student_init"), steps=1,
                           learning_rate=SCALE["general_lr"], warmup=1))]
@@ -143,7 +162,8 @@ def stages(root: str, tasks: list[str], seeds: dict,
       seed = seeds[task][i]
       for variant in VARIANTS:  # teacher first: `task` reads it
         out.append((stage_name(variant, task, seed),
-                    finetune_command(root, variant, task, seed, (data_dirs or {}).get(task, ""))))
+                    finetune_command(root, variant, task, seed, (data_dirs or {}).get(task, ""),
+                                     levers)))
   out.append(("latency", [sys.executable, "-m", "experiments.distill_latency",
                           f"--out={os.path.join(root, 'latency', 'latency.json')}",
                           f"--student={os.path.join(root, 'general_distillation')}",
@@ -164,10 +184,43 @@ def stage_job(root: str, name: str, argv: list[str]) -> jobs.Job:
                   lambda: os.path.exists(os.path.join(folder, "done.json")), cwd=ROOT, env=env)
 
 
-def run_stage(root: str, name: str, argv: list[str]) -> None:
+def done_command(folder: str) -> Optional[str]:
+  """The command a finished stage in `folder` was run with (None: not finished)."""
+  path = os.path.join(folder, "done.json")
+  return jobs.read_json(path)["command"] if os.path.exists(path) else None
+
+
+def link_reused(root: str, job: jobs.Job, reuse: str) -> bool:
+  """Links `job`'s folder to the same stage of the study in `reuse` when that one is done
+  with the same command (its folder for ours) and every stage folder the command reads
+  was linked from there too (a fine-tune of a longer general distillation is not reused)."""
+  reuse = os.path.abspath(reuse)
+  theirs = os.path.join(reuse, job.name)
+  if (done_command(theirs) or "").replace(reuse, root) != job.command:
+    return False
+  read = {part.split(os.sep)[0] for arg in job.argv for part in arg.split(root + os.sep)[1:]}
+  if any(not os.path.islink(os.path.join(root, stage)) for stage in read - {job.name}):
+    return False
+  if os.path.lexists(job.workdir):
+    shutil.rmtree(job.workdir)  # an unfinished attempt of the same stage
+  os.makedirs(root, exist_ok=True)
+  os.symlink(theirs, job.workdir)
+  return True
+
+
+def run_stage(root: str, name: str, argv: list[str], reuse: str = "") -> None:
+  """Runs stage `name` unless it is done; `reuse`: a study DIR whose same stage, done with
+  the same command (its DIR for ours), is linked instead."""
   job = stage_job(root, name, argv)
   if job.done():
+    if done_command(job.workdir) != job.command:
+      raise SystemExit(f"error: {job.workdir} was run with another command than this one "
+                       f"plans ({done_command(job.workdir)!r}); other levers go in another "
+                       f"--workdir (--reuse={root} links the stages they leave unchanged)")
     print(f"[{name}] done already", flush=True)
+    return
+  if reuse and link_reused(root, job, reuse):
+    print(f"[{name}] reused from {os.path.realpath(job.workdir)} (same command)", flush=True)
     return
   print(f"[{name}] {job.command}", flush=True)
   start = time.time()
@@ -188,6 +241,15 @@ def main() -> None:
   parser.add_argument("--data-dir", default="",
                       help="task:FOLDER,...: a task's GLUE-format TSVs (default "
                            "<data>/glue/<task folder>), e.g. rte:/data/RTE")
+  parser.add_argument("--general-steps", type=int, default=SCALE["general_steps"],
+                      help="steps of general distillation (batch 32 x 128)")
+  parser.add_argument("--temperature", type=float, default=SCALE["temperature"],
+                      help="task distillation: the soft labels' temperature")
+  parser.add_argument("--alpha-soft", type=float, default=SCALE["alpha_soft"],
+                      help="task distillation: the soft labels' weight (hard: 1 - it)")
+  parser.add_argument("--reuse", default="",
+                      help="a finished study DIR: link its stages this one would run with the "
+                           "same command (the levers leave the teacher, init, random alike)")
   parser.add_argument("--stages", default="", help="comma-separated stage names to run")
   parser.add_argument("--list", action="store_true", help="print the stage commands and exit")
   parser.add_argument("--report-only", action="store_true")
@@ -204,7 +266,11 @@ def main() -> None:
              f"SCALE['epochs'] in {__file__}")
   data_dirs = dict(item.partition(":")[::2] for item in filter(None, args.data_dir.split(",")))
   root = os.path.abspath(args.workdir)
-  plan = stages(root, tasks, seeds, data_dirs)
+  if args.general_steps < 1 or not 0 <= args.alpha_soft <= 1 or args.temperature <= 0:
+    sys.exit("error: --general-steps must be >= 1, --alpha-soft in [0, 1], --temperature > 0")
+  levers = dict(general_steps=args.general_steps, temperature=args.temperature,
+                alpha_soft=args.alpha_soft)
+  plan = stages(root, tasks, seeds, data_dirs, levers)
   wanted = set(filter(None, args.stages.split(",")))
   if wanted - {name for name, _ in plan}:
     sys.exit(f"error: --stages: unknown stage(s) {sorted(wanted - {n for n, _ in plan})}")
@@ -215,7 +281,7 @@ def main() -> None:
   if not args.report_only:
     for name, argv in plan:
       if not wanted or name in wanted:
-        run_stage(root, name, argv)
+        run_stage(root, name, argv, reuse=args.reuse)
   from experiments import distill_report  # pylint: disable=import-outside-toplevel
   distill_report.write(root, tasks, publish=args.publish or None, data_dirs=data_dirs)
 

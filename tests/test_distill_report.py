@@ -7,6 +7,7 @@ verdict it reaches is known in advance, and its numbers are checked against
 scikit-learn.
 """
 
+import json
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from experiments import accuracy_stats
 from experiments import distill_report
 from experiments import distill_study
 from experiments import verdicts
+from lite_bert import files
 from lite_bert.data import glue
 
 
@@ -114,8 +116,12 @@ def test_identical_student_agrees_and_report_renders(tmp_path):
   numbers = accuracy_stats.analyse(data)
   assert numbers["variants"]["general"]["retention_ci"] == (1.0, 1.0)
   assert numbers["variants"]["general"]["retention_verdict"] == verdicts.AGREES
+  numbers["recipe"] = dict(general_steps=900, general_batch=32, reused={"teacher_mrpc_s0": "x"},
+                           task_levers=[dict(temperature=4.0, alpha_soft=0.9)])
   text = distill_report.markdown(numbers, ["(latency)"], {"mean_ratio": 0.5})
   assert "**agrees**" in text
+  assert ("general distillation 900 steps" in text and "temperature 4.0, soft-label weight 0.9"
+          in text and "`teacher_mrpc_s0`" in text)
   assert "majority class" in text and "0.50x the teacher's latency" in text
   distill_report.plots(numbers, str(tmp_path))
   assert os.path.getsize(tmp_path / "retention.png") > 1000
@@ -156,3 +162,32 @@ def test_any_glue_format_task_runs_by_name(tmp_path):
   data = accuracy_stats.task_data("rte", str(rte))
   assert data["majority"] == 0 and len(data["labels"]) == 32  # 2 of 3 rows entail
   assert "RTE" in report and "random" in report and "majority class" in report
+
+
+def test_levers_reach_the_commands_and_reuse_links_only_unchanged_stages(tmp_path):
+  """--general-steps / --temperature / --alpha-soft change exactly the general and task
+  stages; --reuse links a finished study's stage only when its command is the same, and a
+  stage done with another command is refused."""
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  seeds = {"mrpc": (0,)}
+  default = dict(distill_study.stages(first, ["mrpc"], seeds))
+  levers = dict(general_steps=900, temperature=4.0, alpha_soft=0.9)
+  plan = dict(distill_study.stages(second, ["mrpc"], seeds, levers=levers))
+  assert "--config.train.num_steps=900" in plan["general_distillation"]
+  assert {"--config.finetune.temperature=4.0", "--config.finetune.alpha_soft=0.9"} <= set(
+      plan["task_mrpc_s0"])
+  assert "--config.finetune.temperature=2.0" in default["task_mrpc_s0"]
+  for name, argv in default.items():  # the first study, finished
+    job = distill_study.stage_job(first, name, argv)
+    os.makedirs(job.workdir)
+    files.atomic_write(os.path.join(job.workdir, "done.json"),
+                       json.dumps({"command": job.command}))
+  assert plan["general_mrpc_s0"] == [a.replace(first, second)  # same command text ...
+                                     for a in default["general_mrpc_s0"]]
+  for name, argv in plan.items():  # ... but it reads a general distillation of 900 steps
+    distill_study.link_reused(second, distill_study.stage_job(second, name, argv), first)
+  linked = sorted(n for n in os.listdir(second) if os.path.islink(os.path.join(second, n)))
+  assert linked == ["init_mrpc_s0", "random_mrpc_s0", "student_init", "teacher_mrpc_s0"]
+  # a stage done with another command than the plan's is refused, not reused or mixed
+  with pytest.raises(SystemExit, match="another command"):
+    distill_study.run_stage(first, "task_mrpc_s0", plan["task_mrpc_s0"])
