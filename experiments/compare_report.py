@@ -502,8 +502,11 @@ class Report:
       wall = self.wall(name)
       nums.append(wall)
       attempts = len(record["attempts"])
+      # A record left "running" has no end: the stage runs now, or was killed mid-way.
+      status = record.get("status", "?")
+      status = "unfinished (running, or killed: rerun to resume)" if status == "running" else status
       rows.append([code(name), n(wall, ".0f") + (" (resumed)" if attempts > 1 else ""),
-                   record.get("status", "?"), code(record["command"])])
+                   status, code(record["command"])])
     total = reduce_nums("sum", nums) if nums else None
     return (["## Wall time per stage", "",
              f"Total {n(total, '.1f', 1 / 60)} min; a resumed stage counts all its attempts "
