@@ -97,12 +97,18 @@ def config_file_error(e: BaseException) -> str:
 
 
 class _AbandonedReads(py_logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned reads."""
+  """Drops asyncio's "... exception was never retrieved" for Orbax's abandoned reads and writes."""
 
   def filter(self, record):
     message = record.getMessage()
-    return not (message.startswith("Task exception was never retrieved")
-                and "orbax/checkpoint" in message)
+    if "exception was never retrieved" not in message:  # a Task's or a _GatheringFuture's
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    files = []
+    while tb is not None:
+      files.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    return not ("orbax/checkpoint" in message or any("/orbax/" in f for f in files))
 
 
 def quiet_abandoned_checkpoint_reads() -> None:
