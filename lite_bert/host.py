@@ -1,4 +1,4 @@
-"""What machine this is, without importing jax: the CPU's model name."""
+"""What machine this is, without importing jax: the CPU's model name and matmul ISA."""
 
 import platform
 
@@ -13,3 +13,20 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+# The instruction sets that decide a CPU's matmul rate (VMs of one model name differ in them).
+MATMUL_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_matmul_isa() -> str:
+  """Which of MATMUL_ISA /proc/cpuinfo lists, e.g. 'avx2 avx512f amx_bf16' ('' if unknown)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          return " ".join(isa for isa in MATMUL_ISA if isa in flags)
+  except OSError:
+    pass
+  return ""

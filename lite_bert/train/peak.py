@@ -2,9 +2,9 @@
 
   GPU / TPU  the datasheet's dense peak per chip, in the model's dtype, times
              the number of devices (`GPU_PEAK_TFLOPS`, `TPU_PEAK_TFLOPS`);
-  CPU        the XLA GEMM rate of this machine, measured once (a 1024^3 fp32
-             matmul, best of a few) and cached per CPU model and jax version
-             in `$LITE_BERT_CACHE` (default ~/.cache/lite_bert/peak.json). A
+  CPU        the XLA GEMM rate of this machine, measured once (a 2048^3 fp32
+             matmul, best of a few) and cached per CPU model, matmul ISA (AMX or not),
+             core count and jax version in `$LITE_BERT_CACHE` (default ~/.cache/lite_bert/peak.json). A
              CPU "device" is the whole machine (simulated devices share it).
 
 `device_peak(dtype)` returns (FLOP/s, where the number comes from), or
@@ -56,7 +56,7 @@ def _cache_path() -> str:
   return os.path.join(folder, "peak.json")
 
 
-def measure_cpu_gemm(size: int = 1024, repeats: int = 5) -> float:
+def measure_cpu_gemm(size: int = 2048, repeats: int = 5) -> float:
   """This machine's XLA fp32 GEMM rate in FLOP/s (best of `repeats` size^3 matmuls)."""
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x, y: x @ y)
@@ -71,7 +71,9 @@ def measure_cpu_gemm(size: int = 1024, repeats: int = 5) -> float:
 
 def cpu_peak() -> tuple[float, str]:
   """(FLOP/s, source) of this CPU: cached, else measured now and cached."""
-  key = f"{host.cpu_model()} | {os.cpu_count()} cores | jax {jax.__version__}"
+  # The ISA too: VMs named "Intel(R) Xeon(R) Processor" range from 150 to 360 GFLOP/s (AMX).
+  key = (f"{host.cpu_model()} | {host.cpu_matmul_isa()} | {os.cpu_count()} cores | "
+         f"jax {jax.__version__}")
   path = _cache_path()
   try:
     with open(path) as f:
