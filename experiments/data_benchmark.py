@@ -34,12 +34,12 @@ import itertools
 import json
 import os
 import pathlib
-import platform
 import tempfile
 import time
 
 import numpy as np
 
+from lite_bert import host
 from lite_bert import paths
 from lite_bert.data import corpora
 from lite_bert.data import masking
@@ -76,16 +76,6 @@ def trained_sentencepiece(folder: pathlib.Path) -> tokenizers.Tokenizer:
       corpora.iter_documents(held_out), 30000, folder / "spm",
       max_sentences=200_000)
   return tokenizers.SentencePieceTokenizer(model, num_threads=1)
-
-
-def cpu_name() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def measure(documents, tokenizer, *, batch_size: int, pair_objective,
@@ -184,7 +174,7 @@ def main():
   report = {
       "what": "host data pipeline throughput on one CPU core, seq 128",
       "date": datetime.date.today().isoformat(),
-      "cpu": cpu_name(),
+      "cpu": host.cpu_model(),
       "core": core,
       "corpus": f"first {args.books} books of gutenberg_train.txt.xz "
                 f"({sum(len(b) for b in books):,} characters)",

@@ -110,8 +110,9 @@ def distill_command(workdir: str, *, steps: int, learning_rate: float, warmup: i
 
 
 def finetune_command(root: str, variant: str, task: str, seed: int,
-                     data_dir: str = "", levers: Optional[dict] = None) -> list[str]:
-  """One fine-tuning run of the grid as a launch.py argv (data_dir: the task's TSV folder)."""
+                     data_dir: str = "", levers: dict = SCALE) -> list[str]:
+  """One fine-tuning run of the grid as a launch.py argv (data_dir: the task's TSV folder;
+  levers: SCALE or a copy with other levers, `stages`')."""
   workdir = os.path.join(root, stage_name(variant, task, seed))
   model = "bert:base" if variant == "teacher" else "distilbert:base"
   argv = ["launch.py", f"--config=configs/finetune.py:{task},{model}", f"--workdir={workdir}",
@@ -128,7 +129,6 @@ def finetune_command(root: str, variant: str, task: str, seed: int,
   else:  # random: the student's shape with the teacher's vocabulary
     argv += [f"--config.tokenizer.path={minilm_folder()}", *student_flags()]
   if variant == "task":
-    levers = dict(SCALE, **(levers or {}))
     argv += [f"--config.finetune.teacher={os.path.join(root, stage_name('teacher', task, seed))}",
              f"--config.finetune.temperature={levers['temperature']}",
              f"--config.finetune.alpha_soft={levers['alpha_soft']}"]

@@ -9,22 +9,9 @@ import os
 import platform
 import subprocess
 
-from lite_bert.host import cpu_model  # noqa: F401  # provenance.cpu_model is this API too
+from lite_bert.host import cpu_flags, cpu_model  # noqa: F401  # provenance's API too
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_flags() -> list:
-  """The SIMD / matrix-unit flags that decide GEMM speed (AVX-512, AMX, VNNI, FMA)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          flags = line.split(":", 1)[1].split()
-          return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "fma")))
-  except OSError:
-    pass
-  return []
 
 
 def git_info() -> dict:

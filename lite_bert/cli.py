@@ -7,6 +7,7 @@ failure; each function here holds one workaround, with the reason beside it.
 
 import logging as py_logging
 import sys
+import traceback
 
 from absl import flags
 
@@ -103,12 +104,8 @@ class _AbandonedReads(py_logging.Filter):
     message = record.getMessage()
     if "exception was never retrieved" not in message:  # a Task's or a _GatheringFuture's
       return True
-    tb = record.exc_info[2] if record.exc_info else None
-    files = []
-    while tb is not None:
-      files.append(tb.tb_frame.f_code.co_filename)
-      tb = tb.tb_next
-    return not ("orbax/checkpoint" in message or any("/orbax/" in f for f in files))
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return not ("orbax/checkpoint" in message or any("/orbax/" in f.filename for f in frames))
 
 
 def quiet_abandoned_checkpoint_reads() -> None:

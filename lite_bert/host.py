@@ -1,32 +1,26 @@
-"""What machine this is, without importing jax: the CPU's model name and matmul ISA."""
+"""What machine this is, without importing jax: the CPU's model name and matmul flags."""
 
 import platform
 
 
-def cpu_model() -> str:
-  """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
+def _cpuinfo_field(name: str):
+  """The value of the first `name` line of /proc/cpuinfo (None where there is none)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.startswith(name):
           return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return None
 
 
-# The instruction sets that decide a CPU's matmul rate (VMs of one model name differ in them).
-MATMUL_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo (else what `platform` knows)."""
+  return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
-def cpu_matmul_isa() -> str:
-  """Which of MATMUL_ISA /proc/cpuinfo lists, e.g. 'avx2 avx512f amx_bf16' ('' if unknown)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          flags = set(line.split(":", 1)[1].split())
-          return " ".join(isa for isa in MATMUL_ISA if isa in flags)
-  except OSError:
-    pass
-  return ""
+def cpu_flags() -> list:
+  """The SIMD / matrix-unit flags that decide GEMM speed (AVX-512, AMX, VNNI, FMA)."""
+  flags = (_cpuinfo_field("flags") or "").split()
+  return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "fma")))

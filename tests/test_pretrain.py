@@ -297,15 +297,15 @@ def test_compiled_steps_are_cached_unless_turned_off(tmp_path):
 
 
 def test_cpu_peak_is_cached_per_matmul_isa(tmp_path, monkeypatch):
-  """VMs of one CPU model name differ in AMX/AVX-512: each ISA set gets its own measured peak."""
+  """VMs of one CPU model name differ in AMX/AVX-512: each flag set gets its own measured peak."""
   from lite_bert import host  # pylint: disable=import-outside-toplevel
   from lite_bert.train import peak  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("LITE_BERT_CACHE", str(tmp_path))
   rates = iter([100e9, 300e9])
   monkeypatch.setattr(peak, "measure_cpu_gemm", lambda: next(rates))
-  monkeypatch.setattr(host, "cpu_matmul_isa", lambda: "avx2 avx512f")
+  monkeypatch.setattr(host, "cpu_flags", lambda: ["avx512f"])
   assert peak.cpu_peak()[0] == 100e9
-  monkeypatch.setattr(host, "cpu_matmul_isa", lambda: "avx2 avx512f amx_bf16 amx_tile")
-  assert peak.cpu_peak()[0] == 300e9  # measured for this ISA, not the other's cached rate
-  monkeypatch.setattr(host, "cpu_matmul_isa", lambda: "avx2 avx512f")
+  monkeypatch.setattr(host, "cpu_flags", lambda: ["amx_bf16", "amx_tile", "avx512f"])
+  assert peak.cpu_peak()[0] == 300e9  # measured for these flags, not the other's cached rate
+  monkeypatch.setattr(host, "cpu_flags", lambda: ["avx512f"])
   assert peak.cpu_peak()[0] == 100e9  # cached

@@ -3,7 +3,7 @@
   GPU / TPU  the datasheet's dense peak per chip, in the model's dtype, times
              the number of devices (`GPU_PEAK_TFLOPS`, `TPU_PEAK_TFLOPS`);
   CPU        the XLA GEMM rate of this machine, measured once (a 2048^3 fp32
-             matmul, best of a few) and cached per CPU model, matmul ISA (AMX or not),
+             matmul, best of a few) and cached per CPU model, matmul flags (AMX or not),
              core count and jax version in `$LITE_BERT_CACHE` (default ~/.cache/lite_bert/peak.json). A
              CPU "device" is the whole machine (simulated devices share it).
 
@@ -71,8 +71,8 @@ def measure_cpu_gemm(size: int = 2048, repeats: int = 5) -> float:
 
 def cpu_peak() -> tuple[float, str]:
   """(FLOP/s, source) of this CPU: cached, else measured now and cached."""
-  # The ISA too: VMs named "Intel(R) Xeon(R) Processor" range from 150 to 360 GFLOP/s (AMX).
-  key = (f"{host.cpu_model()} | {host.cpu_matmul_isa()} | {os.cpu_count()} cores | "
+  # The flags too: VMs named "Intel(R) Xeon(R) Processor" range from 150 to 360 GFLOP/s (AMX).
+  key = (f"{host.cpu_model()} | {' '.join(host.cpu_flags())} | {os.cpu_count()} cores | "
          f"jax {jax.__version__}")
   path = _cache_path()
   try:
