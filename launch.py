@@ -17,6 +17,12 @@ import importlib
 import os
 import sys
 
+if __name__ == "__main__":
+  # glibc reads its tunables only at start-up: start again with transparent huge pages
+  # for XLA's buffers (`host.reexec_with_huge_pages`), before jax is imported.
+  from lite_bert import host
+  host.reexec_with_huge_pages()
+
 from absl import app
 from absl import flags
 from absl import logging

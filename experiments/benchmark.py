@@ -4,6 +4,8 @@
   python -m experiments.benchmark --out=/tmp/b --quick --no-reference      # ~1 min
   python -m experiments.benchmark --out=/tmp/b --quick --size=tiny --no-reference  # tests
   python -m experiments.benchmark --out=/tmp/b --xla-flag-probe   # XLA CPU flags vs bf16/fp32
+  python -m experiments.benchmark --out=experiments/results/malloc_probe --xla-flag-probe \
+      --probe-variants=default,glibc_malloc_hugetlb --probe-rounds=3   # the allocator A/B
 
 What one run measures (all on the same machine, in the same process, the
 implementations interleaved repeat by repeat so that drift and other load hit
@@ -73,6 +75,12 @@ import json
 import os
 import sys
 
+if __name__ == "__main__":
+  # As launch.py runs: glibc's transparent huge pages for the step's buffers (ours and
+  # torch's alike, one process); --xla-flag-probe's children start without them.
+  from lite_bert import host
+  host.reexec_with_huge_pages()
+
 from experiments.benchmark_inputs import MODELS
 from experiments.benchmark_plots import write_plots
 from experiments.benchmark_report import markdown
@@ -130,6 +138,11 @@ def parse_args(argv=None):
                  help="instead of the benchmark: GEMMs under each XLA CPU setting")
   p.add_argument("--probe-model", action=argparse.BooleanOptionalAction, default=True,
                  help="with --xla-flag-probe: also time BERT-base 8x128 per setting")
+  p.add_argument("--probe-variants", default="",
+                 help="with --xla-flag-probe: only these settings (comma-separated names of "
+                      "xla_probe.PROBE_VARIANTS)")
+  p.add_argument("--probe-rounds", type=int, default=1,
+                 help="with --xla-flag-probe: run the settings this many times, interleaved")
   return p.parse_args(argv)
 
 

@@ -281,15 +281,6 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
                "(it has `avx512_bf16`)" if not amx else
                ". The CPU has AMX; no setting made XLA use it")
       lines.append(text + ".")
-    train = [v for v in probe["variants"]
-             if isinstance(v.get("bert_base_train_8x128_float32_ms"), (int, float))]
-    if default.get("bert_base_train_8x128_float32_ms") and len(train) > 1:
-      base = default["bert_base_train_8x128_float32_ms"]
-      lines.append("- BERT-base 8x128 training step by setting (ms; default "
-                   f"{base:,.0f}): " + ", ".join(
-                       f"{v['variant']} {v['bert_base_train_8x128_float32_ms']:,.0f} "
-                       f"({base / v['bert_base_train_8x128_float32_ms']:.2f}x)"
-                       for v in train if v["variant"] != "default") + ".")
   if meta["device_kind"] == "cpu":
     lines.append("- GPU targets (MFU on an H100, GPU latency table): not measured here; this "
                  "run had no GPU. `--dtype=bfloat16` on a GPU machine uses the datasheet peak "

@@ -48,6 +48,10 @@ import statistics
 import sys
 import time
 
+if __name__ == "__main__":
+  from lite_bert import host  # as launch.py runs: transparent huge pages for XLA's buffers
+  host.reexec_with_huge_pages()
+
 import jax
 import jax.numpy as jnp
 

@@ -7,7 +7,8 @@ GLIBC_TUNABLES), so that XLA reads it at start-up. Prints one line,
 `PROBE {json}`: whether a bf16 dot is widened to f32 (and the optimized HLO
 around it), GEMM GFLOP/s (fp32, bf16, bf16 with an fp32 result, at 2048^3 and
 a model shape); with --model, the BERT-base 8x128 forward in ms (fp32 and
-bf16); with --train, one BERT-base 8x128 MLM+NSP training step in ms. An
+bf16); with --train, the training step in ms of BERT-base 8x128 and of the long
+study's BERT at 32x128, with minor page faults and kernel time per step. An
 exception becomes `error` in the JSON. Only jax and numpy are imported before
 the GEMMs are timed; lite_bert and the benchmark's configs only for --model /
 --train.
@@ -34,6 +35,35 @@ def gemm(m, k, n, dtype, pref=None):
   for _ in range(5):
     t = time.perf_counter(); jax.block_until_ready(c(a, b)); ts.append(time.perf_counter() - t)
   return 2 * m * k * n / statistics.median(ts) / 1e9
+
+
+def train_step_cost(cfg, optim_cfg, batch: int, seq: int, calls: int = 5) -> tuple:
+  """(median ms, minor page faults, kernel CPU s) per training step of `cfg` on a random
+  batch x seq pretraining batch, after a warm-up step."""
+  import functools
+  import resource
+  from experiments.benchmark_inputs import make_pretraining_batch
+  from lite_bert.models.heads import PretrainingModel
+  from lite_bert.train import loop as loop_lib, objectives, optim
+  model = PretrainingModel(cfg, pair_head=True)
+  data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, batch, seq).items()}
+  inner = objectives.pretraining_loss_fn(model)
+  params = jax.jit(lambda r: model.init(r, data["input_ids"])["params"])(jax.random.key(0))
+  optimizer, _ = optim.make_optimizer(optim_cfg, total_steps=1_000_000)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+  step = jax.jit(functools.partial(
+      loop_lib.train_step, loss_fn=lambda p, f, b, r, d: inner(p, b, r, d),
+      optimizer=optimizer, base_rng=jax.random.key(0)), donate_argnums=0)
+  state, _ = jax.block_until_ready(step(state, None, data))
+  ts, faults, sys_s = [], [], []
+  for _ in range(calls):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter(); state, _ = jax.block_until_ready(step(state, None, data))
+    ts.append(time.perf_counter() - t)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    faults.append(r1.ru_minflt - r0.ru_minflt)
+    sys_s.append(r1.ru_stime - r0.ru_stime)
+  return (statistics.median(ts) * 1e3, statistics.median(faults), statistics.median(sys_s))
 
 
 def probe(argv: list) -> dict:
@@ -69,29 +99,20 @@ def probe(argv: list) -> dict:
           t = time.perf_counter(); jax.block_until_ready(f(p, x)); ts.append(time.perf_counter() - t)
         out[f"bert_base_8x128_{dtype}_ms"] = statistics.median(ts) * 1e3
     if "--train" in argv:
-      # One BERT-base MLM+NSP training step (AdamW, fp32), the benchmark's own step function:
-      # allocator settings (GLIBC_TUNABLES) show up here, in the zero-filled gradient buffers.
-      import functools
-      from experiments.benchmark_inputs import make_pretraining_batch, model_config, optim_config
-      from lite_bert.models.heads import PretrainingModel
-      from lite_bert.train import loop as loop_lib, objectives, optim
-      cfg = model_config("bert", "base", "float32")
-      model = PretrainingModel(cfg, pair_head=True)
-      data = {k: jnp.asarray(v) for k, v in make_pretraining_batch(cfg, 8, 128).items()}
-      inner = objectives.pretraining_loss_fn(model)
-      params = jax.jit(lambda r: model.init(r, data["input_ids"])["params"])(jax.random.key(0))
-      optimizer, _ = optim.make_optimizer(optim_config("bert", "base"), total_steps=1_000_000)
-      state = {"step": jnp.zeros((), jnp.int32), "params": params,
-               "opt_state": optimizer.init(params)}
-      step = jax.jit(functools.partial(
-          loop_lib.train_step, loss_fn=lambda p, f, b, r, d: inner(p, b, r, d),
-          optimizer=optimizer, base_rng=jax.random.key(0)), donate_argnums=0)
-      state, _ = jax.block_until_ready(step(state, None, data))
-      ts = []
-      for _ in range(3):
-        t = time.perf_counter(); state, m = jax.block_until_ready(step(state, None, data))
-        ts.append(time.perf_counter() - t)
-      out["bert_base_train_8x128_float32_ms"] = statistics.median(ts) * 1e3
+      # MLM+NSP training steps (AdamW, fp32) with the library's own step function:
+      # BERT-base 8x128 and the long study's BERT (compare_plan's `long` scale) at its
+      # 32x128 batch. Allocator settings (GLIBC_TUNABLES) show up here, in the step's
+      # temporary buffers: minor page faults and kernel time per step are recorded too.
+      import dataclasses
+      from experiments.benchmark_inputs import model_config, optim_config
+      study = dataclasses.replace(model_config("bert", "tiny", "float32"), hidden_size=256,
+                                  num_heads=4, intermediate_size=1024, vocab_size=8000)
+      for name, cfg, batch in (("bert_base_train_8x128", model_config("bert", "base", "float32"), 8),
+                               ("study_bert_train_32x128", study, 32)):
+        ms, faults, sys_s = train_step_cost(cfg, optim_config("bert", "base"), batch, 128)
+        out[f"{name}_float32_ms"] = ms
+        out[f"{name}_minor_faults"] = faults
+        out[f"{name}_sys_s"] = sys_s
   except Exception as e:  # pylint: disable=broad-except
     out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
   return out
