@@ -25,6 +25,11 @@ to the library it stands for, built here; the library is not changed:
   explicit_attention  no attention dropout, but the explicit softmax path that dropout
                     takes (LITE_BERT_ATTENTION=explicit): splits dropout's cost from the path's
   no_dropout        both dropouts 0 (what dropout costs in all)
+  bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; every weight matmul
+                    accumulates in fp32 forward and backward, `f32_accumulating_matmul`)
+  bfloat16_jax_backward  the same with JAX's own backward of those matmuls (the fp32
+                    cotangent: XLA:CPU widens both backward GEMMs to fp32), what the
+                    library did before
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
   hf_torch          HF torch's step on the same weights (the benchmark's
@@ -61,6 +66,7 @@ from experiments.provenance import cpu_model, git_info
 from experiments.timing import (Candidate, CpuMonitor, time_round_robin, timed_call,
                                 wait_for_idle)
 from lite_bert import files
+from lite_bert.models import encoder as encoder_lib
 from lite_bert.models.encoder import unstack_layers
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.train import loop as loop_lib
@@ -68,7 +74,8 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
-            "explicit_attention", "no_dropout", "guard_loss_only", "hf_torch")
+            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_jax_backward",
+            "guard_loss_only", "hf_torch")
 
 
 def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
@@ -100,12 +107,23 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     base_rng = jax.random.key(0, impl="rbg")
   elif variant in ("no_attn_dropout", "explicit_attention"):
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0)
+  elif variant in ("bfloat16", "bfloat16_jax_backward"):
+    cfg = dataclasses.replace(cfg, dtype="bfloat16")
   elif variant == "no_dropout":
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
   elif variant == "guard_loss_only":
     step_fn = guard_loss_only_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
+  if variant == "bfloat16_jax_backward":
+    plain = lambda x, w, out_dtype, w_transposed: jnp.einsum(
+        encoder_lib._MATMUL_SPECS[w_transposed][0], x, w,  # pylint: disable=protected-access
+        preferred_element_type=jnp.float32).astype(out_dtype)
+    saved, encoder_lib._reduced_matmul = encoder_lib._reduced_matmul, plain  # read while tracing
+    try:
+      return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+    finally:
+      encoder_lib._reduced_matmul = saved
   if variant != "explicit_attention":
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant

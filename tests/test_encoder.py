@@ -189,6 +189,58 @@ def test_bf16_compute_accumulates_every_matmul_in_fp32(with_dropout):
     assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
 
 
+def test_bf16_backward_matmuls_are_bf16_too():
+  # JAX's own backward of an fp32-result matmul takes the fp32 cotangent, widening both
+  # backward GEMMs to fp32 on XLA:CPU; `f32_accumulating_matmul`'s casts it to bf16 first.
+  cfg = EncoderConfig(**SMALL, share="none", embedding_size=4, dtype="bfloat16",
+                      attention_dropout_rate=0.1)
+  model = PretrainingModel(cfg)
+  ids = jnp.ones((2, 5), jnp.int32)
+  positions = jnp.zeros((2, 3), jnp.int32)
+  params = model.init(jax.random.key(0), ids)["params"]
+
+  def loss(p):
+    out = model.apply({"params": p}, ids, None, None, positions, deterministic=False,
+                      rngs={"dropout": jax.random.key(1)})
+    return jnp.sum(out["mlm_logits"] ** 2) + jnp.sum(out["pair_logits"])
+
+  dots = _dot_generals(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+  native = [e for e in dots if [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2
+            and e.outvars[0].aval.dtype == jnp.float32]
+  # the 11 forward matmuls, and two backward ones for each of the 9 weight matmuls
+  # (embedding projection, qkv, output, 2 FFN, pooler, MLM transform, tied decoder,
+  # pair head); the attention's own two keep JAX's backward: 4 dots on [b, n, q, k].
+  assert len(native) == 11 + 2 * 9
+  others = [e for e in dots if e not in native]
+  assert len(others) == 4 and all(e.outvars[0].aval.ndim == 4 for e in others), others
+
+
+def test_bf16_gradients_match_fp32_within_bf16_precision():
+  fields = dict(SMALL, hidden_size=64, num_heads=4, intermediate_size=128)
+  ids = jax.random.randint(jax.random.key(2), (2, 7), 0, SMALL["vocab_size"])
+  positions = jnp.array([[1, 3], [0, 6]], jnp.int32)
+  params = PretrainingModel(EncoderConfig(**fields)).init(jax.random.key(0), ids)["params"]
+
+  def grads(dtype):
+    model = PretrainingModel(EncoderConfig(**fields, dtype=dtype))
+    loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply(
+        {"params": p}, ids, None, None, positions)["mlm_logits"])[..., 0])
+    return jax.grad(loss)(params)
+
+  g32, g16 = grads("float32"), grads("bfloat16")
+  for path, a in jax.tree_util.tree_leaves_with_path(g32):
+    b = _at(g16, path)
+    assert b.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(a))) + 1e-12
+    assert float(jnp.max(jnp.abs(a - b))) <= 0.05 * scale, jax.tree_util.keystr(path)
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree
+
+
 def test_bf16_forward_matches_fp32_within_bf16_precision():
   fields = dict(SMALL, hidden_size=64, num_heads=4, intermediate_size=128)
   cfg32 = EncoderConfig(**fields)
