@@ -28,8 +28,9 @@ to the library it stands for, built here; the library is not changed:
   bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; every weight matmul
                     accumulates in fp32 forward and backward, `f32_accumulating_matmul`)
   bfloat16_jax_backward  the same with JAX's own backward of those matmuls (the fp32
-                    cotangent: XLA:CPU widens both backward GEMMs to fp32), what the
-                    library did before
+                    cotangent: XLA:CPU widens both backward GEMMs to fp32)
+  bfloat16_nd_dot   the same, the matmuls on [batch, seq, ...] operands as they are,
+                    not flattened to 2-D GEMMs: what the library did before
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
   hf_torch          HF torch's step on the same weights (the benchmark's
@@ -75,6 +76,7 @@ from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
             "explicit_attention", "no_dropout", "bfloat16", "bfloat16_jax_backward",
+            "bfloat16_nd_dot",
             "guard_loss_only", "hf_torch")
 
 
@@ -107,7 +109,7 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     base_rng = jax.random.key(0, impl="rbg")
   elif variant in ("no_attn_dropout", "explicit_attention"):
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0)
-  elif variant in ("bfloat16", "bfloat16_jax_backward"):
+  elif variant in ("bfloat16", "bfloat16_jax_backward", "bfloat16_nd_dot"):
     cfg = dataclasses.replace(cfg, dtype="bfloat16")
   elif variant == "no_dropout":
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
@@ -124,6 +126,15 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
       return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
     finally:
       encoder_lib._reduced_matmul = saved
+  if variant == "bfloat16_nd_dot":
+    nd = lambda x, w, out_dtype, w_transposed=False: jnp.einsum(
+        "...k,nk->...n" if w_transposed else "...k,kn->...n", x, w,
+        preferred_element_type=jnp.float32).astype(out_dtype)
+    saved, encoder_lib.f32_accumulating_matmul = encoder_lib.f32_accumulating_matmul, nd
+    try:
+      return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+    finally:
+      encoder_lib.f32_accumulating_matmul = saved
   if variant != "explicit_attention":
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant
