@@ -25,12 +25,11 @@ to the library it stands for, built here; the library is not changed:
   explicit_attention  no attention dropout, but the explicit softmax path that dropout
                     takes (LITE_BERT_ATTENTION=explicit): splits dropout's cost from the path's
   no_dropout        both dropouts 0 (what dropout costs in all)
-  bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; every weight matmul
-                    accumulates in fp32 forward and backward, `f32_accumulating_matmul`)
-  bfloat16_jax_backward  the same with JAX's own backward of those matmuls (the fp32
-                    cotangent: XLA:CPU widens both backward GEMMs to fp32)
-  bfloat16_nd_dot   the same, the matmuls on [batch, seq, ...] operands as they are,
-                    not flattened to 2-D GEMMs: what the library did before
+  bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; the weight matmuls
+                    as 2-D GEMMs accumulating in fp32, `encoder.flat_matmul`)
+  bfloat16_nd_dot   the same on [batch, seq, ...] operands as they are, not flattened
+                    to 2-D: what the library did before
+  flat_fp32         the fp32 step with the encoder's Dense matmuls flattened to 2-D too
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
   hf_torch          HF torch's step on the same weights (the benchmark's
@@ -75,8 +74,7 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
-            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_jax_backward",
-            "bfloat16_nd_dot",
+            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_nd_dot", "flat_fp32",
             "guard_loss_only", "hf_torch")
 
 
@@ -109,7 +107,7 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     base_rng = jax.random.key(0, impl="rbg")
   elif variant in ("no_attn_dropout", "explicit_attention"):
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0)
-  elif variant in ("bfloat16", "bfloat16_jax_backward", "bfloat16_nd_dot"):
+  elif variant in ("bfloat16", "bfloat16_nd_dot"):
     cfg = dataclasses.replace(cfg, dtype="bfloat16")
   elif variant == "no_dropout":
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
@@ -117,24 +115,17 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     step_fn = guard_loss_only_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
-  if variant == "bfloat16_jax_backward":
-    plain = lambda x, w, out_dtype, w_transposed: jnp.einsum(
-        encoder_lib._MATMUL_SPECS[w_transposed][0], x, w,  # pylint: disable=protected-access
-        preferred_element_type=jnp.float32).astype(out_dtype)
-    saved, encoder_lib._reduced_matmul = encoder_lib._reduced_matmul, plain  # read while tracing
-    try:
-      return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
-    finally:
-      encoder_lib._reduced_matmul = saved
   if variant == "bfloat16_nd_dot":
     nd = lambda x, w, out_dtype, w_transposed=False: jnp.einsum(
         "...k,nk->...n" if w_transposed else "...k,kn->...n", x, w,
         preferred_element_type=jnp.float32).astype(out_dtype)
-    saved, encoder_lib.f32_accumulating_matmul = encoder_lib.f32_accumulating_matmul, nd
-    try:
-      return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
-    finally:
-      encoder_lib.f32_accumulating_matmul = saved
+    return _patched(encoder_lib, "flat_matmul", nd, variant, cfg, model_name, size, batch,
+                    seq, params, step_fn, base_rng)
+  if variant == "flat_fp32":
+    flat = lambda cfg: dict(encoder_lib.dtypes(cfg),
+                            dot_general=encoder_lib.f32_accumulating_dot_general)
+    return _patched(encoder_lib, "dense_dtypes", flat, variant, cfg, model_name, size, batch,
+                    seq, params, step_fn, base_rng)
   if variant != "explicit_attention":
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant
@@ -142,6 +133,16 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   finally:
     del os.environ["LITE_BERT_ATTENTION"]
+
+
+def _patched(module, name, value, *args):
+  """`_compiled(*args)` with `module.name` set to `value` while the step is traced."""
+  saved = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    return _compiled(*args)
+  finally:
+    setattr(module, name, saved)
 
 
 def _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng):

@@ -63,59 +63,33 @@ def dtypes(cfg: EncoderConfig) -> dict:
   return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
-# (forward, input gradient, weight gradient) einsums of x [M, K] times w [K, N], or times
-# w [N, K] transposed; every one a plain 2-D GEMM, the form XLA:CPU's native bf16 kernels
-# take (some batched or transposed forms fall to a dot that has no bf16 x bf16 -> f32).
-_MATMUL_SPECS = {False: ("mk,kn->mn", "mn,kn->mk", "mn,mk->kn"),
-                 True: ("mk,nk->mn", "mn,nk->mk", "mn,mk->nk")}
+def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) -> Array:
+  """x [..., K] @ w [K, N] (w_transposed: w [N, K], x @ w^T) -> [..., N], as one 2-D GEMM
+  of x flattened to [M, K]; `out_dtype` (default: the operands') is the result's dtype.
 
-
-def f32_accumulating_matmul(x: Array, w: Array, out_dtype, w_transposed: bool = False) -> Array:
-  """x [..., K] @ w [K, N] (w_transposed: w [N, K], x @ w^T) -> [..., N] as `out_dtype`,
-  accumulated in float32 in the forward and in both backward GEMMs.
-
-  For bf16/fp16 compute. GPUs accumulate in fp32 anyway; XLA:CPU widens bf16
-  operands to fp32 before an fp32 GEMM, while a bf16 matmul that asks for an
-  fp32 result runs a native bf16 kernel (avx512_bf16: 1.9x the fp32 GEMM rate
-  on the 2-core EPYC; AMX: 4.5x on an Intel Xeon; `experiments/benchmark.py
-  --xla-flag-probe`, `bf16_2048_f32acc`). JAX's own backward of such a matmul
-  takes the fp32 cotangent, so its two GEMMs would be widened fp32 ones; here
-  the cotangent is cast to the operands' dtype first, as torch's autocast has it
-  (exact where the output is bf16 already: the Dense layers'). fp32: a plain matmul.
+  Reduced-precision operands (bf16/fp16) accumulate in fp32: XLA:CPU widens bf16
+  operands to fp32 before an fp32 GEMM, while a bf16 matmul that asks for an fp32
+  result runs a native bf16 kernel (avx512_bf16: 1.9x the fp32 GEMM rate on the
+  2-core EPYC; AMX: 4.5x on an Intel Xeon; `experiments/benchmark.py
+  --xla-flag-probe`, `bf16_2048_f32acc`); GPUs accumulate in fp32 anyway. The
+  flattening is what the backward needs on XLA:CPU: the weight gradient of an N-D
+  matmul contracts two axes and ran 1.15x slower in bf16 (BERT-base 8x128 step,
+  `experiments/results/profile_train/bf16_backward`, variant bfloat16_nd_dot).
   """
+  out_dtype = jnp.result_type(x, w) if out_dtype is None else out_dtype
+  x2 = x.reshape(-1, x.shape[-1])
+  spec = "mk,nk->mn" if w_transposed else "mk,kn->mn"
   if x.dtype == jnp.float32 and w.dtype == jnp.float32:
-    return jnp.einsum("...k,nk->...n" if w_transposed else "...k,kn->...n", x, w).astype(out_dtype)
-  y = _reduced_matmul(x.reshape(-1, x.shape[-1]), w, jnp.dtype(out_dtype), w_transposed)
-  return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _reduced_matmul(x: Array, w: Array, out_dtype, w_transposed: bool) -> Array:
-  return jnp.einsum(_MATMUL_SPECS[w_transposed][0], x, w,
-                    preferred_element_type=jnp.float32).astype(out_dtype)
-
-
-def _reduced_matmul_fwd(x, w, out_dtype, w_transposed):
-  return _reduced_matmul(x, w, out_dtype, w_transposed), (x, w)
-
-
-def _reduced_matmul_bwd(out_dtype, w_transposed, residuals, ct):
-  del out_dtype
-  x, w = residuals
-  _, dx_spec, dw_spec = _MATMUL_SPECS[w_transposed]
-  ct = ct.astype(x.dtype)
-  dx = jnp.einsum(dx_spec, ct, w, preferred_element_type=jnp.float32)
-  dw = jnp.einsum(dw_spec, ct, x, preferred_element_type=jnp.float32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_reduced_matmul.defvjp(_reduced_matmul_fwd, _reduced_matmul_bwd)
+    y = jnp.einsum(spec, x2, w)
+  else:
+    y = jnp.einsum(spec, x2, w, preferred_element_type=jnp.float32)
+  return y.astype(out_dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
 def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
                                  preferred_element_type=None):
-  """nn.Dense's `dot_general` for bf16/fp16 compute: `f32_accumulating_matmul` (fp32
-  accumulation, forward and backward), returning the inputs' dtype.
+  """nn.Dense's `dot_general` for bf16/fp16 compute: `flat_matmul` (fp32 accumulation),
+  returning the inputs' dtype.
 
   Dense contracts lhs's last axis with rhs's first, no batch axes; any other
   dimension numbers take `lax.dot_general` with an fp32 result (forward only).
@@ -125,7 +99,7 @@ def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
   out_dtype = jnp.result_type(lhs, rhs)
   if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) == ((lhs.ndim - 1,), (0,), (), ()) \
       and rhs.ndim == 2:
-    return f32_accumulating_matmul(lhs, rhs, out_dtype)
+    return flat_matmul(lhs, rhs, out_dtype)
   out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                             preferred_element_type=jnp.float32)
   return out.astype(out_dtype)
@@ -189,7 +163,7 @@ class Embeddings(nn.Module):
     Accumulates in float32 (see `f32_accumulating_dot_general`)."""
     dtype = jnp.dtype(self.cfg.dtype)
     table = self.word_embeddings.embedding.astype(dtype)
-    return f32_accumulating_matmul(x.astype(dtype), table, jnp.float32, w_transposed=True)
+    return flat_matmul(x.astype(dtype), table, jnp.float32, w_transposed=True)
 
 
 def attention_weights_and_output(q, k, v, mask, dropout, deterministic):
