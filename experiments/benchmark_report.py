@@ -273,7 +273,7 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
               f"({acc['fp32_2048']:.0f}); with default settings "
               f"{default['bf16_2048_f32acc']:.0f} vs {default['fp32_2048']:.0f}, "
               f"{default['bf16_2048_f32acc'] / default['fp32_2048']:.2f}x. Our models use "
-              f"that form for every matmul in bf16 (`f32_accumulating_dot_general`)")
+              f"that form for every matmul in bf16 (`encoder.flat_matmul`)")
       f32, b16 = default.get("bert_base_8x128_float32_ms"), default.get("bert_base_8x128_bfloat16_ms")
       if f32 and b16:
         text += f": BERT-base 8x128 forward {f32:,.0f} ms fp32 -> {b16:,.0f} ms bf16 ({f32 / b16:.2f}x)"

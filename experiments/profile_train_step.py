@@ -26,10 +26,11 @@ to the library it stands for, built here; the library is not changed:
                     takes (LITE_BERT_ATTENTION=explicit): splits dropout's cost from the path's
   no_dropout        both dropouts 0 (what dropout costs in all)
   bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; the weight matmuls
-                    as 2-D GEMMs accumulating in fp32, `encoder.flat_matmul`)
+                    accumulate in fp32, `encoder.flat_matmul`)
   bfloat16_nd_dot   the same on [batch, seq, ...] operands as they are, not flattened
                     to 2-D: what the library did before
-  flat_fp32         the fp32 step with the encoder's Dense matmuls flattened to 2-D too
+  nd_dot            the encoder's Dense matmuls on [batch, seq, K] operands as flax does
+                    them (`lax.dot_general`), not flattened to 2-D: the step before
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
   hf_torch          HF torch's step on the same weights (the benchmark's
@@ -74,7 +75,7 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
-            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_nd_dot", "flat_fp32",
+            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_nd_dot", "nd_dot",
             "guard_loss_only", "hf_torch")
 
 
@@ -121,11 +122,9 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
         preferred_element_type=jnp.float32).astype(out_dtype)
     return _patched(encoder_lib, "flat_matmul", nd, variant, cfg, model_name, size, batch,
                     seq, params, step_fn, base_rng)
-  if variant == "flat_fp32":
-    flat = lambda cfg: dict(encoder_lib.dtypes(cfg),
-                            dot_general=encoder_lib.f32_accumulating_dot_general)
-    return _patched(encoder_lib, "dense_dtypes", flat, variant, cfg, model_name, size, batch,
-                    seq, params, step_fn, base_rng)
+  if variant == "nd_dot":
+    return _patched(encoder_lib, "dense_dtypes", encoder_lib.dtypes, variant, cfg, model_name,
+                    size, batch, seq, params, step_fn, base_rng)
   if variant != "explicit_attention":
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant

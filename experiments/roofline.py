@@ -24,7 +24,7 @@ def xla_gemm_gflops(m: int, k: int, n: int, dtype: str, repeats: int) -> dict:
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.standard_normal((m, k), np.float32), dtype)
   b = jnp.asarray(rng.standard_normal((k, n), np.float32), dtype)
-  # As the models compute (`f32_accumulating_dot_general`): reduced precision in, fp32
+  # As the models compute (`encoder.flat_matmul`): reduced precision in, fp32
   # accumulation, cast back.
   matmul = lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
   compiled = jax.jit(matmul).lower(a, b).compile()

@@ -86,13 +86,13 @@ def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) 
   return y.astype(out_dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
-def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                                 preferred_element_type=None):
-  """nn.Dense's `dot_general` for bf16/fp16 compute: `flat_matmul` (fp32 accumulation),
-  returning the inputs' dtype.
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                      preferred_element_type=None):
+  """nn.Dense's `dot_general`: `flat_matmul` (one 2-D GEMM; fp32 accumulation for
+  bf16/fp16), returning the inputs' dtype.
 
   Dense contracts lhs's last axis with rhs's first, no batch axes; any other
-  dimension numbers take `lax.dot_general` with an fp32 result (forward only).
+  dimension numbers take `lax.dot_general` (with an fp32 result for reduced precision).
   """
   del preferred_element_type
   (lc, rc), (lb, rb) = dimension_numbers
@@ -111,11 +111,10 @@ def is_reduced_precision(cfg: EncoderConfig) -> bool:
 
 
 def dense_dtypes(cfg: EncoderConfig) -> dict:
-  """`dtypes` for nn.Dense: reduced-precision compute gets fp32-accumulating GEMMs."""
-  kwargs = dtypes(cfg)
-  if is_reduced_precision(cfg):
-    kwargs["dot_general"] = f32_accumulating_dot_general
-  return kwargs
+  """`dtypes` for nn.Dense, with `dense_dot_general`: 2-D GEMMs (XLA:CPU ran the BERT-base
+  8x128 fp32 training step 1.13-1.18x faster so: the N-D weight gradient contracts two
+  axes), fp32-accumulating in reduced precision."""
+  return dict(dtypes(cfg), dot_general=dense_dot_general)
 
 
 class Embeddings(nn.Module):
@@ -160,7 +159,7 @@ class Embeddings(nn.Module):
   def attend(self, x: Array) -> Array:
     """[..., E] -> [..., V] float32 logits: the tied MLM decoder (x @ word_embeddings^T).
 
-    Accumulates in float32 (see `f32_accumulating_dot_general`)."""
+    Accumulates in float32 (see `flat_matmul`)."""
     dtype = jnp.dtype(self.cfg.dtype)
     table = self.word_embeddings.embedding.astype(dtype)
     return flat_matmul(x.astype(dtype), table, jnp.float32, w_transposed=True)
@@ -222,7 +221,7 @@ class SelfAttention(nn.Module):
     needs_dropout = cfg.attention_dropout_rate > 0 and not self.deterministic
     probs = None
     # XLA:CPU's fused attention runs bf16 matmuls without fp32 accumulation, i.e. widened
-    # to fp32 (see `f32_accumulating_dot_general`); the explicit path is faster there.
+    # to fp32 (see `flat_matmul`); the explicit path is faster there.
     reduced_on_cpu = is_reduced_precision(cfg) and jax.default_backend() == "cpu"
     explicit = os.environ.get("LITE_BERT_ATTENTION", "") == "explicit"  # profiling: this path
     if self.output_attentions or needs_dropout or reduced_on_cpu or explicit:
