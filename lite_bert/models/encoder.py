@@ -111,9 +111,8 @@ def is_reduced_precision(cfg: EncoderConfig) -> bool:
 
 
 def dense_dtypes(cfg: EncoderConfig) -> dict:
-  """`dtypes` for nn.Dense, with `dense_dot_general`: 2-D GEMMs (XLA:CPU ran the BERT-base
-  8x128 fp32 training step 1.13-1.18x faster so: the N-D weight gradient contracts two
-  axes), fp32-accumulating in reduced precision."""
+  """`dtypes` for nn.Dense, with `dense_dot_general`: 2-D GEMMs (see `flat_matmul`),
+  fp32-accumulating in reduced precision."""
   return dict(dtypes(cfg), dot_general=dense_dot_general)
 
 
