@@ -38,6 +38,8 @@ to the library it stands for, built here; the library is not changed:
 
 Timed interleaved, call by call (the order rotating each round), medians of
 --repeats after one warm-up each.
+With --op-breakdown each variant's call is then traced (XLA's own trace,
+`experiments/op_breakdown.py`) into <out>/OP_BREAKDOWN.md: ms per call by op kind.
 Writes <out>/profile_train.json and <out>/PROFILE_TRAIN.md (ratios to the
 baseline and to HF torch; CPU timings vary 20-30% run to run: compare ratios).
 """
@@ -61,6 +63,7 @@ if __name__ == "__main__":
 import jax
 import jax.numpy as jnp
 
+from experiments import op_breakdown
 from experiments.benchmark_candidates import init_params, torch_training
 from experiments.benchmark_inputs import make_pretraining_batch, model_config, optim_config
 from experiments.provenance import cpu_model, git_info
@@ -185,7 +188,12 @@ def main(argv=None) -> int:
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--wait-idle", type=float, default=0.0,
                  help="seconds to wait for an idle CPU before timing (0: do not wait)")
+  p.add_argument("--op-breakdown", action="store_true",
+                 help="after timing, trace each variant (XLA's own trace) and write "
+                      "OP_BREAKDOWN.md: ms per call by XLA:CPU op kind")
   args = p.parse_args(argv)
+  if args.op_breakdown:
+    op_breakdown.trace_env()  # before the backend starts
   variants = [v for v in args.variants.split(",") if v]
   unknown = sorted(set(variants) - set(VARIANTS))
   if unknown:
@@ -196,7 +204,9 @@ def main(argv=None) -> int:
   params0 = init_params({args.model: cfg})[args.model]
   if args.wait_idle:
     wait_for_idle(CpuMonitor(lambda: [os.getpid()]), args.wait_idle)
-  rows = []
+  rows, breakdowns = [], {}
+  if args.op_breakdown and os.path.exists(os.path.join(args.out, "OP_BREAKDOWN.md")):
+    os.remove(os.path.join(args.out, "OP_BREAKDOWN.md"))
   for point in args.points.split(","):
     batch, seq = (int(x) for x in point.split("x"))
     calls, infos = {}, {}
@@ -219,6 +229,14 @@ def main(argv=None) -> int:
     print(f"  timing {len(candidates)} variants x {args.repeats} calls", flush=True)
     time_round_robin(candidates)
     times = {c.impl: c.times for c in candidates}
+    if args.op_breakdown:
+      ops = {v: op_breakdown.op_breakdown(call) for v, call in calls.items() if v != "hf_torch"}
+      breakdowns[point] = ops
+      with open(os.path.join(args.out, "OP_BREAKDOWN.md"), "a") as f:
+        f.write(op_breakdown.breakdown_markdown(
+            f"## {args.model}-{args.size} {point}: ms per call by XLA:CPU op kind (two traced "
+            f"calls, `{' '.join(['python -m experiments.profile_train_step'] + sys.argv[1:])}`, "
+            f"{cpu_model()}, git {git_info()['commit'][:10]})", ops) + "\n")
     for v in calls:
       print(f"  {v}: " + ", ".join(f"{t * 1e3:.0f}" for t in times[v]) + " ms", flush=True)
     base = statistics.median(times["baseline"]) if "baseline" in times else None
@@ -234,7 +252,8 @@ def main(argv=None) -> int:
   result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(["python -m experiments.profile_train_step"] + sys.argv[1:]),
                 cpu=cpu_model(), cpu_count=os.cpu_count(), git=git_info(), jax=jax.__version__,
-                model=args.model, size=args.size, repeats=args.repeats, rows=rows)
+                model=args.model, size=args.size, repeats=args.repeats, rows=rows,
+                op_breakdown=breakdowns)
   files.atomic_write(os.path.join(args.out, "profile_train.json"),
                           json.dumps(result, indent=2) + "\n")
   lines = [f"# Training-step variants: {args.model}-{args.size}", "",
