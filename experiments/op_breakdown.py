@@ -57,10 +57,10 @@ def op_breakdown(call, calls: int = 2) -> dict:
 
 
 def breakdown_markdown(title: str, by_variant: dict, top: int = 15) -> str:
-  """One table: the `top` op kinds of the first variant (ms per call), every variant's."""
+  """One table, ms per call: the `top` op kinds by their largest time in any variant."""
   variants = list(by_variant)
-  first = by_variant[variants[0]]
-  kinds = [k for k in first if k != "total"][:top]
+  every = {k for ops in by_variant.values() for k in ops if k != "total"}
+  kinds = sorted(every, key=lambda k: -max(ops.get(k, 0.0) for ops in by_variant.values()))[:top]
   lines = [title, "", "| op kind | " + " | ".join(variants) + " |",
            "|---|" + "---|" * len(variants)]
   for kind in kinds + ["total"]:
