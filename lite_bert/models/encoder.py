@@ -73,9 +73,9 @@ def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) 
   2-core EPYC; AMX: 4.5x on an Intel Xeon; `experiments/benchmark.py
   --xla-flag-probe`, `bf16_2048_f32acc`); GPUs accumulate in fp32 anyway. The
   flattening is what the backward needs on XLA:CPU: the weight gradient of an N-D
-  matmul contracts two axes; flat, the BERT-base 8x128 fp32 training step ran 1.06x,
-  1.13x and 1.18x faster in three interleaved runs on a 2-core Xeon, bf16's 0.99-1.08x
-  (`experiments/results/profile_train/flat_matmul` holds the first).
+  matmul contracts two axes; flat, the BERT-base 8x128 fp32 training step ran 1.18x,
+  1.13x and 1.06x faster in three interleaved runs on a 2-core Xeon, bf16's 1.03x,
+  1.08x, 0.99x (`experiments/results/profile_train/flat_matmul` holds the last).
   """
   out_dtype = jnp.result_type(x, w) if out_dtype is None else out_dtype
   x2 = x.reshape(-1, x.shape[-1])
