@@ -33,6 +33,8 @@ to the library it stands for, built here; the library is not changed:
                     them (`lax.dot_general`), not flattened to 2-D: the step before
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
+  guard_cond        the same guard as one `lax.cond` choosing the whole new or old state
+                    (not a `where` per leaf)
   hf_torch          HF torch's step on the same weights (the benchmark's
                     reference), when torch and transformers are installed
 
@@ -79,7 +81,7 @@ from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
             "explicit_attention", "no_dropout", "bfloat16", "bfloat16_nd_dot", "nd_dot",
-            "guard_loss_only", "hf_torch")
+            "guard_loss_only", "guard_cond", "hf_torch")
 
 
 def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
@@ -96,6 +98,25 @@ def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
   return ({"step": state["step"] + 1, "params": keep(new_params, state["params"]),
            "opt_state": keep(new_opt_state, state["opt_state"])},
           dict(metrics, loss=loss, grad_norm=grad_norm))
+
+
+def guard_cond_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
+  """`loop.train_step` with the guard as one `lax.cond` over the whole new state instead of
+  a `where` per leaf (the same checks: loss, gradient norm, new params and moments)."""
+  import optax
+  rng = jax.random.fold_in(base_rng, state["step"])
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], frozen, batch, rng, False)
+  grad_norm = optax.tree.norm(grads)
+  updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  new_params = optax.apply_updates(state["params"], updates)
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & loop_lib.all_finite(new_params)
+            & loop_lib.all_finite(new_opt_state))
+  kept = jax.lax.cond(finite, lambda: (new_params, new_opt_state),
+                      lambda: (state["params"], state["opt_state"]))
+  return ({"step": state["step"] + 1, "params": kept[0], "opt_state": kept[1]},
+          dict(metrics, loss=loss, grad_norm=grad_norm,
+               nonfinite=1.0 - finite.astype(jnp.float32)))
 
 
 def build(variant: str, model_name: str, size: str, batch: int, seq: int, params0):
@@ -117,6 +138,8 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     cfg = dataclasses.replace(cfg, attention_dropout_rate=0.0, dropout_rate=0.0)
   elif variant == "guard_loss_only":
     step_fn = guard_loss_only_step
+  elif variant == "guard_cond":
+    step_fn = guard_cond_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
   if variant == "bfloat16_nd_dot":
