@@ -296,6 +296,16 @@ def test_compiled_steps_are_cached_unless_turned_off(tmp_path):
   assert not (tmp_path / "home" / ".cache" / "lite_bert" / "jax").exists()
 
 
+@pytest.mark.parametrize("word", ["off", "false", "False", "none", "no", "0"])
+def test_compilation_cache_off_words_do_not_name_a_folder(word, monkeypatch):
+  # `--config.compilation_cache=false` once made a folder named 'false' in the cwd.
+  from lite_bert.train import setup
+  monkeypatch.delenv("LITE_BERT_COMPILE_CACHE", raising=False)
+  assert setup.use_compilation_cache({"compilation_cache": word}) is None
+  monkeypatch.setenv("LITE_BERT_COMPILE_CACHE", word)
+  assert setup.use_compilation_cache({"compilation_cache": ""}) is None
+
+
 def test_cpu_peak_is_cached_per_matmul_isa(tmp_path, monkeypatch):
   """VMs of one CPU model name differ in AMX/AVX-512: each flag set gets its own measured peak."""
   from lite_bert import host  # pylint: disable=import-outside-toplevel

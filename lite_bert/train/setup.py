@@ -31,16 +31,20 @@ def _pipeline():
   return pipeline
 
 
+OFF_WORDS = ("off", "false", "no", "none", "0")
+
+
 def use_compilation_cache(config) -> Optional[str]:
   """Turns on JAX's persistent compilation cache for this process; returns its folder.
 
   `config.compilation_cache` wins, then $LITE_BERT_COMPILE_CACHE, then a folder
   already given to JAX (JAX_COMPILATION_CACHE_DIR), then
-  ~/.cache/lite_bert/jax; 'off' (in either place) turns it off. Compiles
-  shorter than JAX's threshold (1 s) are not stored.
+  ~/.cache/lite_bert/jax; 'off' (in either place; or false / no / none / 0, which
+  would otherwise name a folder) turns it off. Compiles shorter than JAX's
+  threshold (1 s) are not stored.
   """
   folder = config.get("compilation_cache", "") or os.environ.get("LITE_BERT_COMPILE_CACHE", "")
-  if folder == "off":
+  if folder.strip().lower() in OFF_WORDS:
     return None
   folder = folder or jax.config.jax_compilation_cache_dir or os.path.join(
       os.path.expanduser("~"), ".cache", "lite_bert", "jax")
