@@ -84,16 +84,22 @@ VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "n
             "guard_loss_only", "guard_cond", "hf_torch")
 
 
-def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
-  """`loop.train_step` with the finite check on the loss and gradient norm only."""
+def _update(state, frozen, batch, loss_fn, optimizer, base_rng):
+  """`loop.train_step`'s unguarded part: (loss, metrics, grad_norm, new params, new opt state)."""
   import optax
   rng = jax.random.fold_in(base_rng, state["step"])
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"], frozen, batch, rng, False)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  new_params = optax.apply_updates(state["params"], updates)
+  return (loss, metrics, optax.tree.norm(grads), optax.apply_updates(state["params"], updates),
+          new_opt_state)
+
+
+def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
+  """`loop.train_step` with the finite check on the loss and gradient norm only."""
+  loss, metrics, grad_norm, new_params, new_opt_state = _update(
+      state, frozen, batch, loss_fn, optimizer, base_rng)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
   return ({"step": state["step"] + 1, "params": keep(new_params, state["params"]),
            "opt_state": keep(new_opt_state, state["opt_state"])},
@@ -103,13 +109,8 @@ def guard_loss_only_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
 def guard_cond_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
   """`loop.train_step` with the guard as one `lax.cond` over the whole new state instead of
   a `where` per leaf (the same checks: loss, gradient norm, new params and moments)."""
-  import optax
-  rng = jax.random.fold_in(base_rng, state["step"])
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"], frozen, batch, rng, False)
-  grad_norm = optax.tree.norm(grads)
-  updates, new_opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  new_params = optax.apply_updates(state["params"], updates)
+  loss, metrics, grad_norm, new_params, new_opt_state = _update(
+      state, frozen, batch, loss_fn, optimizer, base_rng)
   finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & loop_lib.all_finite(new_params)
             & loop_lib.all_finite(new_opt_state))
   kept = jax.lax.cond(finite, lambda: (new_params, new_opt_state),

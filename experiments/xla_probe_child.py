@@ -100,13 +100,15 @@ def probe(argv: list) -> dict:
         out[f"bert_base_8x128_{dtype}_ms"] = statistics.median(ts) * 1e3
     if "--train" in argv:
       # MLM+NSP training steps (AdamW, fp32) with the library's own step function:
-      # BERT-base 8x128 and the long study's BERT (compare_plan's `long` scale) at its
-      # 32x128 batch. Allocator settings (GLIBC_TUNABLES) show up here, in the step's
-      # temporary buffers: minor page faults and kernel time per step are recorded too.
+      # BERT-base 8x128 and the study's BERT shape (compare_plan's `small` scale, which
+      # `long` keeps; the tiny config's dropout) at the long scale's 32x128 batch.
+      # Allocator settings (GLIBC_TUNABLES) show up here, in the step's temporary
+      # buffers: minor page faults and kernel time per step are recorded too.
       import dataclasses
       from experiments.benchmark_inputs import model_config, optim_config
-      study = dataclasses.replace(model_config("bert", "tiny", "float32"), hidden_size=256,
-                                  num_heads=4, intermediate_size=1024, vocab_size=8000)
+      from experiments.compare_plan import SCALES
+      study = dataclasses.replace(model_config("bert", "tiny", "float32"),
+                                  **SCALES["small"]["model"]["bert"])
       for name, cfg, batch in (("bert_base_train_8x128", model_config("bert", "base", "float32"), 8),
                                ("study_bert_train_32x128", study, 32)):
         ms, faults, sys_s = train_step_cost(cfg, optim_config("bert", "base"), batch, 128)
