@@ -27,6 +27,12 @@ to the library it stands for, built here; the library is not changed:
   no_dropout        both dropouts 0 (what dropout costs in all)
   bfloat16          `model.dtype=bfloat16` (fp32 params, bf16 compute; the weight matmuls
                     accumulate in fp32, `encoder.flat_matmul`)
+  bfloat16_unrolled  bfloat16 on the unrolled layout (`model.scan_layers=False`):
+                    XLA:CPU runs a bf16 dynamic-update-slice by converting the whole
+                    stacked [L, ...] buffer to fp32 and back (its float normalization),
+                    once per layer: the scan's bf16 residuals are written so (O(L^2))
+  bfloat16_unrolled_jax_backward  the same with JAX's own backward of the bf16 weight
+                    matmuls (an fp32 cotangent: both backward GEMMs widened to fp32)
   bfloat16_nd_dot   the same on [batch, seq, ...] operands as they are, not flattened
                     to 2-D: what the library did before
   nd_dot            the encoder's Dense matmuls on [batch, seq, K] operands as flax does
@@ -37,6 +43,8 @@ to the library it stands for, built here; the library is not changed:
                     (not a `where` per leaf)
   hf_torch          HF torch's step on the same weights (the benchmark's
                     reference), when torch and transformers are installed
+  hf_torch_bfloat16 the same under torch's bf16 autocast (what the bf16 variants
+                    compare with); "vs HF torch" stays against the fp32 one
 
 Timed interleaved, call by call (the order rotating each round), medians of
 --repeats after one warm-up each.
@@ -80,8 +88,9 @@ from lite_bert.train import objectives
 from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
-            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_nd_dot", "nd_dot",
-            "guard_loss_only", "guard_cond", "hf_torch")
+            "explicit_attention", "no_dropout", "bfloat16", "bfloat16_unrolled",
+            "bfloat16_unrolled_jax_backward", "bfloat16_nd_dot", "nd_dot",
+            "guard_loss_only", "guard_cond", "hf_torch", "hf_torch_bfloat16")
 
 
 def _update(state, frozen, batch, loss_fn, optimizer, base_rng):
@@ -126,8 +135,9 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
   base_rng = jax.random.key(0)
   step_fn = loop_lib.train_step
   params = params0
-  if variant == "unrolled":
-    cfg = dataclasses.replace(cfg, scan_layers=False)
+  if variant.startswith("unrolled") or variant.startswith("bfloat16_unrolled"):
+    cfg = dataclasses.replace(cfg, scan_layers=False,
+                              dtype="bfloat16" if variant.startswith("bfloat16") else cfg.dtype)
     params = dict(params0, encoder=unstack_layers(params0["encoder"], cfg))
   elif variant == "rbg":
     base_rng = jax.random.key(0, impl="rbg")
@@ -143,6 +153,11 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     step_fn = guard_cond_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
+  if variant == "bfloat16_unrolled_jax_backward":
+    jax_backward = lambda x, w, w_transposed: jnp.einsum(
+        "mk,nk->mn" if w_transposed else "mk,kn->mn", x, w, preferred_element_type=jnp.float32)
+    return _patched(encoder_lib, "_reduced_matmul", jax_backward, variant, cfg, model_name,
+                    size, batch, seq, params, step_fn, base_rng)
   if variant == "bfloat16_nd_dot":
     nd = lambda x, w, out_dtype, w_transposed=False: jnp.einsum(
         "...k,nk->...n" if w_transposed else "...k,kn->...n", x, w,
@@ -236,10 +251,11 @@ def main(argv=None) -> int:
     calls, infos = {}, {}
     for v in variants:
       print(f"{args.model}-{args.size} {point}: compiling {v}", flush=True)
-      if v == "hf_torch":
+      if v in ("hf_torch", "hf_torch_bfloat16"):
         try:
           cand = torch_training(args.model, {args.model: cfg}, params0, batch, seq,
-                                size=args.size, dtype="float32", teacher_params=None)
+                                size=args.size, teacher_params=None,
+                                dtype="bfloat16" if v == "hf_torch_bfloat16" else "float32")
         except ImportError as e:
           print(f"  hf_torch skipped: {e}", flush=True)
           continue
@@ -254,7 +270,8 @@ def main(argv=None) -> int:
     time_round_robin(candidates)
     times = {c.impl: c.times for c in candidates}
     if args.op_breakdown:
-      ops = {v: op_breakdown.op_breakdown(call) for v, call in calls.items() if v != "hf_torch"}
+      ops = {v: op_breakdown.op_breakdown(call) for v, call in calls.items()
+             if not v.startswith("hf_torch")}
       breakdowns[point] = ops
       with open(os.path.join(args.out, "OP_BREAKDOWN.md"), "a") as f:
         f.write(op_breakdown.breakdown_markdown(

@@ -63,28 +63,62 @@ def dtypes(cfg: EncoderConfig) -> dict:
   return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
 
+# (forward, input gradient, weight gradient) einsums of x [M, K] times w [K, N], or times
+# w [N, K] transposed: every one a plain 2-D GEMM.
+_MATMUL_SPECS = {False: ("mk,kn->mn", "mn,kn->mk", "mn,mk->kn"),
+                 True: ("mk,nk->mn", "mn,nk->mk", "mn,mk->nk")}
+
+
 def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) -> Array:
   """x [..., K] @ w [K, N] (w_transposed: w [N, K], x @ w^T) -> [..., N], as one 2-D GEMM
   of x flattened to [M, K]; `out_dtype` (default: the operands') is the result's dtype.
 
-  Reduced-precision operands (bf16/fp16) accumulate in fp32: XLA:CPU widens bf16
-  operands to fp32 before an fp32 GEMM, while a bf16 matmul that asks for an fp32
-  result runs a native bf16 kernel (avx512_bf16: 1.9x the fp32 GEMM rate on the
-  2-core EPYC; AMX: 4.5x on an Intel Xeon; `experiments/benchmark.py
-  --xla-flag-probe`, `bf16_2048_f32acc`); GPUs accumulate in fp32 anyway. The
-  flattening is what the backward needs on XLA:CPU: the weight gradient of an N-D
-  matmul contracts two axes; flat, the BERT-base 8x128 fp32 training step ran 1.18x,
-  1.13x and 1.06x faster in three interleaved runs on a 2-core Xeon, bf16's 1.03x,
-  1.08x, 0.99x (`experiments/results/profile_train/flat_matmul` holds the last).
+  Reduced-precision operands (bf16/fp16) accumulate in fp32, bf16 forward and
+  backward (`_reduced_matmul`): XLA:CPU widens bf16 operands to fp32 before an fp32 GEMM,
+  while a bf16 matmul that asks for an fp32 result runs a native bf16 kernel
+  (avx512_bf16: 1.9x the fp32 GEMM rate on the 2-core EPYC; AMX: 4.5x on an Intel
+  Xeon; `experiments/benchmark.py --xla-flag-probe`, `bf16_2048_f32acc`); GPUs
+  accumulate in fp32 anyway. The flattening is what the backward needs on XLA:CPU:
+  the weight gradient of an N-D matmul contracts two axes; flat, the BERT-base 8x128
+  fp32 training step ran 1.18x, 1.13x and 1.06x faster in three interleaved runs on a
+  2-core Xeon (`experiments/results/profile_train/flat_matmul` holds the last).
   """
   out_dtype = jnp.result_type(x, w) if out_dtype is None else out_dtype
   x2 = x.reshape(-1, x.shape[-1])
-  spec = "mk,nk->mn" if w_transposed else "mk,kn->mn"
-  if x.dtype == jnp.float32 and w.dtype == jnp.float32:
-    y = jnp.einsum(spec, x2, w)
-  else:
-    y = jnp.einsum(spec, x2, w, preferred_element_type=jnp.float32)
+  if x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16:
+    y = _reduced_matmul(x2, w, w_transposed)
+  elif x.dtype == jnp.float32 and w.dtype == jnp.float32:
+    y = jnp.einsum(_MATMUL_SPECS[w_transposed][0], x2, w)
+  else:  # fp16 (GPUs, where JAX's own backward is as fast), mixed operands
+    y = jnp.einsum(_MATMUL_SPECS[w_transposed][0], x2, w, preferred_element_type=jnp.float32)
   return y.astype(out_dtype).reshape(*x.shape[:-1], y.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _reduced_matmul(x: Array, w: Array, w_transposed: bool) -> Array:
+  """x [M, K] @ w (bf16) -> fp32 [M, N]; its backward casts the cotangent to x's
+  dtype and runs both GEMMs the same way (reduced-precision operands, fp32 result), as
+  torch's autocast does. JAX's own backward takes the fp32 cotangent, which makes both
+  backward GEMMs widened fp32 ones on XLA:CPU: with this one the BERT-base 8x128 bf16
+  step (unrolled layers) ran 1.41x the fp32 step where JAX's ran 1.04x, on a 2-core
+  Xeon with AMX (`experiments/results/profile_train/bf16_backward`)."""
+  return jnp.einsum(_MATMUL_SPECS[w_transposed][0], x, w, preferred_element_type=jnp.float32)
+
+
+def _reduced_matmul_fwd(x, w, w_transposed):
+  return _reduced_matmul(x, w, w_transposed), (x, w)
+
+
+def _reduced_matmul_bwd(w_transposed, residuals, ct):
+  x, w = residuals
+  _, dx_spec, dw_spec = _MATMUL_SPECS[w_transposed]
+  ct = ct.astype(x.dtype)
+  dx = jnp.einsum(dx_spec, ct, w, preferred_element_type=jnp.float32)
+  dw = jnp.einsum(dw_spec, ct, x, preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_reduced_matmul.defvjp(_reduced_matmul_fwd, _reduced_matmul_bwd)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
