@@ -1,7 +1,8 @@
 """The models the benchmarks time, and the synthetic inputs they time them on.
 
 `model_config` / `optim_config` read `configs/<model>.py:<size>` (the model
-computing in a given dtype, and its optimizer); `make_inputs` makes random
+computing in a given dtype, and its optimizer; size `study_<scale>`: the model
+`experiments/compare.py` trains at that scale); `make_inputs` makes random
 [batch, seq] token ids without padding, `make_pretraining_batch` adds the
 gathered MLM positions (`masked_positions_per_seq`) and NSP/SOP labels. Shared
 by `experiments/benchmark.py`, its XLA-flag probe and `profile_encoder.py`.
@@ -17,18 +18,29 @@ from lite_bert.models.flops import masked_positions_per_seq
 MODELS = ("bert", "distilbert", "albert")
 
 
+def _config_size(size: str) -> tuple[str, dict]:
+  """(configs size, model field overrides): `study_<scale>` is compare_plan.SCALES[scale]."""
+  if not size.startswith("study_"):
+    return size, {}
+  from experiments.compare_plan import SCALES  # pylint: disable=import-outside-toplevel
+  scale = SCALES[size[len("study_"):]]
+  return scale["size"], scale["model"]
+
+
 def model_config(name: str, size: str, dtype: str) -> EncoderConfig:
-  """`configs/<name>.py:<size>`'s model, computing in `dtype`."""
+  """`configs/<name>.py:<size>`'s model, computing in `dtype` (size `study_<scale>`: the
+  study's model at that scale, `experiments/compare_plan.py`)."""
+  config_size, overrides = _config_size(size)
   module = __import__(f"configs.{name}", fromlist=["get_config"])
-  fields = module.get_config(size).model.to_dict()
+  fields = dict(module.get_config(config_size).model.to_dict(), **overrides.get(name, {}))
   fields["dtype"] = dtype
   return EncoderConfig.from_dict(fields)
 
 
 def optim_config(name: str, size: str):
-  """`configs/<name>.py:<size>`'s optimizer config."""
+  """`configs/<name>.py:<size>`'s optimizer config (`study_<scale>`: its configs size's)."""
   module = __import__(f"configs.{name}", fromlist=["get_config"])
-  return module.get_config(size).optim
+  return module.get_config(_config_size(size)[0]).optim
 
 
 def make_inputs(cfg: EncoderConfig, batch: int, seq: int, seed: int = 0) -> dict:

@@ -221,7 +221,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True)
   p.add_argument("--model", default="bert", choices=("bert", "albert"))
-  p.add_argument("--size", default="base")
+  p.add_argument("--size", default="base",
+                 help="configs/<model>.py size, or study_<scale>: the study's model at that "
+                      "scale (experiments/compare_plan.py)")
   p.add_argument("--points", default="8x128")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--variants", default=",".join(VARIANTS))

@@ -104,11 +104,8 @@ def probe(argv: list) -> dict:
       # `long` keeps; the tiny config's dropout) at the long scale's 32x128 batch.
       # Allocator settings (GLIBC_TUNABLES) show up here, in the step's temporary
       # buffers: minor page faults and kernel time per step are recorded too.
-      import dataclasses
       from experiments.benchmark_inputs import model_config, optim_config
-      from experiments.compare_plan import SCALES
-      study = dataclasses.replace(model_config("bert", "tiny", "float32"),
-                                  **SCALES["small"]["model"]["bert"])
+      study = model_config("bert", "study_small", "float32")
       for name, cfg, batch in (("bert_base_train_8x128", model_config("bert", "base", "float32"), 8),
                                ("study_bert_train_32x128", study, 32)):
         ms, faults, sys_s = train_step_cost(cfg, optim_config("bert", "base"), batch, 128)
