@@ -256,3 +256,16 @@ def test_the_prepared_gpu_run_works_without_the_packages_the_gpu_image_lacks(tmp
     res = json.load(f)
   assert {row["model"] for row in res["training"]} == set(MODELS)
   assert res["meta"]["dtype"] == "bfloat16"
+
+
+def test_study_size_is_the_model_the_comparison_trains():
+  """`--size=study_<scale>` (profile_train_step, the XLA probe) times compare_plan's model."""
+  from experiments import compare_plan  # pylint: disable=import-outside-toplevel
+  for m in ("bert", "albert"):
+    cfg = model_config(m, "study_long", "float32")
+    want = compare_plan.SCALES["long"]["model"][m]
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert cfg.dtype == "float32"
+  assert not model_config("bert", "study_long", "float32").scan_layers
+  assert model_config("bert", "study_small", "bfloat16").dropout_rate == 0.1
+  assert model_config("bert", "study_small", "bfloat16").dtype == "bfloat16"
