@@ -73,8 +73,8 @@ def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) 
   """x [..., K] @ w [K, N] (w_transposed: w [N, K], x @ w^T) -> [..., N], as one 2-D GEMM
   of x flattened to [M, K]; `out_dtype` (default: the operands') is the result's dtype.
 
-  Reduced-precision operands (bf16/fp16) accumulate in fp32, bf16 forward and
-  backward (`_reduced_matmul`): XLA:CPU widens bf16 operands to fp32 before an fp32 GEMM,
+  Reduced-precision operands (bf16/fp16) accumulate in fp32, bf16 ones in the
+  backward GEMMs too (`_reduced_matmul`): XLA:CPU widens bf16 operands to fp32 before an fp32 GEMM,
   while a bf16 matmul that asks for an fp32 result runs a native bf16 kernel
   (avx512_bf16: 1.9x the fp32 GEMM rate on the 2-core EPYC; AMX: 4.5x on an Intel
   Xeon; `experiments/benchmark.py --xla-flag-probe`, `bf16_2048_f32acc`); GPUs
@@ -100,8 +100,8 @@ def _reduced_matmul(x: Array, w: Array, w_transposed: bool) -> Array:
   dtype and runs both GEMMs the same way (reduced-precision operands, fp32 result), as
   torch's autocast does. JAX's own backward takes the fp32 cotangent, which makes both
   backward GEMMs widened fp32 ones on XLA:CPU: with this one the BERT-base 8x128 bf16
-  step (unrolled layers) ran 1.41x the fp32 step where JAX's ran 1.04x, on a 2-core
-  Xeon with AMX (`experiments/results/profile_train/bf16_backward`)."""
+  step (separately stored layers) ran 1.60x our fp32 step, with JAX's 1.31x, on a
+  2-core Xeon with AMX (`experiments/results/profile_train/bf16_backward`)."""
   return jnp.einsum(_MATMUL_SPECS[w_transposed][0], x, w, preferred_element_type=jnp.float32)
 
 
