@@ -87,10 +87,11 @@ def recipe(root: str, data: dict) -> dict:
 
 def recipe_lines(rec: dict) -> list[str]:
   levers = "; ".join(f"temperature {l['temperature']}, soft-label weight {l['alpha_soft']}"
-                     for l in rec["task_levers"]) or "no task distillation run yet"
+                     for l in rec["task_levers"])
+  task = (f"task distillation {levers} (`task_<task>_s<seed>/config.json`)" if levers
+          else "no task distillation in this run")
   lines = [f"Levers: general distillation {rec['general_steps']} steps of batch "
-           f"{rec['general_batch']} (`general_distillation/config.json`); task distillation "
-           f"{levers} (`task_<task>_s<seed>/config.json`)."]
+           f"{rec['general_batch']} (`general_distillation/config.json`); {task}."]
   if rec["reused"]:
     lines.append("Linked from another run of the study (same command, `--reuse`): " + ", ".join(
         f"`{name}`" for name in rec["reused"]) + ".")
