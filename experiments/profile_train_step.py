@@ -129,9 +129,15 @@ def guard_cond_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
                nonfinite=1.0 - finite.astype(jnp.float32)))
 
 
+def baseline_config(model_name: str, size: str):
+  """The baseline's model: `size`'s, fp32, in the scanned layout (the variants change that;
+  the study's `long` models train with separate layers, `--size=study_long`)."""
+  return dataclasses.replace(model_config(model_name, size, "float32"), scan_layers=True)
+
+
 def build(variant: str, model_name: str, size: str, batch: int, seq: int, params0):
   """(call, info) for one variant: `call()` runs one step (or forward) to completion."""
-  cfg = model_config(model_name, size, "float32")
+  cfg = baseline_config(model_name, size)
   base_rng = jax.random.key(0)
   step_fn = loop_lib.train_step
   params = params0
@@ -241,7 +247,7 @@ def main(argv=None) -> int:
     print(f"error: --variants: unknown {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
     return 2
   os.makedirs(args.out, exist_ok=True)
-  cfg = model_config(args.model, args.size, "float32")
+  cfg = baseline_config(args.model, args.size)
   params0 = init_params({args.model: cfg})[args.model]
   if args.wait_idle:
     wait_for_idle(CpuMonitor(lambda: [os.getpid()]), args.wait_idle)
