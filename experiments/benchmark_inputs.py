@@ -23,8 +23,11 @@ def _config_size(size: str) -> tuple[str, dict]:
   if not size.startswith("study_"):
     return size, {}
   from experiments.compare_plan import SCALES  # pylint: disable=import-outside-toplevel
-  scale = SCALES[size[len("study_"):]]
-  return scale["size"], scale["model"]
+  name = size[len("study_"):]
+  if name not in SCALES:
+    raise ValueError(f"unknown size {size!r}: a study size is one of "
+                     f"{', '.join('study_' + n for n in sorted(SCALES))}")
+  return SCALES[name]["size"], SCALES[name]["model"]
 
 
 def model_config(name: str, size: str, dtype: str) -> EncoderConfig:

@@ -159,11 +159,9 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     step_fn = guard_cond_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
-  if variant == "bfloat16_unrolled_jax_backward":
-    jax_backward = lambda x, w, w_transposed: jnp.einsum(
-        "mk,nk->mn" if w_transposed else "mk,kn->mn", x, w, preferred_element_type=jnp.float32)
-    return _patched(encoder_lib, "_reduced_matmul", jax_backward, variant, cfg, model_name,
-                    size, batch, seq, params, step_fn, base_rng)
+  if variant == "bfloat16_unrolled_jax_backward":  # the same forward, no custom VJP
+    return _patched(encoder_lib, "_reduced_matmul", encoder_lib._reduced_matmul.fun, variant,
+                    cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   if variant == "bfloat16_nd_dot":
     nd = lambda x, w, out_dtype, w_transposed=False: jnp.einsum(
         "...k,nk->...n" if w_transposed else "...k,kn->...n", x, w,
@@ -246,8 +244,12 @@ def main(argv=None) -> int:
   if unknown:
     print(f"error: --variants: unknown {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
     return 2
+  try:
+    cfg = baseline_config(args.model, args.size)
+  except ValueError as e:
+    print(f"error: --size: {e}", file=sys.stderr)
+    return 2
   os.makedirs(args.out, exist_ok=True)
-  cfg = baseline_config(args.model, args.size)
   params0 = init_params({args.model: cfg})[args.model]
   if args.wait_idle:
     wait_for_idle(CpuMonitor(lambda: [os.getpid()]), args.wait_idle)

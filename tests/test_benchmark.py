@@ -269,3 +269,5 @@ def test_study_size_is_the_model_the_comparison_trains():
   assert not model_config("bert", "study_long", "float32").scan_layers
   assert model_config("bert", "study_small", "bfloat16").dropout_rate == 0.1
   assert model_config("bert", "study_small", "bfloat16").dtype == "bfloat16"
+  with pytest.raises(ValueError, match="study_bogus.*study_long"):
+    model_config("bert", "study_bogus", "float32")

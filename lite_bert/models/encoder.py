@@ -74,9 +74,9 @@ def flat_matmul(x: Array, w: Array, out_dtype=None, w_transposed: bool = False) 
   of x flattened to [M, K]; `out_dtype` (default: the operands') is the result's dtype.
 
   Reduced-precision operands (bf16/fp16) accumulate in fp32, bf16 ones in the
-  backward GEMMs too (`_reduced_matmul`): XLA:CPU widens bf16 operands to fp32 before an fp32 GEMM,
-  while a bf16 matmul that asks for an fp32 result runs a native bf16 kernel
-  (avx512_bf16: 1.9x the fp32 GEMM rate on the 2-core EPYC; AMX: 4.5x on an Intel
+  backward GEMMs too (`_reduced_matmul`): XLA:CPU widens bf16 operands to fp32
+  before an fp32 GEMM, while a bf16 matmul that asks for an fp32 result runs a
+  native bf16 kernel (avx512_bf16: 1.9x the fp32 GEMM rate on the 2-core EPYC; AMX: 4.5x on an Intel
   Xeon; `experiments/benchmark.py --xla-flag-probe`, `bf16_2048_f32acc`); GPUs
   accumulate in fp32 anyway. The flattening is what the backward needs on XLA:CPU:
   the weight gradient of an N-D matmul contracts two axes; flat, the BERT-base 8x128
