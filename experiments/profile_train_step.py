@@ -33,10 +33,13 @@ to the library it stands for, built here; the library is not changed:
                     once per layer: the scan's bf16 residuals are written so (O(L^2))
   bfloat16_unrolled_jax_backward  the same with JAX's own backward of the bf16 weight
                     matmuls (an fp32 cotangent: both backward GEMMs widened to fp32)
+  bfloat16_unrolled_sum_bias_grad  the same with JAX's own bias gradient in bf16 (a sum
+                    over the leading axes; XLA:CPU widens it to an fp32 reduce-window), not
+                    the library's GEMV (`encoder._add_bias_reduced`)
   bfloat16_nd_dot   the same on [batch, seq, ...] operands as they are, not flattened
                     to 2-D: what the library did before
-  nd_dot            the encoder's Dense matmuls on [batch, seq, K] operands as flax does
-                    them (`lax.dot_general`), not flattened to 2-D: the step before
+  nd_dot            the weight matmuls on [batch, seq, K] operands as they are (one
+                    einsum each), not flattened to 2-D: the step before
   guard_loss_only   the guard checks the loss and the gradient norm only, not
                     the new params and moments (what the state check costs)
   guard_cond        the same guard as one `lax.cond` choosing the whole new or old state
@@ -89,7 +92,8 @@ from lite_bert.train import optim
 
 VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "no_attn_dropout",
             "explicit_attention", "no_dropout", "bfloat16", "bfloat16_unrolled",
-            "bfloat16_unrolled_jax_backward", "bfloat16_nd_dot", "nd_dot",
+            "bfloat16_unrolled_jax_backward", "bfloat16_unrolled_sum_bias_grad",
+            "bfloat16_nd_dot", "nd_dot",
             "guard_loss_only", "guard_cond", "hf_torch", "hf_torch_bfloat16")
 
 
@@ -162,15 +166,15 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
   if variant == "bfloat16_unrolled_jax_backward":  # the same forward, no custom VJP
     return _patched(encoder_lib, "_reduced_matmul", encoder_lib._reduced_matmul.fun, variant,
                     cfg, model_name, size, batch, seq, params, step_fn, base_rng)
-  if variant == "bfloat16_nd_dot":
-    nd = lambda x, w, out_dtype, w_transposed=False: jnp.einsum(
+  if variant == "bfloat16_unrolled_sum_bias_grad":  # the same bias add, JAX's own gradient
+    return _patched(encoder_lib, "_add_bias_reduced", encoder_lib._add_bias_reduced.fun,
+                    variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
+  if variant in ("nd_dot", "bfloat16_nd_dot"):
+    nd = lambda x, w, out_dtype=None, w_transposed=False: jnp.einsum(
         "...k,nk->...n" if w_transposed else "...k,kn->...n", x, w,
-        preferred_element_type=jnp.float32).astype(out_dtype)
+        preferred_element_type=jnp.float32).astype(out_dtype or jnp.result_type(x, w))
     return _patched(encoder_lib, "flat_matmul", nd, variant, cfg, model_name, size, batch,
                     seq, params, step_fn, base_rng)
-  if variant == "nd_dot":
-    return _patched(encoder_lib, "dense_dtypes", encoder_lib.dtypes, variant, cfg, model_name,
-                    size, batch, seq, params, step_fn, base_rng)
   if variant != "explicit_attention":
     return _compiled(variant, cfg, model_name, size, batch, seq, params, step_fn, base_rng)
   os.environ["LITE_BERT_ATTENTION"] = "explicit"  # read while tracing, so only this variant

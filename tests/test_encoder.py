@@ -10,12 +10,15 @@ import math
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lite_bert import paths
 from lite_bert.models.config import EncoderConfig
+from lite_bert.models.encoder import Dense
 from lite_bert.models.heads import PretrainingModel
 from lite_bert.models.summary import abstract_pretraining_params, parameter_counts
 
@@ -208,6 +211,14 @@ def test_bf16_weight_matmuls_are_native_2d_gemms_forward_and_backward():
 
   dots = _dot_generals(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
   flat = [e for e in dots if all(v.aval.ndim == 2 for v in e.invars)]
+  # Each biased Dense's bias gradient is a bf16 GEMV, ones [M] @ ct [M, N], fp32 result:
+  # the 9 weight matmuls but the tied decoder (its bias is added in fp32).
+  gemvs = [e for e in dots if [v.aval.ndim for v in e.invars] == [1, 2]]
+  assert len(gemvs) == 8
+  for eqn in gemvs:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+    assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+  dots = [e for e in dots if e not in gemvs]
   # 9 weight matmuls (embedding projection, qkv, output, 2 FFN, pooler, MLM transform,
   # tied decoder, pair head), each forward and twice backward; the attention's two
   # matmuls on [b, q|k, n, d] / [b, n, q, k], forward and backward, are the others.
@@ -217,6 +228,26 @@ def test_bf16_weight_matmuls_are_native_2d_gemms_forward_and_backward():
     assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
   others = [e for e in dots if e not in flat]
   assert len(others) == 3 * 2 and all(e.outvars[0].aval.ndim == 4 for e in others), others
+
+
+def test_dense_bias_gradient_in_bf16_is_the_cotangents_sum():
+  # `_add_bias_reduced`'s backward: the bias gradient summed over every leading axis
+  # (as a GEMV), the input's passed through; checked against numpy's sums.
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4)).astype(jnp.bfloat16)
+  dense = Dense(6, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                bias_init=nn.initializers.normal(1.0))
+  params = dense.init(jax.random.key(1), x)["params"]
+  weights = jax.random.normal(jax.random.key(2), (3, 5, 6))
+  loss = lambda p, x: jnp.sum(dense.apply({"params": p}, x).astype(jnp.float32) * weights)
+  grads, x_grad = jax.grad(loss, argnums=(0, 1))(params, x)
+  w = np.asarray(weights.astype(jnp.bfloat16), np.float64)  # the cotangent, cast to bf16
+  np.testing.assert_allclose(np.asarray(grads["bias"]), w.sum(axis=(0, 1)), rtol=1e-2, atol=1e-2)
+  kernel = np.asarray(params["kernel"].astype(jnp.bfloat16), np.float64)
+  np.testing.assert_allclose(np.asarray(x_grad, np.float64), w @ kernel.T, rtol=3e-2, atol=3e-2)
+  y = dense.apply({"params": params}, x)
+  expected = (np.asarray(x, np.float64) @ kernel
+              + np.asarray(params["bias"].astype(jnp.bfloat16), np.float64))
+  np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=3e-2, atol=3e-2)
 
 
 def test_bf16_gradients_match_fp32_within_bf16_precision():

@@ -121,34 +121,53 @@ def _reduced_matmul_bwd(w_transposed, residuals, ct):
 _reduced_matmul.defvjp(_reduced_matmul_fwd, _reduced_matmul_bwd)
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                      preferred_element_type=None):
-  """nn.Dense's `dot_general`: `flat_matmul` (one 2-D GEMM; fp32 accumulation for
-  bf16/fp16), returning the inputs' dtype.
-
-  Dense contracts lhs's last axis with rhs's first, no batch axes; any other
-  dimension numbers take `lax.dot_general` (with an fp32 result for reduced precision).
-  """
-  del preferred_element_type
-  (lc, rc), (lb, rb) = dimension_numbers
-  out_dtype = jnp.result_type(lhs, rhs)
-  if (tuple(lc), tuple(rc), tuple(lb), tuple(rb)) == ((lhs.ndim - 1,), (0,), (), ()) \
-      and rhs.ndim == 2:
-    return flat_matmul(lhs, rhs, out_dtype)
-  out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                            preferred_element_type=jnp.float32)
-  return out.astype(out_dtype)
-
-
 def is_reduced_precision(cfg: EncoderConfig) -> bool:
   """True when activations are computed in fewer than 32 bits (bfloat16, float16)."""
   return jnp.dtype(cfg.dtype).itemsize < 4
 
 
-def dense_dtypes(cfg: EncoderConfig) -> dict:
-  """`dtypes` for nn.Dense, with `dense_dot_general`: 2-D GEMMs (see `flat_matmul`),
-  fp32-accumulating in reduced precision."""
-  return dict(dtypes(cfg), dot_general=dense_dot_general)
+@jax.custom_vjp
+def _add_bias_reduced(y: Array, bias: Array) -> Array:
+  """y [..., N] + bias [N], both bf16/fp16. Its backward sums the cotangent over the
+  leading axes as a GEMV (ones [M] @ ct [M, N], fp32 accumulation): XLA:CPU runs JAX's
+  own sum of a bf16 cotangent as an fp32 reduce-window (Eigen) over a widened copy, one
+  per layer's Dense, where the GEMV takes the native bf16 kernel
+  (`experiments/results/profile_train/bias_gemv`)."""
+  return y + bias
+
+
+def _add_bias_reduced_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_reduced_bwd(_, ct):
+  ct2 = ct.reshape(-1, ct.shape[-1])
+  ones = jnp.ones((ct2.shape[0],), ct.dtype)
+  bias_ct = jnp.einsum("m,mn->n", ones, ct2, preferred_element_type=jnp.float32)
+  return ct, bias_ct.astype(ct.dtype)
+
+
+_add_bias_reduced.defvjp(_add_bias_reduced_fwd, _add_bias_reduced_bwd)
+
+
+class Dense(nn.Dense):
+  """nn.Dense (the same params and names) as the models compute it: the matmul is
+  `flat_matmul` (one 2-D GEMM; fp32 accumulation in bf16/fp16), and a reduced-precision
+  bias takes `_add_bias_reduced` (its gradient a GEMV). Contracts the input's last axis."""
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = flat_matmul(inputs, kernel)
+    if bias is None:
+      return y
+    if jnp.dtype(y.dtype).itemsize < 4:
+      return _add_bias_reduced(y, bias)
+    return y + bias
 
 
 class Embeddings(nn.Module):
@@ -169,7 +188,7 @@ class Embeddings(nn.Module):
     self.layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, **dtypes(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.embedding_dim != cfg.hidden_size:
-      self.projection = nn.Dense(cfg.hidden_size, kernel_init=init, **dense_dtypes(cfg))
+      self.projection = Dense(cfg.hidden_size, kernel_init=init, **dtypes(cfg))
 
   def __call__(self, input_ids: Array, token_type_ids: Optional[Array],
                deterministic: bool) -> Array:
@@ -248,8 +267,8 @@ class SelfAttention(nn.Module):
     cfg = self.cfg
     batch, seq, _ = x.shape
     # One fused [H, 3H] projection: a single GEMM instead of three.
-    qkv = nn.Dense(3 * cfg.hidden_size, kernel_init=dense_init(cfg), name="qkv",
-                   **dense_dtypes(cfg))(x)
+    qkv = Dense(3 * cfg.hidden_size, kernel_init=dense_init(cfg), name="qkv",
+                   **dtypes(cfg))(x)
     q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * cfg.num_heads, cfg.head_dim), 3, axis=2)
     attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
     needs_dropout = cfg.attention_dropout_rate > 0 and not self.deterministic
@@ -264,8 +283,8 @@ class SelfAttention(nn.Module):
     else:
       context = fused_attention(q, k, v, mask)
     context = context.reshape(batch, seq, cfg.hidden_size)
-    y = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dense_dtypes(cfg))(context)
+    y = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
+                 **dtypes(cfg))(context)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + y)
     return y, probs
@@ -280,11 +299,11 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
-    h = nn.Dense(cfg.intermediate_size, kernel_init=dense_init(cfg), name="intermediate",
-                 **dense_dtypes(cfg))(x)
+    h = Dense(cfg.intermediate_size, kernel_init=dense_init(cfg), name="intermediate",
+                 **dtypes(cfg))(x)
     h = activation_fn(cfg.activation)(h)
-    h = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dense_dtypes(cfg))(h)
+    h = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
+                 **dtypes(cfg))(h)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + h)
 
@@ -353,7 +372,7 @@ class Encoder(nn.Module):
         init = lambda rng: FeedForward(cfg).init(rng, dummy_x)["params"]
       self.shared_params = self.param(f"shared_{cfg.share}", init)
     if cfg.pooler:
-      self.pooler = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), **dense_dtypes(cfg))
+      self.pooler = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), **dtypes(cfg))
 
   def _layer_stack(self, deterministic: bool, output_attentions: bool) -> nn.Module:
     cfg = self.cfg

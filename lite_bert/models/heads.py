@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lite_bert.models.config import EncoderConfig
-from lite_bert.models.encoder import Encoder, activation_fn, dense_dtypes, dense_init, dtypes
+from lite_bert.models.encoder import Dense, Encoder, activation_fn, dense_init, dtypes
 
 Array = jax.Array
 
@@ -35,8 +35,8 @@ class MLMHead(nn.Module):
   def __call__(self, hidden: Array, encoder: Encoder) -> Array:
     """hidden [..., H] -> logits [..., V] (float32)."""
     cfg = self.cfg
-    h = nn.Dense(cfg.embedding_dim, kernel_init=dense_init(cfg), name="transform",
-                 **dense_dtypes(cfg))(hidden)
+    h = Dense(cfg.embedding_dim, kernel_init=dense_init(cfg), name="transform",
+                 **dtypes(cfg))(hidden)
     h = activation_fn(cfg.activation)(h)
     h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(h)
     logits = encoder.attend(h)
@@ -53,8 +53,8 @@ class PairHead(nn.Module):
   @nn.compact
   def __call__(self, pooled: Array) -> Array:
     """pooled [batch, H] -> logits [batch, 2] (float32)."""
-    return nn.Dense(2, kernel_init=dense_init(self.cfg), name="classifier",
-                    **dense_dtypes(self.cfg))(pooled).astype(jnp.float32)
+    return Dense(2, kernel_init=dense_init(self.cfg), name="classifier",
+                    **dtypes(self.cfg))(pooled).astype(jnp.float32)
 
 
 class PretrainingModel(nn.Module):
@@ -132,10 +132,10 @@ class ClassifierHead(nn.Module):
   def __call__(self, features: Array, *, deterministic: bool) -> Array:
     cfg = self.cfg
     if not cfg.pooler:
-      features = nn.Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="pre_classifier",
-                          **dense_dtypes(cfg))(features)
+      features = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="pre_classifier",
+                          **dtypes(cfg))(features)
       features = jax.nn.relu(features)
     features = nn.Dropout(cfg.dropout_rate)(features, deterministic=deterministic)
-    logits = nn.Dense(self.num_labels, kernel_init=dense_init(cfg), name="classifier",
-                      **dense_dtypes(cfg))(features)
+    logits = Dense(self.num_labels, kernel_init=dense_init(cfg), name="classifier",
+                      **dtypes(cfg))(features)
     return logits.astype(jnp.float32)
