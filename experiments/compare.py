@@ -37,9 +37,9 @@ study, or arithmetic on those); `tests/test_compare.py` checks each one.
 Scales (`SCALES`): `tiny` (the configs' tiny models, 300 steps: 40 minutes
 measured on 2 CPU cores shared with other jobs, less on idle ones), `small` (4
 layers of 256, 3,000 steps: about four hours on 2 CPU cores), `long`
-(`small`'s models without dropout, 1,500 steps of 128 x 32 tokens then 3,000
-of 32 x 128 continuing from them, a sequence-length warmup that leaves the
-unigram plateau: about 1.5 hours a model, resumable across sessions), `base` (the real BERT-base / DistilBERT /
+(`small`'s models without dropout, 1,500 steps of 128 x 32 tokens, then 3,000
+and 6,000 of 32 x 128 continuing from them, a sequence-length warmup that leaves
+the unigram plateau: about 2-3 hours a model, resumable across sessions), `base` (the real BERT-base / DistilBERT /
 ALBERT-base, 100k steps of 256 sequences: an accelerator). The parameter
 counts and the benchmark are at base size at every scale. Step counts, the corpora, the benchmark grid and the
 evaluation size can be overridden (`--pretrain-steps`, `--corpus`, `--batches`,
@@ -112,7 +112,7 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="folder of the stages and the report")
   p.add_argument("--scale", choices=sorted(SCALES), default=None,
-                 help="tiny | small | base; omitted: the settings --workdir was made with")
+                 help="tiny | small | long | base; omitted: the settings --workdir was made with")
   p.add_argument("--report-only", action="store_true",
                  help="rewrite report.md and the plots from the stage folders, run nothing")
   p.add_argument("--stages", default="", help="run only these stages or groups (comma list)")
