@@ -215,3 +215,25 @@ def test_unknown_field_is_refused():
   cfg.momentum = 0.9
   with pytest.raises(UserError, match=r"optim\.momentum"):
     optim.make_optimizer(cfg, 100)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_all_finite_finds_one_bad_value_in_any_float_leaf(bad):
+  # The guard's check (`loop.all_finite`, a fused sum of leaf * 0): the largest finite
+  # values pass, one inf/NaN anywhere fails, integer leaves are not checked.
+  from lite_bert.train import loop  # pylint: disable=import-outside-toplevel
+  big = np.finfo(np.float32).max
+  big16 = float(jnp.finfo(jnp.bfloat16).max)
+  tree = {"w": jnp.full((3, 4), big), "b": jnp.array([-big16, 1.0], jnp.bfloat16),
+          "step": jnp.array([2**31 - 1], jnp.int32), "mu": [jnp.zeros((5,))]}
+  check = jax.jit(loop.all_finite)
+  assert bool(check(tree)) and bool(check({})) and bool(check({"step": tree["step"]}))
+  for path in (("w",), ("b",), ("mu", 0)):
+    broken = jax.tree_util.tree_map(lambda x: x, tree)
+    leaf = broken[path[0]] if len(path) == 1 else broken[path[0]][path[1]]
+    leaf = leaf.at[(-1,) * leaf.ndim].set(bad)
+    if len(path) == 1:
+      broken[path[0]] = leaf
+    else:
+      broken[path[0]][path[1]] = leaf
+    assert not bool(check(broken)), (path, bad)
