@@ -219,8 +219,8 @@ def test_unknown_field_is_refused():
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_all_finite_finds_one_bad_value_in_any_float_leaf(bad):
-  # The guard's check (`loop.all_finite`, a fused sum of leaf * 0): the largest finite
-  # values pass, one inf/NaN anywhere fails, integer leaves are not checked.
+  # The guard's check (`loop.all_finite`): the largest finite values pass, one
+  # inf/NaN anywhere fails, integer leaves are not checked.
   from lite_bert.train import loop  # pylint: disable=import-outside-toplevel
   big = np.finfo(np.float32).max
   big16 = float(jnp.finfo(jnp.bfloat16).max)
