@@ -13,7 +13,7 @@ and, apart, one AdamW update over 106M parameters, about BERT-base's (optax.adam
 jax.jit with the state donated, against torch.optim.AdamW with foreach=True).
 Each cell is the median of `--repeats` calls after a warm-up, both libraries in
 this one process, 2 threads each; a piece's four calls are timed round-robin
-(`timing.time_round_robin`), the AdamW states one after the other (the XLA
+(`timing.time_round_robin`, in visits of an untimed then two timed calls), the AdamW states one after the other (the XLA
 state is freed before torch allocates its own). Gradients are taken with respect to the
 inputs and the weights, as in training. Writes BACKWARD_PIECES.md and
 backward_pieces.json into --out.

@@ -8,8 +8,8 @@
       --probe-variants=default,glibc_malloc_hugetlb --probe-rounds=3   # the allocator A/B
 
 What one run measures (all on the same machine, in the same process, the
-implementations interleaved repeat by repeat so that drift and other load hit
-them alike):
+implementations interleaved so that drift and other load hit them alike, in
+visits of one untimed call then two timed ones, `timing.VISIT`):
 
 1. Roofline: a large fp32 (and the run's dtype) matmul through XLA (2048^2 and
    4096^2; the best median is this machine's "peak"), plus matmuls of the

@@ -321,8 +321,12 @@ def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> st
                   f"{res['meta']['repeat_policy']['spread']:.0%} of their median gets more "
                   f"calls, up to {res['meta']['repeat_policy']['spread_max']}"
                   if res['meta']['repeat_policy'].get('spread_max') else ""))
-            + f", implementations interleaved call by "
-            f"call; medians reported. A point during which other processes used > 25% of the "
+            + (f", implementations interleaved in visits of {visit['untimed']} untimed and "
+               f"up to {visit['timed']} timed calls (a call right after another "
+               f"implementation's ran slower; `timing.VISIT`)"
+               if (visit := res['meta'].get('visit')) else
+               ", implementations interleaved call by call")
+            + f"; medians reported. A point during which other processes used > 25% of the "
             f"CPUs is timed again (up to --retries times, "
             f"{'as each session set it' if meta.get('report_only') else res['meta']['retries']};"
             f" the least busy attempt is kept).",

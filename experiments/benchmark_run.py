@@ -1,7 +1,7 @@
 """The benchmark run: which candidates are timed together, how, and what is kept.
 
 `Benchmark(args).run()` measures the roofline, then each inference grid point
-(every model and implementation at that point, interleaved call by call) and
+(every model and implementation at that point, interleaved in visits) and
 each training point (one model at a time, ours and HF torch), and returns the
 result dict that `benchmark.py` writes as benchmark.json. `measure` waits for
 an idle machine (--wait-idle), prepares every candidate, times them
@@ -36,8 +36,9 @@ from experiments.benchmark_report import CLAIMS, compute_ratios, evaluate_target
 from experiments.provenance import cpu_flags, cpu_model, git_info
 from experiments.reference_flax_client import FlaxReference
 from experiments.roofline import measure_roofline, xla_gemm_gflops
-from experiments.timing import (REPEATS, CpuMonitor, fixed_repeats, repeats_for, summarize_times,
-                                time_noisy_again, time_round_robin, wait_for_idle)
+from experiments.timing import (REPEATS, VISIT, CpuMonitor, fixed_repeats, repeats_for,
+                                summarize_times, time_noisy_again, time_round_robin,
+                                wait_for_idle)
 from experiments.torch_reference import torch_model
 from lite_bert.models import convert
 from lite_bert.models.flops import FORMULA, encoder_flops, train_step_flops
@@ -135,7 +136,7 @@ class Benchmark:
         "reference": self.args.reference, "models": list(self.models),
         "grid": {"batches": list(self.grid["batches"]), "seqs": list(self.grid["seqs"]),
                  "train": [list(p) for p in self.grid["train"]]},
-        "repeat_policy": self.policy, "retries": self.args.retries,
+        "repeat_policy": self.policy, "visit": dict(VISIT), "retries": self.args.retries,
         "wait_idle_s": self.args.wait_idle,
         "inference_layout": self.args.inference_layout,
         "train_layout": self.args.train_layout,

@@ -438,7 +438,9 @@ class Report:
     lines = ["## Inference at base size", "",
              f"Encoder forward of BERT-base, DistilBERT-base and ALBERT-base, measured by "
              f"{code('experiments/benchmark.py')} in one process, the three models interleaved "
-             f"call by call ({code('benchmark/BENCHMARKS.md')} has the details; its command is "
+             + ("in visits (an untimed call, then timed ones) " if meta.get("visit") else
+                "call by call ")
+             + f"({code('benchmark/BENCHMARKS.md')} has the details; its command is "
              f"in the wall-time table). Medians of the timed calls after compilation and a "
              f"warm-up; ratios from the benchmark's own {code('ratios')}; 'others' CPU' is the "
              f"share of the CPUs other processes used while the point was timed. "

@@ -6,8 +6,8 @@
 Both models run as they would classify a GLUE batch: encoder + classifier head
 (`ClassificationModel`, 2 labels), fp32, layers unrolled (the faster inference
 layout on CPU, `EncoderConfig.scan_layers=False`), jitted and warmed up once.
-Calls alternate between the two models (`timing.time_round_robin`), 7 timed
-calls each per point; the JSON has every call, the medians and their ratio.
+The two models alternate in visits (`timing.time_round_robin`: an untimed call,
+then two timed ones), 7 timed calls each per point; the JSON has every call, the medians and their ratio.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ to the library it stands for, built here; the library is not changed:
   hf_torch_bfloat16 the same under torch's bf16 autocast (what the bf16 variants
                     compare with); "vs HF torch" stays against the fp32 one
 
-Timed interleaved, call by call (the order rotating each round), medians of
+Timed interleaved, in visits of one untimed call then two timed ones (`timing.VISIT`: a
+call right after another variant's or library's ran slower), the order rotating; medians of
 --repeats after one warm-up each.
 With --op-breakdown each variant's call is then traced (XLA's own trace,
 `experiments/op_breakdown.py`) into <out>/OP_BREAKDOWN.md: ms per call by op kind.
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
         calls[v] = lambda c=cand: c.run()
       else:
         calls[v], infos[v] = build(v, args.model, args.size, batch, seq, params0)
-    # One call each per round, the order rotating round by round (timing.time_round_robin).
+    # Visits of an untimed then two timed calls, the order rotating (timing.time_round_robin).
     candidates = [Candidate(args.model, v, prepare=dict, run=functools.partial(timed_call, call),
                             target=args.repeats) for v, call in calls.items()]
     print(f"  timing {len(candidates)} variants x {args.repeats} calls", flush=True)

@@ -188,33 +188,50 @@ def test_reference_speedups_are_computed_from_rows():
   assert ratios["training_vs_reference"][0]["speedup_vs_hf_torch"] == 1.5
 
 
-def fake_candidate(name, seconds, warmup_s, policy):
-  """A candidate whose timed calls return `seconds` in turn (last one repeated)."""
+def fake_candidate(name, seconds, warmup_s, policy, order=None):
+  """A candidate whose calls return `seconds` in turn (last one repeated), a call right
+  after another candidate's 9.0 (as XLA's after torch's); `order` records the calls."""
   calls = iter(list(seconds) + [seconds[-1]] * 20)
-  c = timing.Candidate(model=name, impl="ours", prepare=dict,
-                       run=lambda: (next(calls), None, 0.0), info={"warmup_s": warmup_s})
+  order = [] if order is None else order
+
+  def run():
+    after_another = bool(order) and order[-1] != name
+    order.append(name)
+    return (9.0 if after_another else next(calls)), None, 0.0
+
+  c = timing.Candidate(model=name, impl="ours", prepare=dict, run=run,
+                       info={"warmup_s": warmup_s})
   c.target = timing.repeats_for(warmup_s, policy)
   return c
 
 
 def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
   policy = timing.REPEATS["full"]
-  noisy = fake_candidate("noisy", [0.97, 1.18, 1.21, 1.0, 1.0], 1.0, policy)
-  steady = fake_candidate("steady", [1.0, 1.02, 0.99], 1.0, policy)
-  long = fake_candidate("long", [5.0, 7.0], 5.0, policy)  # calls over long_s: not extended
+  order = []
+  # (0.5: the untimed calls that follow the candidate's own call)
+  noisy = fake_candidate("noisy", [0.5, 0.97, 1.18, 1.21, 0.5, 1.0, 1.0], 1.0, policy, order)
+  steady = fake_candidate("steady", [1.0, 1.02, 0.99], 1.0, policy, order)
+  long = fake_candidate("long", [5.0, 7.0], 5.0, policy, order)  # over long_s: not extended
   timing.time_round_robin([noisy, steady, long])
   assert [len(c.times) for c in (noisy, steady, long)] == [3, 3, 2]
+  # Visits: one untimed call (it takes the slow call after another candidate's), then
+  # two timed ones; the order rotates; no timed call is a call after another's.
+  assert order == ["noisy"] * 3 + ["steady"] * 3 + ["long"] * 3 + ["steady"] * 2 + [
+      "noisy"] * 2
+  assert 9.0 not in noisy.times + steady.times + long.times
+  assert [c.untimed_calls for c in (noisy, steady, long)] == [2, 2, 1]
   timing.time_noisy_again([noisy, steady, long], policy)
   assert len(noisy.times) == policy["spread_max"] == 7
   assert noisy.times == [0.97, 1.18, 1.21, 1.0, 1.0, 1.0, 1.0]
   assert timing.summarize_times(noisy)["median_s"] == 1.0
+  assert timing.summarize_times(noisy)["untimed_calls"] == 4
   assert len(steady.times) == 3 and len(long.times) == 2
-  # A fixed --repeats policy is never extended.
+  # A fixed --repeats policy is never extended; a lone candidate is timed call after call.
   fixed = timing.fixed_repeats(3)
   again = fake_candidate("fixed", [0.97, 1.18, 1.21], 1.0, fixed)
   timing.time_round_robin([again])
   timing.time_noisy_again([again], fixed)
-  assert len(again.times) == 3
+  assert again.times == [0.97, 1.18, 1.21] and again.untimed_calls == 0
 
 
 def test_report_includes_analysis_and_probe(run):
