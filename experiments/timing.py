@@ -34,12 +34,12 @@ REPEATS = {
 
 
 # A visit to a candidate: one untimed call, then up to `timed` timed ones. A call right
-# after another implementation's runs slower than the next: HF torch's BERT-base 8x128
-# training step, then ours: 4.8-5.5 s with 3-4 s of kernel time (re-faulting XLA's
-# freed temporaries into huge pages that torch's allocations had taken), ours then
-# ours: 3.3 s with 0.3 s; torch after ours: unaffected. Timed call by call, the
-# benchmark put ours at 0.50x torch where a training run, one step after another,
-# runs at 0.87x. A run of one implementation's calls is what a user's job does.
+# after another implementation's runs slower than the next (2-core Xeon, one process,
+# scratch): HF torch's BERT-base 8x128 training step, then ours: 4.8-5.5 s with 3-4 s
+# of kernel time; ours then ours: 3.3 s with 0.3 s (the same ~1,700 page faults, into
+# glibc's huge pages; why they cost more after torch was not traced); torch after ours
+# unaffected. Timed call by call, the benchmark put ours at 0.50x torch where the same
+# two steps, each repeated, ran at 0.87x. Repeated calls are what a user's job does.
 VISIT = dict(untimed=1, timed=2)
 
 
