@@ -268,7 +268,7 @@ class SelfAttention(nn.Module):
     batch, seq, _ = x.shape
     # One fused [H, 3H] projection: a single GEMM instead of three.
     qkv = Dense(3 * cfg.hidden_size, kernel_init=dense_init(cfg), name="qkv",
-                   **dtypes(cfg))(x)
+                **dtypes(cfg))(x)
     q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * cfg.num_heads, cfg.head_dim), 3, axis=2)
     attention_dropout = nn.Dropout(cfg.attention_dropout_rate)
     needs_dropout = cfg.attention_dropout_rate > 0 and not self.deterministic
@@ -284,7 +284,7 @@ class SelfAttention(nn.Module):
       context = fused_attention(q, k, v, mask)
     context = context.reshape(batch, seq, cfg.hidden_size)
     y = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dtypes(cfg))(context)
+              **dtypes(cfg))(context)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     y = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + y)
     return y, probs
@@ -300,10 +300,10 @@ class FeedForward(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
     h = Dense(cfg.intermediate_size, kernel_init=dense_init(cfg), name="intermediate",
-                 **dtypes(cfg))(x)
+              **dtypes(cfg))(x)
     h = activation_fn(cfg.activation)(h)
     h = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="output",
-                 **dtypes(cfg))(h)
+              **dtypes(cfg))(h)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(x + h)
 

@@ -36,7 +36,7 @@ class MLMHead(nn.Module):
     """hidden [..., H] -> logits [..., V] (float32)."""
     cfg = self.cfg
     h = Dense(cfg.embedding_dim, kernel_init=dense_init(cfg), name="transform",
-                 **dtypes(cfg))(hidden)
+              **dtypes(cfg))(hidden)
     h = activation_fn(cfg.activation)(h)
     h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="layer_norm", **dtypes(cfg))(h)
     logits = encoder.attend(h)
@@ -54,7 +54,7 @@ class PairHead(nn.Module):
   def __call__(self, pooled: Array) -> Array:
     """pooled [batch, H] -> logits [batch, 2] (float32)."""
     return Dense(2, kernel_init=dense_init(self.cfg), name="classifier",
-                    **dtypes(self.cfg))(pooled).astype(jnp.float32)
+                 **dtypes(self.cfg))(pooled).astype(jnp.float32)
 
 
 class PretrainingModel(nn.Module):
@@ -133,9 +133,9 @@ class ClassifierHead(nn.Module):
     cfg = self.cfg
     if not cfg.pooler:
       features = Dense(cfg.hidden_size, kernel_init=dense_init(cfg), name="pre_classifier",
-                          **dtypes(cfg))(features)
+                       **dtypes(cfg))(features)
       features = jax.nn.relu(features)
     features = nn.Dropout(cfg.dropout_rate)(features, deterministic=deterministic)
     logits = Dense(self.num_labels, kernel_init=dense_init(cfg), name="classifier",
-                      **dtypes(cfg))(features)
+                   **dtypes(cfg))(features)
     return logits.astype(jnp.float32)
