@@ -6,9 +6,8 @@ seconds, peak-RSS growth through /proc/self, process CPU seconds).
 `time_round_robin` interleaves the candidates so that drift and other load hit
 them alike, each visit two timed calls after an untimed one (`VISIT`: a call
 right after another library's ran up to 1.7x slower); `time_noisy_again` gives
-widely spread candidates
-more calls (the `REPEATS` policies); `summarize_times` is the row a report
-gets. `CpuMonitor` measures how much CPU other processes used meanwhile, and
+widely spread candidates more calls (the `REPEATS` policies); `summarize_times`
+is the row a report gets. `CpuMonitor` measures how much CPU other processes used meanwhile, and
 `wait_for_idle` waits for them to go quiet. Used by `experiments/benchmark.py`,
 `profile_encoder.py` and `distill_latency.py`.
 """
@@ -222,7 +221,7 @@ def time_noisy_again(candidates: list, policy: dict) -> None:
             and relative_spread(c.times) > policy["spread"])
   while todo := [c for c in candidates if noisy(c)]:
     for c in todo:
-      if len(todo) == 1 and len(candidates) == 1:
+      if len(candidates) == 1:
         c.time_once()
       else:
         c.visit(min(VISIT["timed"], policy["spread_max"] - len(c.times)))
