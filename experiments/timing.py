@@ -22,12 +22,13 @@ import time
 from typing import Any, Callable, Optional
 
 # Timed repeats after the warm-up: enough to fill `budget_s`, within [min, max];
-# points whose warm-up took more than `long_s` get `min_long` repeats.
+# points whose warm-up took more than `long_s` get `min_long` repeats (two visits: with one,
+# two calls of a training step 2x apart on the Xeon left no median to trust).
 # A candidate whose timed calls (each under `long_s`) spread by more than `spread` of
 # their median gets further calls, round-robin with the other such candidates, until it
 # has `spread_max` calls: single calls on a shared VM vary by up to 20-30%.
 REPEATS = {
-    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=2, spread=0.10, spread_max=7),
+    "full": dict(budget_s=2.0, min=3, max=10, long_s=3.0, min_long=4, spread=0.10, spread_max=7),
     "quick": dict(budget_s=0.3, min=2, max=3, long_s=1.0, min_long=1),
 }
 

@@ -211,21 +211,22 @@ def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
   # (0.5: the untimed calls that follow the candidate's own call)
   noisy = fake_candidate("noisy", [0.5, 0.97, 1.18, 1.21, 0.5, 1.0, 1.0], 1.0, policy, order)
   steady = fake_candidate("steady", [1.0, 1.02, 0.99], 1.0, policy, order)
-  long = fake_candidate("long", [5.0, 7.0], 5.0, policy, order)  # over long_s: not extended
+  # over long_s: min_long calls, never extended
+  long = fake_candidate("long", [5.0, 7.0, 6.0, 5.5], 5.0, policy, order)
   timing.time_round_robin([noisy, steady, long])
-  assert [len(c.times) for c in (noisy, steady, long)] == [3, 3, 2]
+  assert [len(c.times) for c in (noisy, steady, long)] == [3, 3, policy["min_long"]] == [3, 3, 4]
   # Visits: one untimed call (it takes the slow call after another candidate's), then
   # two timed ones; the order rotates; no timed call is a call after another's.
   assert order == ["noisy"] * 3 + ["steady"] * 3 + ["long"] * 3 + ["steady"] * 2 + [
-      "noisy"] * 2
+      "long"] * 3 + ["noisy"] * 2
   assert 9.0 not in noisy.times + steady.times + long.times
-  assert [c.untimed_calls for c in (noisy, steady, long)] == [2, 2, 1]
+  assert [c.untimed_calls for c in (noisy, steady, long)] == [2, 2, 2]
   timing.time_noisy_again([noisy, steady, long], policy)
   assert len(noisy.times) == policy["spread_max"] == 7
   assert noisy.times == [0.97, 1.18, 1.21, 1.0, 1.0, 1.0, 1.0]
   assert timing.summarize_times(noisy)["median_s"] == 1.0
   assert timing.summarize_times(noisy)["untimed_calls"] == 4
-  assert len(steady.times) == 3 and len(long.times) == 2
+  assert len(steady.times) == 3 and len(long.times) == 4
   # A fixed --repeats policy is never extended; a lone candidate is timed call after call.
   fixed = timing.fixed_repeats(3)
   again = fake_candidate("fixed", [0.97, 1.18, 1.21], 1.0, fixed)
