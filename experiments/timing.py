@@ -4,8 +4,8 @@ A `Candidate` is one (model, implementation) at one grid point: prepared once
 (compiled, warmed up), then timed call by call with `timed_call` (wall
 seconds, peak-RSS growth through /proc/self, process CPU seconds).
 `time_round_robin` interleaves the candidates so that drift and other load hit
-them alike, each visit two timed calls after an untimed one (`VISIT`: a call
-right after another library's ran up to 1.7x slower); `time_noisy_again` gives
+them alike, each visit two timed calls after an untimed one (`VISIT`: our call
+after a pause, such as another library's call, ran up to 1.9x slower); `time_noisy_again` gives
 widely spread candidates more calls (the `REPEATS` policies); `summarize_times`
 is the row a report gets. `CpuMonitor` measures how much CPU other processes used meanwhile, and
 `wait_for_idle` waits for them to go quiet. Used by `experiments/benchmark.py`,
@@ -33,13 +33,14 @@ REPEATS = {
 }
 
 
-# A visit to a candidate: one untimed call, then up to `timed` timed ones. A call right
-# after another implementation's runs slower than the next (2-core Xeon, one process,
-# scratch): HF torch's BERT-base 8x128 training step, then ours: 4.8-5.5 s with 3-4 s
-# of kernel time; ours then ours: 3.3 s with 0.3 s (the same ~1,700 page faults, into
-# glibc's huge pages; why they cost more after torch was not traced); torch after ours
-# unaffected. Timed call by call, the benchmark put ours at 0.50x torch where the same
-# two steps, each repeated, ran at 0.87x. Repeated calls are what a user's job does.
+# A visit to a candidate: one untimed call, then up to `timed` timed ones. Our call after
+# a pause of a few seconds runs slower than the next (2-core Xeon, `experiments/
+# switch_probe.py`, results in experiments/results/timing_bias): BERT-base 8x128 training
+# after HF torch's step 6.1 s, after 3 s of sleep 5.1 s, after our own 3.2 s, the extra
+# being kernel time re-faulting the 1.66 GB block XLA:CPU maps fresh each step; torch
+# keeps its memory and is unaffected. Timed call by call, the benchmark put ours at 0.50x
+# torch where the same two steps, each repeated, ran at 0.87x. Repeated calls are what a
+# user's job does.
 VISIT = dict(untimed=1, timed=2)
 
 
