@@ -46,6 +46,11 @@ to the library it stands for, built here; the library is not changed:
                     (not a `where` per leaf)
   guard_finite_sum  the guard's state check (`loop.all_finite`) as one sum of `leaf * 0`
                     per leaf (NaN when it holds an inf or NaN), not `all(isfinite(leaf))`
+  unrolled_guard_loss_only  guard_loss_only on the unrolled layout
+  unrolled_guard_recompute  the unrolled layout, the same checks, the optimizer update
+                    computed twice: once for the checks only (fused reductions), once
+                    behind an optimization barrier fused with the select
+                    (`guard_recompute_step`)
   hf_torch          HF torch's step on the same weights (the benchmark's
                     reference), when torch and transformers are installed
   hf_torch_bfloat16 the same under torch's bf16 autocast (what the bf16 variants
@@ -97,8 +102,8 @@ VARIANTS = ("forward_only", "baseline", "scan_unroll_all", "unrolled", "rbg", "n
             "explicit_attention", "no_dropout", "bfloat16", "bfloat16_unrolled",
             "bfloat16_unrolled_jax_backward", "bfloat16_unrolled_sum_bias_grad",
             "bfloat16_nd_dot", "nd_dot",
-            "guard_loss_only", "guard_cond", "guard_finite_sum", "hf_torch",
-            "hf_torch_bfloat16")
+            "guard_loss_only", "guard_cond", "guard_finite_sum", "unrolled_guard_loss_only",
+            "unrolled_guard_recompute", "hf_torch", "hf_torch_bfloat16")
 
 
 def _update(state, frozen, batch, loss_fn, optimizer, base_rng):
@@ -137,6 +142,36 @@ def guard_cond_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
                nonfinite=1.0 - finite.astype(jnp.float32)))
 
 
+def guard_recompute_step(state, frozen, batch, *, loss_fn, optimizer, base_rng):
+  """`loop.train_step` with the same checks, the optimizer update computed twice: once
+  only for the checks (reductions XLA can fuse with the update: nothing materialized),
+  and once behind an optimization barrier (so not merged with the first) fused with the
+  `where` that keeps the old state. Trades a recomputation of the element-wise update
+  for the passes that write the new state, read it back for the check and again for
+  the select."""
+  import optax
+  rng = jax.random.fold_in(base_rng, state["step"])
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], frozen, batch, rng, False)
+  grad_norm = optax.tree.norm(grads)
+
+  def update(grads, opt_state, params):
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt_state
+
+  checked_params, checked_opt_state = update(grads, state["opt_state"], state["params"])
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & loop_lib.all_finite(checked_params)
+            & loop_lib.all_finite(checked_opt_state))
+  grads, opt_state, params = jax.lax.optimization_barrier(
+      (grads, state["opt_state"], state["params"]))
+  new_params, new_opt_state = update(grads, opt_state, params)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return ({"step": state["step"] + 1, "params": keep(new_params, params),
+           "opt_state": keep(new_opt_state, opt_state)},
+          dict(metrics, loss=loss, grad_norm=grad_norm,
+               nonfinite=1.0 - finite.astype(jnp.float32)))
+
+
 def baseline_config(model_name: str, size: str):
   """The baseline's model: `size`'s, fp32, in the scanned layout (the variants change that;
   the study's `long` models train with separate layers, `--size=study_long`)."""
@@ -167,6 +202,10 @@ def build(variant: str, model_name: str, size: str, batch: int, seq: int, params
     step_fn = guard_cond_step
   elif variant == "scan_unroll_all":
     cfg = dataclasses.replace(cfg, scan_unroll=0)
+  if variant == "unrolled_guard_loss_only":
+    step_fn = guard_loss_only_step
+  elif variant == "unrolled_guard_recompute":
+    step_fn = guard_recompute_step
   if variant == "bfloat16_unrolled_jax_backward":  # the same forward, no custom VJP
     return _patched(encoder_lib, "_reduced_matmul", encoder_lib._reduced_matmul.fun, variant,
                     cfg, model_name, size, batch, seq, params, step_fn, base_rng)
