@@ -60,12 +60,18 @@ PROBE_VARIANTS = (
     # glibc asks the kernel for transparent huge pages on its mmaps (madvise): what
     # launch.py starts with (`lite_bert.host.reexec_with_huge_pages`).
     ("glibc_malloc_hugetlb", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
+    # ... and keeps what a step frees for the next (one arena: a thread's own arena mmaps
+    # blocks over its 64 MiB heaps whatever mmap_max says, so heap_only above still
+    # mapped XLA's per-step temporaries afresh; experiments/switch_probe.py).
+    ("glibc_malloc_hugetlb_keep_freed", {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:"
+                          "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"}),
 )
 
 # Settings whose probe also times training steps (~60 s each): the allocator is what
 # could change the step without changing its GEMMs.
 PROBE_TRAIN_STEP = ("default", "glibc_malloc_no_mmap", "glibc_malloc_heap_only",
-                    "glibc_malloc_hugetlb")
+                    "glibc_malloc_hugetlb", "glibc_malloc_hugetlb_keep_freed")
 
 
 def probe_env(env: dict) -> dict:
