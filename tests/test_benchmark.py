@@ -289,3 +289,14 @@ def test_study_size_is_the_model_the_comparison_trains():
   assert model_config("bert", "study_small", "bfloat16").dtype == "bfloat16"
   with pytest.raises(ValueError, match="study_bogus.*study_long"):
     model_config("bert", "study_bogus", "float32")
+
+
+def test_gemm_sentence_follows_the_measured_gemm_rates():
+  def roof(xla, torch):
+    return {"square": [{"m": 2048, "dtype": "float32", "gflops": xla}],
+            "torch_square": [{"m": 2048, "dtype": "float32", "gflops": torch}]}
+  slower = report.gemm_sentence(roof(270.0, 330.0))
+  assert "torch's fp32 GEMMs (MKL) run 1.22x XLA's" in slower and "about 0.82x HF torch" in slower
+  level = report.gemm_sentence(roof(189.0, 187.0))
+  assert "run at the same rate here (torch 0.99x XLA" in level and "1.22x" not in level
+  assert "inference lands near HF torch's" in report.gemm_sentence({})
