@@ -156,13 +156,19 @@ def _x(x) -> str:
 
 
 
+def gemm_rates(roof: dict) -> tuple:
+  """(XLA's, torch's) 2048^3 fp32 GFLOP/s from a run's roofline (None where not timed)."""
+  def rate(key):
+    return next((r["gflops"] for r in roof.get(key, [])
+                 if r["m"] == 2048 and r["dtype"] == "float32"), None)
+  return rate("square"), rate("torch_square")
+
+
 def gemm_sentence(roof: dict) -> str:
   """What the GEMM libraries allow: XLA's and torch's 2048^3 fp32 rates from this run's
   roofline; where torch's is more than 5% faster, that bounds how close we can come."""
-  xla = {r["m"]: r["gflops"] for r in roof.get("square", []) if r["dtype"] == "float32"}
-  torch_rates = {r["m"]: r["gflops"] for r in roof.get("torch_square", [])
-           if r["dtype"] == "float32"}
-  ratio = torch_rates[2048] / xla[2048] if 2048 in xla and 2048 in torch_rates else None
+  xla, torch_rate = gemm_rates(roof)
+  ratio = torch_rate / xla if xla and torch_rate else None
   tail = (" ALBERT is where we are clearly ahead, because HF torch runs ALBERT's tanh-GELU "
           "unfused.")
   if ratio is None or ratio <= 1.05:
@@ -172,7 +178,7 @@ def gemm_sentence(roof: dict) -> str:
                                    "at 2048^3 fp32)")
             + ", so inference lands near HF torch's." + tail)
   return (f"Here torch's fp32 GEMMs (MKL) run {ratio:.2f}x XLA's (YNNPACK; 2048^3: "
-          f"{torch_rates[2048]:.0f} vs {xla[2048]:.0f} GFLOP/s, the roofline table), and a forward "
+          f"{torch_rate:.0f} vs {xla:.0f} GFLOP/s, the roofline table), and a forward "
           f"is mostly GEMMs: about {1 / ratio:.2f}x HF torch is what the kernels allow, at "
           "best. No XLA:CPU setting closed that gap on the Xeon where it was found "
           "(`experiments/results/xla_probe_xeon`)." + tail)
@@ -224,6 +230,7 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
             f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
             for e in layouts) + " (> 1: separate layers faster).")
   tv = res["ratios"]["training_vs_reference"]
+  xla_gemm, torch_gemm = gemm_rates(roof)
   if tv:
     lines.append(
         "- Training step vs HF torch (same objective and optimizer, dropout on): " + ", ".join(
@@ -233,7 +240,10 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
             r["xla_flops"] / r["analytic_flops"] for r in res.get("training", [])
             if r["impl"] == "ours" and r.get("xla_flops")) for f in (min, max)))
         + ", and the MLM head runs on the gathered positions only), so the gap is in "
-        "non-GEMM time and memory traffic: XLA's temporaries for the step (forward "
+        + (f"the GEMM kernels first (torch's {torch_gemm / xla_gemm:.2f}x XLA's here, "
+           "above), then in " if xla_gemm and torch_gemm and torch_gemm > 1.05 * xla_gemm
+           else "")
+        + "non-GEMM time and memory traffic: XLA's temporaries for the step (forward "
         "activations kept for the backward pass, gradients) are "
         + ", ".join(f"{r['model']} {r['batch']}x{r['seq']} {r['xla_memory']['temp_size'] / 2**30:.1f}"
                     for r in res.get("training", []) if r["impl"] == "ours"

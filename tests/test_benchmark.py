@@ -300,3 +300,5 @@ def test_gemm_sentence_follows_the_measured_gemm_rates():
   level = report.gemm_sentence(roof(189.0, 187.0))
   assert "run at the same rate here (torch 0.99x XLA" in level and "1.22x" not in level
   assert "inference lands near HF torch's" in report.gemm_sentence({})
+  assert report.gemm_rates(roof(270.0, 330.0)) == (270.0, 330.0)
+  assert report.gemm_rates({}) == (None, None)
