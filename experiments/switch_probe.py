@@ -1,20 +1,22 @@
-"""The cost of switching libraries between timed calls: ours after HF torch's step.
+"""Why our call right after HF torch's ran slower: the library switch, or the pause?
 
 A benchmark that interleaves implementations call by call times every one of our
 calls right after a torch call. On the 2-core Xeon (2026-12-06) such a call of our
 BERT-base 8x128 training step took 4.8-5.5 s with 3-4 s of kernel time, against
 3.3 s / 0.3 s right after one of ours (`experiments/results/timing_bias`). This probe
-measures that in one child process per setting of glibc's huge-page tunable
-(`glibc.malloc.hugetlb=1`, what `launch.py` and the benchmarks start with, against
-`=0`): each round calls ours, ours, torch, ours, and each call records its wall time,
-kernel and user CPU time, minor page faults and the deltas of the kernel's
-compaction and transparent-huge-page counters (/proc/vmstat: machine-wide, so other
-processes' faults count too). The summary gives, per
-setting, the median of each kind of call ("ours after ours", "ours after torch",
-"torch after ours") and the switch cost (after torch / after ours).
+runs one child process per glibc setting (`SETTINGS`: the huge-page tunable
+`glibc.malloc.hugetlb=1` that `launch.py` and the benchmarks start with, or `=0`, each
+alone or with `KEEP_FREED`, which keeps freed memory in the process). Each round calls
+ours, ours, torch, ours, an idle sleep (`--sleep-s`), ours (`ROUND`), and each call
+records its wall time, kernel and user CPU time, minor page faults, CPU time per thread
+name and the deltas of the kernel's compaction and transparent-huge-page counters
+(/proc/vmstat: machine-wide, so other processes' faults count too). The summary gives,
+per setting, the median of each kind of call ("ours after ours", "ours after torch",
+"ours after sleep", ...), the switch cost (after torch / after ours) and the pause
+cost (after sleep / after ours).
 
   python -m experiments.switch_probe --out=experiments/results/timing_bias/switch_probe \\
-      --size=base --rounds=4
+      --size=base --rounds=3 --settings=hugetlb1,hugetlb1_heap
 
 Writes `switch_probe.json` (every call) and `SWITCH_PROBE.md`. Needs torch (the
 test extra); nothing else should run meanwhile.
@@ -97,8 +99,9 @@ def label_calls(impls: list) -> list:
 
 def summarize(calls: list) -> dict:
   """Per setting and call label: the number of calls and the median of every measured
-  field; per setting, `switch_cost`: median wall of 'ours after torch' / 'ours after
-  ours'. `calls`: dicts with 'setting', 'label' and the measured fields."""
+  field; per setting, `switch_cost` and `pause_cost`: the median wall of 'ours after
+  torch' and of 'ours after sleep' over that of 'ours after ours' (None where a kind is
+  missing). `calls`: dicts with 'setting', 'label' and the measured fields."""
   out = {}
   for setting in dict.fromkeys(c["setting"] for c in calls):
     rows = {}
@@ -108,7 +111,7 @@ def summarize(calls: list) -> dict:
                 if k not in ("setting", "label", "round") and isinstance(v, (int, float))]
       rows[label] = {"calls": len(group),
                      **{k: statistics.median(c[k] for c in group) for k in fields}}
-      after_ours = rows.get("ours after ours", {}).get("wall_s")
+    after_ours = rows.get("ours after ours", {}).get("wall_s")
     cost = {k: rows[f"ours after {k}"]["wall_s"] / after_ours
             for k in ("torch", "sleep") if after_ours and f"ours after {k}" in rows}
     out[setting] = {"by_label": rows, "switch_cost": cost.get("torch"),
@@ -154,7 +157,8 @@ def run_setting(args, name: str) -> list:
       calls.append(row)
       print(f"  {name} round {row['round']} {row['label']:17s} {row['wall_s'] * 1e3:7.0f} ms"
             f"  sys {row['sys_s']:5.2f} s  minflt {row['minflt']:7d}"
-            f"  compact_stall {row.get('compact_stall', 'n/a')}  threads {row['threads']}", flush=True)
+            f"  compact_stall {row.get('compact_stall', 'n/a')}  threads {row['threads']}",
+            flush=True)
   if proc.wait():
     raise SystemExit(f"error: the {name} child exited with status {proc.returncode}")
   return calls
@@ -211,7 +215,8 @@ def main(argv=None) -> None:
   summary = summarize(calls)
   meta = {"size": args.size, "point": args.point, "rounds": args.rounds,
           "cpu": host.cpu_model(), "date": time.strftime("%Y-%m-%d"),
-          "command": "python -m experiments.switch_probe " + " ".join(sys.argv[1:] if argv is None else argv)}
+          "command": "python -m experiments.switch_probe "
+                     + " ".join(sys.argv[1:] if argv is None else argv)}
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / "switch_probe.json").write_text(
       json.dumps({"meta": meta, "summary": summary, "calls": calls}, indent=1))

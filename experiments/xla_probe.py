@@ -22,6 +22,7 @@ import time
 import jax
 
 from experiments.provenance import REPO, cpu_flags, cpu_model, git_info
+from experiments.switch_probe import KEEP_FREED
 from experiments.timing import CpuMonitor, wait_for_idle
 
 PROBE_VARIANTS = (
@@ -63,9 +64,7 @@ PROBE_VARIANTS = (
     # ... and keeps what a step frees for the next (one arena: a thread's own arena mmaps
     # blocks over its 64 MiB heaps whatever mmap_max says, so heap_only above still
     # mapped XLA's per-step temporaries afresh; experiments/switch_probe.py).
-    ("glibc_malloc_hugetlb_keep_freed", {
-        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:"
-                          "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"}),
+    ("glibc_malloc_hugetlb_keep_freed", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:" + KEEP_FREED}),
 )
 
 # Settings whose probe also times training steps (~60 s each): the allocator is what
