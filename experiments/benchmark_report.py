@@ -251,10 +251,10 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
         + ", ".join(f"{r['model']} {r['batch']}x{r['seq']} {r['xla_memory']['temp_size'] / 2**30:.1f}"
                     for r in res.get("training", []) if r["impl"] == "ours"
                     and (r.get("xla_memory") or {}).get("temp_size"))
-        + " GiB, written and read once per step. One XLA profile of the step (MiniLM shape, "
-        "jax.profiler) put ~57% of it in GEMM fusions; the rest was zero-filled gradient "
-        "buffers (the 30522-row embedding gradient among them), the dynamic slices/updates "
-        "of the `nn.scan` layer stack and copies.")
+        + " GiB, written and read once per step. Where the rest goes, op by op (XLA's trace "
+        "of the BERT-base 8x128 step summed by op kind): `python -m "
+        "experiments.profile_train_step --op-breakdown`, committed in "
+        "`experiments/results/profile_train/op_breakdown`.")
   for m, band in (("distilbert", "the FLOP ratio +-0.03"), ("albert", "0.95-1.05")):
     es = [e for e in res["ratios"]["model_vs_bert"] if e["impl"] == "ours" and e["model"] == m]
     if not es:
@@ -320,9 +320,19 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
   return lines + [""]
 
 
+def same_cpu(meta: dict, probe_meta: dict) -> bool:
+  """Whether an --xla-flag-probe result was measured on the CPU this run's `meta` names."""
+  return (meta.get("cpu_model") == probe_meta.get("cpu_model")
+          and sorted(meta.get("cpu_flags", [])) == sorted(probe_meta.get("cpu_flags", [])))
+
+
 def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> str:
-  """The run as Markdown; `probe`: an --xla-flag-probe result to include; images under `image_dir`."""
+  """The run as Markdown; `probe`: an --xla-flag-probe result to include (left out, with a
+  line saying so, when it was measured on another CPU); images under `image_dir`."""
   meta = res["meta"]
+  probe_elsewhere = probe if probe and not same_cpu(meta, probe["meta"]) else None
+  if probe_elsewhere:
+    probe = None
   lines = [f"# lite_bert benchmark ({meta['dtype']}, {meta['size']}"
            f"{', quick' if meta['quick'] else ''})", ""]
   lines += [f"- device: {meta['device_kind']} ({meta['cpu_model']}, {meta['cpu_count']} cores;"
@@ -469,6 +479,11 @@ def markdown(res: dict, probe: Optional[dict] = None, image_dir: str = "") -> st
     lines.append(f"| {t['text']} | {value} | "
                  f"{'n/a' if t['met'] is None else ('yes' if t['met'] else 'no')} |")
   lines += [""] + analysis_lines(res, probe)
+  if probe_elsewhere:
+    m = probe_elsewhere["meta"]
+    lines += [f"The XLA-flag probe beside this report (`xla_flags_probe.json`) was measured on "
+              f"another CPU ({m.get('cpu_model')}, {m.get('date')}), so it is left out; rerun "
+              "`--xla-flag-probe` with the same --out on this machine to include one.", ""]
   if probe:
     lines += probe_markdown(probe).replace("# CPU settings", "## CPU settings").splitlines() + [""]
   lines += ["## FLOP formula", "", "```", res["flops_formula"].rstrip(), "```", ""]

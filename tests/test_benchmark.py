@@ -237,7 +237,8 @@ def test_noisy_candidates_get_more_calls_and_steady_ones_do_not():
 
 def test_report_includes_analysis_and_probe(run):
   res, _ = run
-  probe = {"meta": {"cpu_model": "cpu", "cpu_flags": ["avx512_bf16"], "jax": "x", "date": "d"},
+  probe = {"meta": {"cpu_model": res["meta"]["cpu_model"], "cpu_flags": ["avx512_bf16"],
+                    "jax": "x", "date": "d"},
            "variants": [
                {"variant": "default", "env": {}, "fp32_2048": 200.0, "bf16_2048": 160.0,
                 "bf16_2048_f32acc": 380.0, "bert_base_8x128_float32_ms": 1000.0,
@@ -246,6 +247,7 @@ def test_report_includes_analysis_and_probe(run):
                {"variant": "glibc", "env": {"GLIBC_TUNABLES": "x"}, "fp32_2048": 201.0,
                 "bf16_2048": 150.0, "bf16_2048_f32acc": 400.0,
                 "bert_base_train_8x128_float32_ms": 3200.0, "bf16_dot_upcast_to_f32": True}]}
+  res = dict(res, meta=dict(res["meta"], cpu_flags=["avx512_bf16"]))  # the probe's CPU
   text = report.markdown(res, probe, image_dir="benchmark")
   assert "## Where we stand and what limits it" in text
   assert "## CPU settings vs GEMM throughput" in text
@@ -257,6 +259,11 @@ def test_report_includes_analysis_and_probe(run):
   assert "- glibc: 3,200 ms (1.25x default)" in text
   assert "no `amx` flags" in text
   assert "](benchmark/inference_scaling.png)" in text
+  # A probe measured on another CPU is left out, and the report says so.
+  elsewhere = dict(probe, meta=dict(probe["meta"], cpu_model="Other CPU", date="2026-01-02"))
+  text = report.markdown(res, elsewhere, image_dir="benchmark")
+  assert "## CPU settings vs GEMM throughput" not in text and "bf16 on CPU" not in text
+  assert "measured on another CPU (Other CPU, 2026-01-02), so it is left out" in text
 
 
 @pytest.mark.slow
