@@ -121,6 +121,11 @@ def parse_args(argv=None):
                       "(`model.scan_layers=False`, the faster XLA:CPU step) or the scanned "
                       "stacked ones (ALBERT's shared layer scans either way); 'both' times "
                       "the scanned step too, interleaved, as impl 'ours_scanned'")
+  p.add_argument("--teacher-layout", default="unrolled", choices=("unrolled", "scanned", "both"),
+                 help="the frozen BERT teacher's layers in DistilBERT's distillation step: "
+                      "separately stored (`teachers.frozen_layout`, as the library runs a "
+                      "teacher) or the scanned stack; 'both' times the scanned-teacher step "
+                      "too, interleaved, as impl 'ours_scanned_teacher'")
   p.add_argument("--resume", action="store_true",
                  help="carry on from <out>/partial.json (written after every point) of an "
                       "interrupted run with the same settings")

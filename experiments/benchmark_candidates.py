@@ -36,6 +36,7 @@ from experiments.benchmark_inputs import (MODELS, make_inputs, make_pretraining_
 from experiments.timing import Candidate, timed_call
 from experiments.torch_reference import (torch_adamw, torch_autocast, torch_distillation_loss,
                                          torch_model, torch_pretraining_loss, torch_tensors)
+from lite_bert import teachers
 from lite_bert.models import convert
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.encoder import Encoder, unstack_layers
@@ -170,12 +171,15 @@ def parity(m: str, cfg: EncoderConfig, params, refs, *, layout: str, dtype: str,
 
 def our_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str,
                  teacher_params, deterministic_loss: bool,
-                 layout: str = "scanned", impl: str = "ours") -> Candidate:
+                 layout: str = "scanned", impl: str = "ours",
+                 teacher_layout: str = "unrolled") -> Candidate:
   """One jitted training step of model `m` (`cfgs`: every model's config, BERT the teacher).
 
-  `teacher_params`: the frozen BERT teacher's (DistilBERT only);
+  `teacher_params`: the frozen BERT teacher's (DistilBERT only), stacked;
   `deterministic_loss`: also record the loss without dropout (to compare with HF torch's);
-  `layout`: 'unrolled' trains separately stored layers (`scan_layers=False`).
+  `layout`: 'unrolled' trains separately stored layers (`scan_layers=False`);
+  `teacher_layout`: the frozen teacher's, 'unrolled' as `teachers.frozen_layout` runs it in
+  the library, or 'scanned'.
   """
   cfg = cfgs[m]
   if layout == "unrolled" and cfg.share != "all":
@@ -187,10 +191,12 @@ def our_training(m: str, cfgs: dict, params, batch: int, seq: int, *, size: str,
   # XLA counts a scanned stack's block once; separately stored layers are all counted.
   stacks = [(cfg, batch, seq, True)] if cfg.scan_layers or cfg.share == "all" else []
   if m == "distilbert":
-    tcfg = cfgs["bert"]
+    tcfg, frozen = cfgs["bert"], teacher_params
+    if teacher_layout == "unrolled":
+      tcfg, frozen = teachers.frozen_layout(tcfg, teacher_params)
     teacher = PretrainingModel(tcfg, pair_head=False)
-    frozen = teacher_params
-    stacks.append((tcfg, batch, seq, False))
+    if tcfg.scan_layers:
+      stacks.append((tcfg, batch, seq, False))
 
     def loss_fn(p, frozen, batch_, rng, deterministic):
       s = model.apply({"params": p}, batch_["input_ids"], batch_["attention_mask"], None,

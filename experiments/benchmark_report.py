@@ -98,6 +98,12 @@ def compute_ratios(res: dict, models) -> dict:
           {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
            "scanned_s": scanned["median_s"],
            "speedup_unrolled_vs_scanned": scanned["median_s"] / r["median_s"]})
+    scanned_teacher = tr.get((m, "ours_scanned_teacher", b, s))
+    if scanned_teacher is not None:  # --teacher-layout=both: the two teacher layouts
+      out.setdefault("teacher_layouts", []).append(
+          {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
+           "scanned_s": scanned_teacher["median_s"],
+           "speedup_unrolled_vs_scanned": scanned_teacher["median_s"] / r["median_s"]})
     bert = tr.get(("bert", "ours", b, s))
     if bert is not None and m != "bert":
       out["training_model_vs_bert"].append(
@@ -232,6 +238,13 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
         "(`model.scan_layers=False`) vs the scanned stack: " + ", ".join(
             f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
             for e in layouts) + " (> 1: separate layers faster).")
+  teacher_layouts = res["ratios"].get("teacher_layouts") or []
+  if teacher_layouts:
+    lines.append(
+        "- Teacher layouts in the distillation step (timed interleaved): the frozen teacher's "
+        "layers stored separately (`teachers.frozen_layout`) vs its scanned stack: " + ", ".join(
+            f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
+            for e in teacher_layouts) + " (> 1: separate layers faster).")
   tv = res["ratios"]["training_vs_reference"]
   if tv:
     xla_gemm, torch_gemm = gemm_rates(roof)

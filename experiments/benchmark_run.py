@@ -140,6 +140,7 @@ class Benchmark:
         "wait_idle_s": self.args.wait_idle,
         "inference_layout": self.args.inference_layout,
         "train_layout": self.args.train_layout,
+        "teacher_layout": self.args.teacher_layout,
     }
     try:
       import jaxlib
@@ -267,11 +268,21 @@ class Benchmark:
       for m in self.models:  # one model at a time: optimizer states are large
         if (m, batch, seq) in done:
           continue
-        layout = self.args.train_layout
+        layout, teacher_layout = self.args.train_layout, self.args.teacher_layout
         candidates = [our_training(m, self.cfgs, params[m], batch, seq, size=self.args.size,
                                    teacher_params=self._teacher_params,
                                    deterministic_loss=self.args.reference,
-                                   layout="unrolled" if layout == "both" else layout)]
+                                   layout="unrolled" if layout == "both" else layout,
+                                   teacher_layout=("unrolled" if teacher_layout == "both"
+                                                   else teacher_layout))]
+        if teacher_layout == "both" and m == "distilbert":
+          candidates.append(our_training(m, self.cfgs, params[m], batch, seq,
+                                         size=self.args.size,
+                                         teacher_params=self._teacher_params,
+                                         deterministic_loss=False,
+                                         layout="unrolled" if layout == "both" else layout,
+                                         teacher_layout="scanned",
+                                         impl="ours_scanned_teacher"))
         if layout == "both" and self.cfgs[m].share != "all":  # ALBERT scans either way
           candidates.append(our_training(m, self.cfgs, params[m], batch, seq,
                                          size=self.args.size,

@@ -7,6 +7,12 @@ Both are described by an identity (path, step, architecture and a sha256 of
 the weights, `params_digest`) that the checkpoint meta records, and a resumed
 run must name the same teacher (`check_same_teacher`).
 
+A frozen teacher runs its layers as separately stored arrays (`model.scan_layers=False`,
+`frozen_layout`): its forward then reads each layer's weights in place, where the
+scanned stack copies every layer's slice out first (a forward-only model gains all of
+that; `experiments/results/profile_train/teacher_layout` measures the distillation step).
+The identity's digest is of the weights as stored (the stacked layout).
+
 Sits beside `pretrained.py`, above `train/`: the loss functions in
 `train/task_distillation.py` and `modes/distill.py` take the loaded teacher's
 model and params, never a path.
@@ -23,6 +29,7 @@ import numpy as np
 from lite_bert import pretrained
 from lite_bert.data import tokenizers
 from lite_bert.errors import UserError
+from lite_bert.models import encoder as encoder_lib
 from lite_bert.models.config import EncoderConfig
 from lite_bert.models.heads import ClassificationModel
 from lite_bert.train import checkpoint as checkpoint_lib
@@ -30,12 +37,23 @@ from lite_bert.train import fingerprints
 from lite_bert.train import setup
 
 
+def frozen_layout(cfg: EncoderConfig, params: dict) -> tuple[EncoderConfig, dict]:
+  """A frozen model's (cfg, params) with its layers stored separately (`scan_layers=False`).
+
+  `params` in the stacked layout (`pretrained.load`'s); ALBERT's one shared layer is
+  returned as it is (it scans either way).
+  """
+  cfg = dataclasses.replace(cfg, scan_layers=False)
+  return cfg, encoder_lib.unstack_layers(params, cfg)
+
+
 @dataclasses.dataclass
 class Teacher:
   """The frozen teacher as the step uses it."""
 
-  cfg: EncoderConfig      # its architecture as run here (no pooler, student's dtype)
-  params: dict            # numpy: `encoder` (no pooler) and `mlm_head`
+  cfg: EncoderConfig      # its architecture as run here (no pooler, student's dtype,
+                          # separately stored layers: `frozen_layout`)
+  params: dict            # numpy: `encoder` (no pooler) and `mlm_head`, in `cfg`'s layout
   full_params: dict       # numpy: everything the source had (for the student init)
   source_cfg: EncoderConfig  # its architecture as stored
   tokenizer: tokenizers.Tokenizer
@@ -92,7 +110,8 @@ def load_teacher(config, student_cfg: EncoderConfig, *, needs_logits: bool) -> T
   params = {"encoder": encoder}
   if "mlm_head" in loaded.params:
     params["mlm_head"] = loaded.params["mlm_head"]
-  run_cfg = dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype)
+  run_cfg, params = frozen_layout(
+      dataclasses.replace(t_cfg, pooler=False, dtype=student_cfg.dtype), params)
   arch = {k: v for k, v in t_cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
   identity = dict(path=os.path.realpath(source), kind=loaded.kind, arch=loaded.arch,
                   step=loaded.step, model=arch,
@@ -145,9 +164,11 @@ class TaskTeacher:
   """A frozen fine-tuned teacher.
 
   Attributes:
-    model: its ClassificationModel (apply with {'params': params}).
-    params: numpy params: `encoder` and `classifier_head` (put in Job.frozen).
-    cfg: its encoder architecture.
+    model: its ClassificationModel (apply with {'params': params}), its layers stored
+      separately (`frozen_layout`).
+    params: numpy params: `encoder` and `classifier_head` (put in Job.frozen), in the
+      model's layout.
+    cfg: its encoder architecture (as stored).
     identity: JSON for the checkpoint meta (path, step, architecture, weights digest);
       `check_same_teacher` compares it on resume.
   """
@@ -222,5 +243,6 @@ def load_task_teacher(source: str, *, num_labels: int,
   arch = {k: v for k, v in loaded.cfg.to_dict().items() if k not in setup.RUNTIME_FIELDS}
   identity = dict(path=os.path.realpath(source), kind=loaded.kind, step=loaded.step,
                   model=arch, num_labels=teacher_labels, params_sha256=params_digest(params))
+  cfg, params = frozen_layout(cfg, params)
   return TaskTeacher(model=ClassificationModel(cfg, num_labels=num_labels), params=params,
                      cfg=loaded.cfg, identity=identity)

@@ -27,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tiny sizes (configs/*.py:tiny): H=128, I=512, heads=2; BERT L=4 with
 # pooler; DistilBERT L=2, no pooler; ALBERT L=4, E=64, pooler.
 ARGS = ["--quick", "--size=tiny", "--no-reference", "--batches=1,2", "--seqs=32",
-        "--train-points=2x32", "--train-layout=both"]
+        "--train-points=2x32", "--train-layout=both", "--teacher-layout=both"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_files_and_fields(run):
   train = res["training"]
   assert {(r["model"], r["impl"], r["batch"], r["seq"]) for r in train} == {
       (m, "ours", 2, 32) for m in MODELS} | {(m, "ours_scanned", 2, 32)
-                                             for m in ("bert", "distilbert")}
+                                             for m in ("bert", "distilbert")} | {
+      ("distilbert", "ours_scanned_teacher", 2, 32)}
   for r in train:
     assert math.isclose(r["sequences_per_s"], 2 / r["median_s"])
     assert math.isclose(r["mfu"], r["gflops_per_s"] / res["roofline"]["peak_gflops"]["float32"])
@@ -125,14 +126,15 @@ def test_analytic_flops_agree_with_xla(run):
     else:
       assert r["xla_flops_counted"] == r["xla_flops"]
   assert res["meta"]["inference_layout"] == "unrolled"
-  assert res["meta"]["train_layout"] == "both"
+  assert res["meta"]["train_layout"] == res["meta"]["teacher_layout"] == "both"
   assert {(r["model"], r["impl"]) for r in res["training"]} == {
-      (m, "ours") for m in MODELS} | {("bert", "ours_scanned"), ("distilbert", "ours_scanned")}
+      (m, "ours") for m in MODELS} | {("bert", "ours_scanned"), ("distilbert", "ours_scanned"),
+                                      ("distilbert", "ours_scanned_teacher")}
   for r in res["training"]:
-    # 'ours' trains separately stored layers; ALBERT's shared block, DistilBERT's frozen
-    # teacher and 'ours_scanned' scan: one while loop whose body XLA counts once
-    # (corrected for).
-    if r["model"] in ("albert", "distilbert") or r["impl"] == "ours_scanned":
+    # 'ours' trains separately stored layers beside a frozen teacher stored so too;
+    # ALBERT's shared block, 'ours_scanned' (the student) and 'ours_scanned_teacher' (the
+    # teacher) scan: one while loop whose body XLA counts once (corrected for).
+    if r["model"] == "albert" or r["impl"] in ("ours_scanned", "ours_scanned_teacher"):
       assert r["xla_flops_counted"] < r["xla_flops"]
     else:
       assert r["xla_flops_counted"] == r["xla_flops"]
@@ -165,6 +167,10 @@ def test_ratios_are_computed_from_rows(run):
   for e in layouts:
     assert e["speedup_unrolled_vs_scanned"] == (train[(e["model"], "ours_scanned")]["median_s"]
                                                 / train[(e["model"], "ours")]["median_s"])
+  [e] = res["ratios"]["teacher_layouts"]
+  assert e["model"] == "distilbert" and e["speedup_unrolled_vs_scanned"] == (
+      train[("distilbert", "ours_scanned_teacher")]["median_s"]
+      / train[("distilbert", "ours")]["median_s"])
   targets = {t["target"]: t for t in report.evaluate_targets(dict(edited, ratios={
       **report.compute_ratios(edited, MODELS)}))}
   assert targets["distil_ratio"]["value"] == {

@@ -429,9 +429,13 @@ def test_zero_step_student_is_the_teacher_subnetwork(micro_teacher, tmp_path):
   config = micro_student(micro_teacher)
   config.model.num_layers = 4
   job, params = initial_student(config, str(tmp_path / "all"))
+  # The frozen teacher runs its layers stored separately (`teachers.frozen_layout`).
+  assert "layers" not in job.frozen["encoder"] and "layers_3" in job.frozen["encoder"]
   _, metrics = jax.jit(job.loss_fn, static_argnums=4)(params, job.frozen, batch, None, True)
   numbers = objectives.summarize(jax.device_get(metrics))
-  assert numbers["kl"] < 1e-6 and numbers["cosine_loss"] < 1e-6 and numbers["logit_mse"] < 1e-4
+  # (This micro teacher's layers barely change its output: with two of them swapped the
+  # logit MSE is still ~1e-6, so the bound is tight; float rounding leaves ~1e-13.)
+  assert numbers["kl"] < 1e-6 and numbers["cosine_loss"] < 1e-6 and numbers["logit_mse"] < 1e-9
   assert numbers["mlm_loss"] > 1.0  # the student's MLM loss itself is a real number
 
 
@@ -756,7 +760,7 @@ def test_encoder_only_teacher_teaches_through_hidden_states(micro_teacher, tmp_p
   numbers = objectives.summarize(jax.device_get(metrics))
   student_cfg = EncoderConfig.from_dict(config.model.to_dict())
   s = run_pretraining_model(student_cfg, dict(params), batch, None)["hidden_states"]
-  t = run_pretraining_model(dataclasses.replace(loaded.cfg, pooler=False),
+  t = run_pretraining_model(dataclasses.replace(loaded.cfg, pooler=False, scan_layers=False),
                             {"encoder": job.frozen["encoder"], "mlm_head": loaded.params["mlm_head"]},
                             batch, np.zeros_like(batch["input_ids"]))["hidden_states"]
   expected = np.mean([np.mean((s[m] - t[2 * m]) ** 2, -1)[real].mean() for m in (1, 2)])

@@ -18,8 +18,11 @@ import launch
 from configs import finetune as finetune_config
 from lite_bert import paths
 from lite_bert import predictor
+from lite_bert import pretrained
+from lite_bert import teachers
 from lite_bert.data import glue
 from lite_bert.errors import UserError
+from lite_bert.models.heads import ClassificationModel
 from lite_bert.train import metrics as metrics_lib
 
 GLUE = paths.data_dir() / "glue"
@@ -273,6 +276,18 @@ def test_task_distillation_from_finetuned_teacher(tmp_path, sst2_run):
   assert "soft_kl" not in metrics_lib.read_metrics(teacher, "train")[0]
   with open(os.path.join(student, "eval_validation.json")) as f:
     assert json.load(f)["examples"] == 872
+  # The frozen teacher runs its layers stored separately (`teachers.frozen_layout`) and
+  # predicts what the stored (stacked) teacher does.
+  loaded = pretrained.load(teacher)
+  frozen = teachers.load_task_teacher(teacher, num_labels=2)
+  assert not frozen.model.cfg.scan_layers and "layers_0" in frozen.params["encoder"]
+  ids = np.asarray([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]], np.int32)
+  mask = (ids > 0).astype(np.int32)
+  stacked = ClassificationModel(loaded.cfg, num_labels=2).apply(
+      {"params": {k: loaded.params[k] for k in ("encoder", "classifier_head")}}, ids, mask)
+  ours = frozen.model.apply({"params": frozen.params}, ids, mask)
+  np.testing.assert_allclose(np.asarray(ours["logits"]), np.asarray(stacked["logits"]),
+                             atol=1e-5, rtol=1e-5)
   wrong = tiny_config("mrpc", **{"finetune.teacher": str(tmp_path / "nothing")})
   with pytest.raises(UserError, match="does not exist"):
     launch.run(wrong, str(tmp_path / "refused"))
