@@ -46,6 +46,18 @@ def _index(rows: list) -> dict:
   return {(r["model"], r["impl"], r["batch"], r["seq"]): r for r in rows}
 
 
+# The layout comparisons a run can time (--train-layout / --teacher-layout=both): the
+# scanned candidate's impl, its ratios key, and what the report calls it.
+LAYOUT_COMPARISONS = (
+    ("ours_scanned", "training_layouts",
+     "Training layouts (same step, timed interleaved): separately stored layers "
+     "(`model.scan_layers=False`) vs the scanned stack"),
+    ("ours_scanned_teacher", "teacher_layouts",
+     "Teacher layouts in the distillation step (timed interleaved): the frozen teacher's "
+     "layers stored separately (`teachers.frozen_layout`) vs its scanned stack"),
+)
+
+
 def compute_ratios(res: dict, models) -> dict:
   """Every ratio is computed here from the rows' medians and analytic FLOPs."""
   out = {"model_vs_bert": [], "ours_vs_reference": [], "training_vs_reference": [],
@@ -92,18 +104,13 @@ def compute_ratios(res: dict, models) -> dict:
           {"model": m, "batch": b, "seq": s, "ours_s": r["median_s"],
            "hf_torch_s": other["median_s"],
            "speedup_vs_hf_torch": other["median_s"] / r["median_s"]})
-    scanned = tr.get((m, "ours_scanned", b, s))
-    if scanned is not None:  # --train-layout=both: the two layouts, interleaved
-      out.setdefault("training_layouts", []).append(
-          {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
-           "scanned_s": scanned["median_s"],
-           "speedup_unrolled_vs_scanned": scanned["median_s"] / r["median_s"]})
-    scanned_teacher = tr.get((m, "ours_scanned_teacher", b, s))
-    if scanned_teacher is not None:  # --teacher-layout=both: the two teacher layouts
-      out.setdefault("teacher_layouts", []).append(
-          {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
-           "scanned_s": scanned_teacher["median_s"],
-           "speedup_unrolled_vs_scanned": scanned_teacher["median_s"] / r["median_s"]})
+    for impl, key, _ in LAYOUT_COMPARISONS:  # --train-layout / --teacher-layout=both
+      scanned = tr.get((m, impl, b, s))
+      if scanned is not None:
+        out.setdefault(key, []).append(
+            {"model": m, "batch": b, "seq": s, "unrolled_s": r["median_s"],
+             "scanned_s": scanned["median_s"],
+             "speedup_unrolled_vs_scanned": scanned["median_s"] / r["median_s"]})
     bert = tr.get(("bert", "ours", b, s))
     if bert is not None and m != "bert":
       out["training_model_vs_bert"].append(
@@ -231,20 +238,12 @@ def analysis_lines(res: dict, probe: Optional[dict]) -> list:
                    f"over {len(vals)} points (> 1: ours faster).")
   if any("speedup_vs_hf_torch" in e for e in vs):
     lines.append("  " + gemm_sentence(roof))
-  layouts = res["ratios"].get("training_layouts") or []
-  if layouts:
-    lines.append(
-        "- Training layouts (same step, timed interleaved): separately stored layers "
-        "(`model.scan_layers=False`) vs the scanned stack: " + ", ".join(
-            f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
-            for e in layouts) + " (> 1: separate layers faster).")
-  teacher_layouts = res["ratios"].get("teacher_layouts") or []
-  if teacher_layouts:
-    lines.append(
-        "- Teacher layouts in the distillation step (timed interleaved): the frozen teacher's "
-        "layers stored separately (`teachers.frozen_layout`) vs its scanned stack: " + ", ".join(
-            f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
-            for e in teacher_layouts) + " (> 1: separate layers faster).")
+  for _, key, what in LAYOUT_COMPARISONS:
+    layouts = res["ratios"].get(key) or []
+    if layouts:
+      lines.append(f"- {what}: " + ", ".join(
+          f"{e['model']} {e['batch']}x{e['seq']} {e['speedup_unrolled_vs_scanned']:.2f}x"
+          for e in layouts) + " (> 1: separate layers faster).")
   tv = res["ratios"]["training_vs_reference"]
   if tv:
     xla_gemm, torch_gemm = gemm_rates(roof)
