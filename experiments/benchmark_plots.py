@@ -20,7 +20,8 @@ def write_plots(res: dict, out: str) -> list:
   import matplotlib.pyplot as plt
   paths = []
   colors = {"bert": "tab:blue", "distilbert": "tab:orange", "albert": "tab:green"}
-  styles = {"ours": "-", "ours_scanned": "-.", "ours_scanned_teacher": "-.", "hf_torch": "--", "hf_flax": ":"}
+  styles = {"ours": "-", "ours_scanned": "-.", "ours_scanned_teacher": "-.", "hf_torch": "--",
+            "hf_flax": ":"}
   rows = res["inference"]
   batches = sorted({r["batch"] for r in rows})
   seqs = sorted({r["seq"] for r in rows})
