@@ -14,6 +14,7 @@ The candidates themselves are built in `benchmark_candidates.py`.
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import json
 import os
@@ -268,27 +269,20 @@ class Benchmark:
       for m in self.models:  # one model at a time: optimizer states are large
         if (m, batch, seq) in done:
           continue
-        layout, teacher_layout = self.args.train_layout, self.args.teacher_layout
-        candidates = [our_training(m, self.cfgs, params[m], batch, seq, size=self.args.size,
-                                   teacher_params=self._teacher_params,
-                                   deterministic_loss=self.args.reference,
-                                   layout="unrolled" if layout == "both" else layout,
-                                   teacher_layout=("unrolled" if teacher_layout == "both"
-                                                   else teacher_layout))]
-        if teacher_layout == "both" and m == "distilbert":
-          candidates.append(our_training(m, self.cfgs, params[m], batch, seq,
-                                         size=self.args.size,
-                                         teacher_params=self._teacher_params,
-                                         deterministic_loss=False,
-                                         layout="unrolled" if layout == "both" else layout,
-                                         teacher_layout="scanned",
-                                         impl="ours_scanned_teacher"))
-        if layout == "both" and self.cfgs[m].share != "all":  # ALBERT scans either way
-          candidates.append(our_training(m, self.cfgs, params[m], batch, seq,
-                                         size=self.args.size,
-                                         teacher_params=self._teacher_params,
-                                         deterministic_loss=False, layout="scanned",
-                                         impl="ours_scanned"))
+        # 'both': the separately stored layout is 'ours', the scanned one beside it.
+        layout, teacher_layout = (("unrolled" if a == "both" else a) for a in (
+            self.args.train_layout, self.args.teacher_layout))
+        ours = functools.partial(our_training, m, self.cfgs, params[m], batch, seq,
+                                 size=self.args.size, teacher_params=self._teacher_params)
+        candidates = [ours(deterministic_loss=self.args.reference, layout=layout,
+                           teacher_layout=teacher_layout)]
+        if self.args.teacher_layout == "both" and m == "distilbert":
+          candidates.append(ours(deterministic_loss=False, layout=layout,
+                                 teacher_layout="scanned", impl="ours_scanned_teacher"))
+        # ALBERT's shared layer scans either way.
+        if self.args.train_layout == "both" and self.cfgs[m].share != "all":
+          candidates.append(ours(deterministic_loss=False, layout="scanned",
+                                 teacher_layout=teacher_layout, impl="ours_scanned"))
         if with_torch:
           candidates.append(torch_training(m, self.cfgs, params[m], batch, seq,
                                            size=self.args.size, dtype=self.args.dtype,
