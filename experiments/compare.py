@@ -39,10 +39,18 @@ measured on 2 CPU cores shared with other jobs, less on idle ones), `small` (4
 layers of 256, 3,000 steps: about four hours on 2 CPU cores), `long`
 (`small`'s models without dropout, 1,500 steps of 128 x 32 tokens, then 3,000
 and 6,000 of 32 x 128 continuing from them, a sequence-length warmup that leaves
-the unigram plateau: about 2-3 hours a model, resumable across sessions), `base` (the real BERT-base / DistilBERT /
-ALBERT-base, 100k steps of 256 sequences: an accelerator). The parameter
-counts and the benchmark are at base size at every scale. Step counts, the corpora, the benchmark grid and the
-evaluation size can be overridden (`--pretrain-steps`, `--corpus`, `--batches`,
+the unigram plateau: about 2-3 hours a model, resumable across sessions), `base`
+(the real BERT-base / DistilBERT / ALBERT-base, 100k steps of 256 sequences: an
+accelerator). The parameter counts and the benchmark are at base size at every
+scale. Step counts, the corpora, the benchmark grid and the evaluation size can
+be overridden (`--pretrain-steps`, `--corpus`, `--batches`, `--seqs`,
+`--eval-batches`, ...; `--help` lists them).
+
+`--real-teacher=DIR` takes a `python -m experiments.distill_study` folder (e.g. the
+committed `experiments/results/distill_study`): its distill_numbers.json is copied to
+`real_teacher/` and the claims table sets its retention (all-MiniLM-L6-v2 -> a 3-layer
+student, SST-2 + MRPC, with its interval, majority classes and latency ratio) beside
+the study's 97%, next to the from-scratch DistilBERT's row.
 
 The pieces: `compare_plan.py` (the study, the scales, the stages' commands),
 `jobs.py` (running a stage: log, wall time, resume), `compare_numbers.py`
@@ -59,6 +67,7 @@ import sys
 
 from experiments import jobs
 from experiments import provenance
+from experiments.compare_numbers import real_teacher_problem, take_real_teacher
 from experiments.compare_plan import SCALES, make_plan, settings_of
 from experiments.compare_publish import publish
 from experiments.compare_report import report
@@ -137,7 +146,17 @@ def parse_args(argv=None):
   p.add_argument("--seqs", default="", help="benchmark sequence lengths, e.g. 128,512")
   p.add_argument("--bench-size", default="base", choices=("base", "tiny"),
                  help="model size the benchmark times (base; tiny only for quick checks)")
-  return p.parse_args(argv)
+  p.add_argument("--real-teacher", default="",
+                 help="a `python -m experiments.distill_study` folder (e.g. "
+                      "experiments/results/distill_study): its distill_numbers.json is copied "
+                      "in and the report sets its real-teacher retention beside the study's 97%%")
+  args = p.parse_args(argv)
+  if args.real_teacher:
+    problem = real_teacher_problem(args.real_teacher)
+    if problem:  # refused before anything is written
+      print(f"error: {problem}", file=sys.stderr)
+      raise SystemExit(2)
+  return args
 
 
 def main(argv=None) -> int:
@@ -148,6 +167,8 @@ def main(argv=None) -> int:
     run_all(args, root)
   elif not os.path.exists(os.path.join(root, "run.json")):
     raise SystemExit(f"error: {root} has no run.json: not a comparison folder")
+  if args.real_teacher:
+    take_real_teacher(args.real_teacher, root)
   report(root)
   print(f"wrote {os.path.join(root, 'report.md')}")
   if args.publish:

@@ -113,6 +113,40 @@ class Sources:
 
 SIZES_FILE = "sizes.json"  # written by `publish`: the folders it leaves behind, in bytes
 ACCURACY_FILE = "accuracy_stats.json"  # written by `report`: intervals and majority baselines
+# `--real-teacher=DIR`: DIR/distill_numbers.json (a `python -m experiments.distill_study`
+# folder) copied here, so the report's numbers resolve inside the comparison's folder.
+REAL_TEACHER_FILE = os.path.join("real_teacher", "distill_numbers.json")
+REAL_TEACHER_ORIGIN = os.path.join("real_teacher", "origin.json")
+
+
+def real_teacher_problem(folder: str) -> Optional[str]:
+  """Why `folder` cannot be `--real-teacher` (None when it can): it must hold the
+  distill study's distill_numbers.json with the teacher and a distilled student."""
+  path = os.path.join(folder, "distill_numbers.json")
+  try:
+    with open(path) as f:
+      numbers = json.load(f)
+  except OSError:
+    return (f"--real-teacher={folder}: no {path} (a `python -m experiments.distill_study` "
+            f"workdir or its --publish folder has one)")
+  except ValueError as e:
+    return f"--real-teacher={folder}: {path} is not valid JSON ({e})"
+  variants = numbers.get("variants") if isinstance(numbers, dict) else None
+  if not isinstance(variants, dict) or "teacher" not in variants or not (
+      {"task", "general"} & set(variants)):
+    return (f"--real-teacher={folder}: {path} has no teacher and distilled student "
+            f"('variants' needs 'teacher' and 'task' or 'general')")
+  return None
+
+
+def take_real_teacher(folder: str, root: str) -> None:
+  """Copies `folder`'s distill_numbers.json to root/REAL_TEACHER_FILE (checked first with
+  `real_teacher_problem`) and records where it came from."""
+  from lite_bert import files  # pylint: disable=import-outside-toplevel
+  target = os.path.join(root, REAL_TEACHER_FILE)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  files.atomic_copy(os.path.join(folder, "distill_numbers.json"), target)
+  write_record(os.path.join(root, REAL_TEACHER_ORIGIN), {"folder": folder})
 
 
 def finetune_runs(root: str, task: str) -> dict:

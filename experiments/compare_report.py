@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from experiments.compare_numbers import (ACCURACY_FILE, Ledger, Num, Sources, ms_fmt,
+from experiments import verdicts
+from experiments.compare_numbers import (ACCURACY_FILE, REAL_TEACHER_FILE,
+                                         REAL_TEACHER_ORIGIN, Ledger, Num, Sources, ms_fmt,
                                          reduce_nums, study, write_accuracy_stats)
 from experiments.compare_plan import (MODELS, NAMES, SCALES, STUDY, TASK_NAMES, TASKS,
                                       TRAINED_BY, corpus_label, make_plan, pretraining_stages)
@@ -184,6 +186,7 @@ class Report:
     rows.append(row)
     rows.append(self.speed_claim("distilbert_faster", "distilbert"))
     rows.append(self.glue_claim())
+    rows.append(self.real_teacher_claim())
     rows.append(self.speed_claim("albert_not_faster", "albert"))
     return (["## The study says / we measured", ""] +
             md_table(["the study says", "we measured", "verdict"], rows))
@@ -290,6 +293,67 @@ class Report:
     verdict = (f"{word}: ours keeps {n(retention, '.1f', 100)}% ({ci()}) of BERT's {names} "
                f"score; {why}. Majority class: {majority} (GLUE score, %). {scale_note}")
     measured = f"{n(retention, '.1f', 100)}% of BERT's score ({ci()})"
+    return [n.study_claim(key), measured, verdict]
+
+  def real_teacher_claim(self) -> list:
+    """97% again, with a real pretrained teacher: the distill study's retention
+    (`--real-teacher`, REAL_TEACHER_FILE), its interval, majority classes and latency."""
+    n = self.n
+    key = "distilbert_glue_real_teacher"
+    if not self.src.exists(REAL_TEACHER_FILE):
+      return [n.study_claim(key), "n/a",
+              "not measured in this comparison: " + code("--real-teacher=DIR") + " takes a "
+              + code("python -m experiments.distill_study") + " folder"]
+    numbers = self.src.raw(REAL_TEACHER_FILE)
+    variant = "task" if "task" in numbers["variants"] else "general"
+    get = lambda *keys: self.src.get(REAL_TEACHER_FILE, *keys)
+    var = lambda *keys: get("variants", variant, *keys)
+    confidence = lambda: n(Num.of(0.95), ".0f", 100)
+    pct = lambda num: n(num, ".1f", 100)
+    tasks = [t for t in numbers["tasks_order"] if t in numbers["tasks"]]
+    names = " + ".join(numbers["tasks"][t]["name"] for t in tasks)
+    ci = lambda *keys: f"{confidence()}% CI {pct(var(*keys, 0))} to {pct(var(*keys, 1))}"
+    latency = get("latency", "mean_ratio")
+    at = (f", at a latency ratio of {n(latency, '.2f')} to the teacher (measured in the same "
+          f"run)" if latency is not None else "")
+    measured = (f"{pct(var('retention'))}% of the teacher's {names} score "
+                f"({ci('retention_ci')}%){at}")
+    task_var = lambda t, m, *keys: get("tasks", t, "variants", m, *keys)
+
+    def points(num):
+      return f"{n(abs(num), '.1f', 100)} points {'below' if num.value < 0 else 'above'}"
+
+    below = [f"{'the teacher' if m == 'teacher' else 'the student'} on "
+             f"{numbers['tasks'][t]['name']} scores {pct(task_var(t, m, 'mean'))}, its "
+             f"{confidence()}% CI from {points(task_var(t, m, 'minus_majority_ci', 0))} to "
+             f"{points(task_var(t, m, 'minus_majority_ci', 1))} the majority"
+             for m in ("teacher", variant) for t in tasks
+             if numbers["tasks"][t]["variants"][m]["vs_majority"] != "above"]
+    word = verdicts.retention(
+        tuple(numbers["variants"][variant]["retention_ci"]),
+        student_above=numbers["variants"][variant]["above_majority_on_every_task"],
+        teacher_above=numbers["variants"]["teacher"]["above_majority_on_every_task"])
+    why = (f"not above the majority class: {'; '.join(below)}" if below else
+           f"the interval {'lies at or above' if word == 'agrees' else 'lies below' if word == 'disagrees' else 'straddles'} "
+           f"the study's figure less its rounding")
+    layers = lambda who: get("latency", "points", 0, f"{who}_layers")
+    recipe = ("general + task distillation (the fine-tuned teacher's soft labels)"
+              if variant == "task" else "general distillation")
+    origin = (self.src.raw(REAL_TEACHER_ORIGIN, "folder")
+              if self.src.exists(REAL_TEACHER_ORIGIN) else REAL_TEACHER_FILE)
+    versus = ""
+    if var("minus_init") is not None:
+      versus = (f" Against the same student fine-tuned without distillation: "
+                f"{points(var('minus_init'))} ({confidence()}% CI from "
+                f"{points(var('minus_init_ci', 0))} to {points(var('minus_init_ci', 1))}), "
+                f"{numbers['variants'][variant]['vs_init']}.")
+    majority = "; ".join(f"{numbers['tasks'][t]['name']} "
+                         f"{pct(get('tasks', t, 'majority_score'))}" for t in tasks)
+    verdict = (f"{word}: {code('all-MiniLM-L6-v2')} ({n(layers('teacher'), '.0f')} layers, "
+               f"fine-tuned) "
+               f"teaching a {n(layers('student'), '.0f')}-layer student cut from it, "
+               f"{recipe}, means over seeds ({code(shown_path(origin))}, its report.md); "
+               f"{why}.{versus} Majority class: {majority} (GLUE score, %)")
     return [n.study_claim(key), measured, verdict]
 
   def parameters(self) -> list:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--scale=tiny", "--corpus=default", "--pretrain-steps=3", "--distill-steps=3",
         "--finetune-steps=3", "--finetune-pad-multiple=128", "--eval-batches=2",
-        "--batches=1", "--seqs=16"]
+        "--batches=1", "--seqs=16", "--real-teacher=experiments/results/distill_study"]
 TIMEOUT = 1800
 
 
@@ -256,6 +256,11 @@ def test_claims_and_verdicts(root):
   kept = (sum(task_score(root, "distilbert", t) for t in ("sst2", "mrpc"))) / (
       sum(task_score(root, "bert", t) for t in ("sst2", "mrpc")))
   assert entry["retention"] == pytest.approx(kept)
+  # The real teacher's row: the committed distill study's numbers, copied in.
+  real = load(root / compare_numbers.REAL_TEACHER_FILE)
+  assert real == load(REPO / "experiments" / "results" / "distill_study" / "distill_numbers.json")
+  assert verdict("distilbert_glue_real_teacher").startswith(
+      real["variants"]["task"]["retention_verdict"] + ": ")
 
 
 def test_header_names_date_commit_machine_and_command(root):
