@@ -153,9 +153,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
   if args.xla_flag_probe:
     probe = xla_flag_probe(args)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "xla_flags_probe.json"), "w") as f:
       json.dump(probe, f, indent=1)
     with open(os.path.join(args.out, "XLA_FLAGS_PROBE.md"), "w") as f:

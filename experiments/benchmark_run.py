@@ -34,6 +34,7 @@ from experiments.benchmark_candidates import (flax_inference, init_params, our_i
                                               torch_training)
 from experiments.benchmark_inputs import MODELS, model_config
 from experiments.benchmark_report import CLAIMS, compute_ratios, evaluate_targets
+from experiments.jobs import refuse
 from experiments.provenance import cpu_flags, cpu_model, git_info
 from experiments.reference_flax_client import FlaxReference
 from experiments.roofline import measure_roofline, xla_gemm_gflops
@@ -215,8 +216,8 @@ class Benchmark:
     keys = ("dtype", "size", "quick", "reference", "models", "grid", "XLA_FLAGS",
             "inference_layout")
     if any(old["meta"].get(k) != self.res["meta"].get(k) for k in keys):
-      raise SystemExit(f"--resume: {path} is from a run with other settings "
-                       f"({ {k: old['meta'].get(k) for k in keys} })")
+      refuse(f"--resume: {path} is from a run with other settings "
+             f"({ {k: old['meta'].get(k) for k in keys} })")
     return old
 
   def inference(self, params, refs) -> list:
@@ -313,7 +314,6 @@ class Benchmark:
 
   def run(self) -> dict:
     args = self.args
-    os.makedirs(args.out, exist_ok=True)
     total = self.monitor.snapshot()
     res = self.res = {"meta": self.meta(), "inference": [], "training": []}
     self.log(f"device {res['meta']['device_kind']}, jax {jax.__version__}, dtype {args.dtype}, "
@@ -324,6 +324,9 @@ class Benchmark:
     if args.report_only and old is None and os.path.exists(os.path.join(args.out, "partial.json")):
       args.resume = True
       old = self.load_partial()
+    if args.report_only and old is None:  # refused before anything is measured
+      refuse(f"--report-only: no {args.out}/partial.json to report")
+    os.makedirs(args.out, exist_ok=True)
     if old is not None:
       res["roofline"] = old["roofline"]
       res["inference"], res["training"] = old["inference"], old["training"]
@@ -348,8 +351,6 @@ class Benchmark:
     self.log(f"roofline: {json.dumps(res['roofline']['peak_gflops'])} GFLOP/s")
 
     if args.report_only:
-      if old is None:
-        raise SystemExit(f"--report-only: no {args.out}/partial.json to report")
       for k in ("reference",):
         if k in old:
           res[k] = old[k]

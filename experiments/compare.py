@@ -79,15 +79,15 @@ def run_all(args, root: str) -> None:
   run = jobs.read_json(run_path) if os.path.exists(run_path) else None
   if args.scale is None:
     if run is None:
-      raise SystemExit(f"error: --scale is required: {root} holds no comparison to resume")
+      jobs.refuse(f"--scale is required: {root} holds no comparison to resume")
     settings = run["settings"]  # resume with the settings the folder was made with
   else:
     settings = settings_of(args)
   if run is not None and run["settings"] != settings:
     changed = sorted(k for k in settings if run["settings"].get(k) != settings[k])
-    raise SystemExit(f"error: {root} holds a comparison made with other settings ({changed} "
-                     f"differ; it has --scale={run['settings']['scale']}); rerun it with the same "
-                     f"flags, or use another --workdir")
+    jobs.refuse(f"{root} holds a comparison made with other settings ({changed} differ; it "
+                f"has --scale={run['settings']['scale']}); rerun it with the same flags, or use "
+                f"another --workdir")
   stages = make_plan(root, settings)
   chosen = jobs.select(stages, args.stages)
   todo, skipped = jobs.pending(chosen)
@@ -154,19 +154,17 @@ def parse_args(argv=None):
   if args.real_teacher:
     problem = real_teacher_problem(args.real_teacher)
     if problem:  # refused before anything is written
-      print(f"error: {problem}", file=sys.stderr)
-      raise SystemExit(2)
+      jobs.refuse(problem)
   return args
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  root = os.path.abspath(args.workdir)
-  os.makedirs(root, exist_ok=True)
+  root = os.path.abspath(args.workdir)  # made by the first record written into it
   if not args.report_only:
     run_all(args, root)
   elif not os.path.exists(os.path.join(root, "run.json")):
-    raise SystemExit(f"error: {root} has no run.json: not a comparison folder")
+    jobs.refuse(f"{root} has no run.json: not a comparison folder")
   if args.real_teacher:
     take_real_teacher(args.real_teacher, root)
   report(root)

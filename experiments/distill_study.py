@@ -214,9 +214,9 @@ def run_stage(root: str, name: str, argv: list[str], reuse: str = "") -> None:
   job = stage_job(root, name, argv)
   if job.done():
     if done_command(job.workdir) != job.command:
-      raise SystemExit(f"error: {job.workdir} was run with another command than this one "
-                       f"plans ({done_command(job.workdir)!r}); other levers go in another "
-                       f"--workdir (--reuse={root} links the stages they leave unchanged)")
+      jobs.refuse(f"{job.workdir} was run with another command than this one plans "
+                  f"({done_command(job.workdir)!r}); other levers go in another --workdir "
+                  f"(--reuse={root} links the stages they leave unchanged)")
     print(f"[{name}] done already", flush=True)
     return
   if reuse and link_reused(root, job, reuse):

@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 from lite_bert import files  # no jax
 
@@ -115,6 +115,12 @@ def log_tail(log: str, lines: int) -> list:
     return f.readlines()[-lines:]
 
 
+def refuse(message: str) -> NoReturn:
+  """Bad input: one `error:` line on stderr and exit status 2 (the stages' folders untouched)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  raise SystemExit(2)
+
+
 def write_record(path: str, value, sort_keys: bool = True) -> None:
   """`value` as indented JSON (no trailing newline), written atomically; makes the folder."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -143,8 +149,8 @@ def select(jobs: list, names: str) -> list:
   known = {s.name for s in jobs} | {s.group for s in jobs}
   unknown = [n for n in wanted if n not in known]
   if unknown:
-    raise SystemExit(f"error: unknown stage(s) {unknown}; stages: "
-                     f"{[s.name for s in jobs]}, groups: {sorted({s.group for s in jobs})}")
+    refuse(f"unknown stage(s) {unknown}; stages: "
+           f"{[s.name for s in jobs]}, groups: {sorted({s.group for s in jobs})}")
   return [s for s in jobs if s.name in wanted or s.group in wanted]
 
 
@@ -154,8 +160,7 @@ def check_needs(todo: list, jobs: list) -> None:
   for job in todo:
     missing = [n for n in job.needs if not by_name[n].done() and by_name[n] not in todo]
     if missing:
-      raise SystemExit(f"error: stage {job.name} needs {missing} first (run without "
-                       f"--stages, or add them)")
+      refuse(f"stage {job.name} needs {missing} first (run without --stages, or add them)")
 
 
 # ------------------------------------------------------- a job with its attempts

@@ -21,6 +21,7 @@ import time
 
 import jax
 
+from experiments.jobs import refuse
 from experiments.provenance import REPO, cpu_flags, cpu_model, git_info
 from experiments.switch_probe import KEEP_FREED
 from experiments.timing import CpuMonitor, wait_for_idle
@@ -87,8 +88,8 @@ def xla_flag_probe(args) -> dict:
   wanted = [v for v in getattr(args, "probe_variants", "").split(",") if v]
   unknown = set(wanted) - {name for name, _ in PROBE_VARIANTS}
   if unknown:
-    raise SystemExit(f"error: --probe-variants: unknown setting(s) {sorted(unknown)}; "
-                     f"choose from {[name for name, _ in PROBE_VARIANTS]}")
+    refuse(f"--probe-variants: unknown setting(s) {sorted(unknown)}; "
+           f"choose from {[name for name, _ in PROBE_VARIANTS]}")
   settings = [(n, e) for n, e in PROBE_VARIANTS if not wanted or n in wanted]
   # Rounds interleave the settings (a, b, a, b): a slow spell of the machine hits both.
   for round_index, (name, env) in enumerate(settings * max(1, getattr(args, "probe_rounds", 1))):

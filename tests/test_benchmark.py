@@ -315,3 +315,14 @@ def test_gemm_sentence_follows_the_measured_gemm_rates():
   assert "inference lands near HF torch's" in report.gemm_sentence({})
   assert report.gemm_rates(roof(270.0, 330.0)) == (270.0, 330.0)
   assert report.gemm_rates({}) == (None, None)
+
+
+def test_report_only_without_a_partial_run_is_refused_before_anything_is_measured(
+    tmp_path, capsys):
+  out = tmp_path / "bench"
+  with pytest.raises(SystemExit) as refused:
+    benchmark.main([f"--out={out}", "--report-only"] + ARGS)
+  err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert refused.value.code == 2
+  assert err == [f"error: --report-only: no {out}/partial.json to report"]
+  assert not out.exists()

@@ -314,7 +314,8 @@ def test_rerun_skips_finished_stages_and_refuses_other_settings(root):
   assert {p: p.read_bytes() for p in (root / "stages").iterdir()} == stages
   other = run_compare(root, *[a for a in ARGS if not a.startswith("--pretrain-steps")],
                       "--pretrain-steps=5")
-  assert other.returncode != 0
+  assert other.returncode == 2
+  assert other.stderr.startswith("error: ") and len(other.stderr.strip().splitlines()) == 1
   assert "other settings (['pretrain_steps'] differ" in other.stderr
 
 

@@ -164,7 +164,7 @@ def test_any_glue_format_task_runs_by_name(tmp_path):
   assert "RTE" in report and "random" in report and "majority class" in report
 
 
-def test_levers_reach_the_commands_and_reuse_links_only_unchanged_stages(tmp_path):
+def test_levers_reach_the_commands_and_reuse_links_only_unchanged_stages(tmp_path, capsys):
   """--general-steps / --temperature / --alpha-soft change exactly the general and task
   stages; --reuse links a finished study's stage only when its command is the same, and a
   stage done with another command is refused."""
@@ -189,5 +189,9 @@ def test_levers_reach_the_commands_and_reuse_links_only_unchanged_stages(tmp_pat
   linked = sorted(n for n in os.listdir(second) if os.path.islink(os.path.join(second, n)))
   assert linked == ["init_mrpc_s0", "random_mrpc_s0", "student_init", "teacher_mrpc_s0"]
   # a stage done with another command than the plan's is refused, not reused or mixed
-  with pytest.raises(SystemExit, match="another command"):
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as refused:
     distill_study.run_stage(first, "task_mrpc_s0", plan["task_mrpc_s0"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert refused.value.code == 2 and len(err) == 1
+  assert err[0].startswith("error: ") and "another command" in err[0]
