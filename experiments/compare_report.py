@@ -540,7 +540,7 @@ class Report:
                    n(self.dev(m, "mrpc", "f1"), ".4f") + mark("mrpc"),
                    n(glue, ".4f"), n(ret("sst2"), ".1f", 100), n(ret("mrpc"), ".1f", 100),
                    n(None if glue is None or bert_glue is None else glue / bert_glue, ".1f",
-                     100)])
+                     100)] + [self.versus_majority(m, t) for t in TASKS])
     cfg = lambda t, *k: self.src.get(f"finetune_bert_{t}/config.json", *k)
     lines = ["## Fine-tuning (dev sets)", "",
              f"Each model fine-tuned from its own checkpoint with one recipe: SST-2 "
@@ -552,11 +552,34 @@ class Report:
              f"). The average is GLUE's: SST-2 accuracy and the mean of MRPC accuracy and F1, "
              f"averaged; retention is the score divided by BERT's. '(one class)': the model "
              f"predicts the same label for every dev example "
-             f"({code('predictions_validation.tsv')}), the majority-class score.", ""]
+             f"({code('predictions_validation.tsv')}), the majority-class score. 'vs the "
+             f"majority class': the model's GLUE score of the task minus the majority "
+             f"class's, its {n(Num.of(0.95), '.0f', 100)}% bootstrap interval over dev "
+             f"examples in points ({code(ACCURACY_FILE)}); **inconclusive** where the "
+             f"interval does not lie above 0: that model's score may be a guess.", ""]
     lines += md_table(["model", "SST-2 accuracy", "MRPC accuracy", "MRPC F1", "average",
-                       "SST-2 retention (%)", "MRPC retention (%)", "average retention (%)"],
-                      rows)
+                       "SST-2 retention (%)", "MRPC retention (%)", "average retention (%)"] +
+                      [f"{TASK_NAMES[t]} vs the majority class" for t in TASKS], rows)
     return lines
+
+  def versus_majority(self, m: str, task: str) -> str:
+    """'from X below to Y above the majority: inconclusive' (or 'above') for one model
+    and task, from ACCURACY_FILE; what is missing when it has no interval."""
+    if not self.src.exists(ACCURACY_FILE):
+      return "n/a"
+    stats = self.src.raw(ACCURACY_FILE)
+    majority = self.src.get(ACCURACY_FILE, "tasks", task, "majority_score")
+    if not stats.get("intervals"):
+      return (f"no interval (predictions not kept); majority "
+              f"{self.n(majority, '.1f', 100)}")
+    n = self.n
+    ci = lambda i: self.src.get(ACCURACY_FILE, "tasks", task, "variants", m,
+                                "minus_majority_ci", i)
+    side = lambda num: "below" if num.value < 0 else "above"
+    word = ("above" if stats["tasks"][task]["variants"][m]["vs_majority"] == "above"
+            else "**inconclusive**")
+    return (f"{word}: {n(abs(ci(0)), '.1f', 100)} {side(ci(0))} to "
+            f"{n(abs(ci(1)), '.1f', 100)} {side(ci(1))} (majority {n(majority, '.1f', 100)})")
 
   def walls(self, stage_names: list) -> list:
     n = self.n

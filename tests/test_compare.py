@@ -207,6 +207,11 @@ def test_tables_read_their_files(root):
     assert row["MRPC F1"] == f"{mrpc['f1']:.4f}" + mark["mrpc"]
     average = (sst2["accuracy"] + (mrpc["accuracy"] + mrpc["f1"]) / 2) / 2
     assert row["average"] == f"{average:.4f}"
+    stats = load(root / compare_numbers.ACCURACY_FILE)
+    for t, name in (("sst2", "SST-2"), ("mrpc", "MRPC")):
+      above = stats["tasks"][t]["variants"][m]["vs_majority"] == "above"
+      assert row[f"{name} vs the majority class"].startswith(
+          "above: " if above else "**inconclusive**: ")
 
   walls = table_with(text, "stage", "wall time (s)")
   plan = [s.name for s in compare_plan.make_plan(str(root),

@@ -1,4 +1,8 @@
-"""The comparison report's real-teacher row: the distill study's retention beside the 97%.
+"""The comparison report's accuracy verdicts, rendered from synthetic numbers (fast).
+
+The fine-tuning table marks a model **inconclusive** on a task unless its
+interval over the majority class lies above 0. The real-teacher row: the
+distill study's retention beside the 97%.
 
 `python -m experiments.compare --real-teacher=DIR` copies DIR/distill_numbers.json
 (a `python -m experiments.distill_study` folder) into the comparison's folder;
@@ -117,3 +121,27 @@ def test_a_folder_without_the_study_numbers_is_refused_before_anything_is_writte
     compare.main([f"--workdir={workdir}", "--report-only", f"--real-teacher={tmp_path}"])
   assert "no teacher and distilled student" in capsys.readouterr().err
   assert not os.path.exists(workdir)
+
+
+def test_the_fine_tuning_table_marks_a_model_not_above_the_majority_inconclusive(tmp_path):
+  root = tmp_path / "compare"
+  root.mkdir()
+  (root / "run.json").write_text(json.dumps({"settings": {}, "invocations": []}))
+  cis = {"bert": [0.012, 0.081], "distilbert": [-0.031, 0.024], "albert": [-0.09, -0.01]}
+  stats = {"intervals": True, "tasks": {t: {"majority_score": 0.748, "variants": {
+      m: {"minus_majority_ci": ci, "vs_majority": "above" if ci[0] > 0 else "not above"}
+      for m, ci in cis.items()}} for t in compare_plan.TASKS}}
+  (root / compare_numbers.ACCURACY_FILE).write_text(json.dumps(stats))
+  report = Report(str(root))
+  lines = report.finetuning()
+  header = [line for line in lines if line.startswith("| model |")][0]
+  columns = [c.strip() for c in header.strip("|").split("|")]
+  rows = {r.split(" | ")[0].strip("| "): dict(zip(columns, [c.strip() for c in
+                                                             r.strip("|").split(" | ")]))
+          for r in lines if r.startswith("| ") and not r.startswith("| model")}
+  mrpc = "MRPC vs the majority class"
+  assert rows["BERT"][mrpc] == "above: 1.2 above to 8.1 above (majority 74.8)"
+  assert rows["DistilBERT"][mrpc] == "**inconclusive**: 3.1 below to 2.4 above (majority 74.8)"
+  assert rows["ALBERT"][mrpc].startswith("**inconclusive**: 9.0 below to 1.0 below")
+  for item in report.n.items:
+    assert format(resolve(item["source"], root) * item["scale"], item["fmt"]) == item["text"]
