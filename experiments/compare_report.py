@@ -556,7 +556,8 @@ class Report:
              f"majority class': the model's GLUE score of the task minus the majority "
              f"class's, its {n(Num.of(0.95), '.0f', 100)}% bootstrap interval over dev "
              f"examples in points ({code(ACCURACY_FILE)}); **inconclusive** where the "
-             f"interval does not lie above 0: that model's score may be a guess.", ""]
+             f"interval does not lie wholly above the majority's score: that model's score "
+             f"may be a guess.", ""]
     lines += md_table(["model", "SST-2 accuracy", "MRPC accuracy", "MRPC F1", "average",
                        "SST-2 retention (%)", "MRPC retention (%)", "average retention (%)"] +
                       [f"{TASK_NAMES[t]} vs the majority class" for t in TASKS], rows)

@@ -145,3 +145,6 @@ def test_the_fine_tuning_table_marks_a_model_not_above_the_majority_inconclusive
   assert rows["ALBERT"][mrpc].startswith("**inconclusive**: 9.0 below to 1.0 below")
   for item in report.n.items:
     assert format(resolve(item["source"], root) * item["scale"], item["fmt"]) == item["text"]
+  body = prose("\n".join(lines))  # every number of the section has its source
+  assert sorted(NUMBER.findall(body)) == sorted(i["text"] for i in report.n.items)
+  assert not re.findall(r".{0,20}\d.{0,20}", NAMES.sub(" ", NUMBER.sub(" ", body)))
