@@ -20,7 +20,8 @@ PLOTS = (("accuracy_vs_parameters.png", "dev score vs parameters"),
          ("latency_vs_sequence_length.png", "latency vs sequence length"),
          ("pretraining_loss.png", "pretraining loss"),
          ("distillation_loss.png", "distillation loss"),
-         ("retention.png", "retention relative to BERT"))
+         ("retention.png", "retention relative to BERT"),
+         ("glue_claim.png", "the 97% claim with 95% intervals"))
 
 
 def write_plots(root: str, rep: Report) -> None:
@@ -136,3 +137,42 @@ def write_plots(root: str, rep: Report) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     save(fig, "retention.png")
+
+  claim_plot(rep, plt, save)
+
+
+def claim_plot(rep: Report, plt, save) -> None:
+  """glue_claim.png: each measured retention with its 95% interval against the study's
+  97% and the 96.5% an interval must clear (the from-scratch DistilBERT when its runs
+  kept predictions; the real teacher's student with `--real-teacher`)."""
+  from experiments import verdicts  # pylint: disable=import-outside-toplevel
+  from experiments.compare_numbers import (  # pylint: disable=import-outside-toplevel
+      ACCURACY_FILE, REAL_TEACHER_FILE)
+  rows = []  # (label, retention, (low, high))
+  if rep.src.exists(ACCURACY_FILE) and rep.src.raw(ACCURACY_FILE).get("intervals"):
+    entry = rep.src.raw(ACCURACY_FILE, "variants", "distilbert")
+    rows.append((f"from scratch (scale {rep.scale}):\nDistilBERT / BERT",
+                 entry["retention"], entry["retention_ci"]))
+  if rep.src.exists(REAL_TEACHER_FILE):
+    numbers = rep.src.raw(REAL_TEACHER_FILE)
+    variant = "task" if "task" in numbers["variants"] else "general"
+    entry = numbers["variants"][variant]
+    rows.append(("real teacher: all-MiniLM-L6-v2\n-> student cut from it",
+                 entry["retention"], entry["retention_ci"]))
+  if not rows:
+    return
+  fig, ax = plt.subplots(figsize=(7, 1.8 + 0.9 * len(rows)))
+  for i, (label, value, (low, high)) in enumerate(rows):
+    ax.errorbar([value * 100], [i], xerr=[[(value - low) * 100], [(high - value) * 100]],
+                fmt="o", color=COLORS["distilbert"], capsize=4)
+  ax.axvline(verdicts.STUDY_RETENTION * 100, color="black", ls="--", lw=1,
+             label="study: DistilBERT keeps 97%")
+  ax.axvline((verdicts.STUDY_RETENTION - verdicts.STUDY_ROUNDING) * 100, color="gray", ls=":",
+             lw=1, label="an interval must clear 96.5% to agree")
+  ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
+  ax.set_ylim(-1.3, len(rows) - 0.4)  # room for the legend below the rows
+  ax.set(xlabel="% of the teacher's dev score (95% bootstrap interval)",
+         title="DistilBERT keeps 97%: what we measured")
+  ax.legend(fontsize=7, loc="lower left")
+  ax.grid(axis="x", alpha=0.3)
+  save(fig, "glue_claim.png")
