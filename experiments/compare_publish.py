@@ -13,7 +13,7 @@ import json
 import os
 from typing import Optional
 
-from experiments.compare_numbers import ACCURACY_FILE, SIZES_FILE, Sources
+from experiments.compare_numbers import ACCURACY_FILE, REAL_TEACHER_ORIGIN, SIZES_FILE, Sources
 from experiments.jobs import write_record
 
 def _source_files(source) -> set:
@@ -44,7 +44,8 @@ def publish(root: str, dest: str) -> list:
   Checkpoints and logs stay behind (the sizes in the report were measured on
   `root`); what is copied: report.md, report_numbers.json, the PNGs, run.json,
   stages/*.json, each file a number of the report names, every stage's
-  config.json and metrics.jsonl (the loss curves), and the benchmark's
+  config.json and metrics.jsonl (the loss curves), where `--real-teacher`'s numbers
+  came from (real_teacher/origin.json), and the benchmark's
   BENCHMARKS.md, benchmark.json and plots. Returns the copied relative paths.
   """
   import glob  # pylint: disable=import-outside-toplevel
@@ -55,7 +56,7 @@ def publish(root: str, dest: str) -> list:
   files = set().union(*(_source_files(item["source"]) for item in numbers))
   patterns = ["report.md", "report_numbers.json", "*.png", "run.json", "stages/*.json",
               "*/config.json", "*/metrics.jsonl", "*/predictions_validation.tsv",
-              ACCURACY_FILE, "benchmark/BENCHMARKS.md",
+              ACCURACY_FILE, REAL_TEACHER_ORIGIN, "benchmark/BENCHMARKS.md",
               "benchmark/benchmark.json", "benchmark/*.png"]
   for pattern in patterns:
     files |= {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))}

@@ -23,6 +23,12 @@ from experiments.compare_plots import PLOTS, write_plots
 from experiments.jobs import shown_path, write_record
 from lite_bert import files
 
+def interval_relation(word: str) -> str:
+  """Where a retention interval lies for its verdict word (models above the majority)."""
+  where = {"agrees": "lies at or above", "disagrees": "lies below"}.get(word, "straddles")
+  return f"the interval {where} the study's figure less its rounding"
+
+
 def md_table(header: list, rows: list) -> list:
   return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
           ["| " + " | ".join(row) + " |" for row in rows] + [""])
@@ -96,6 +102,12 @@ class Report:
   def ratio(self, m: str, b: int, s: int, field: str = "latency_ratio") -> Optional[Num]:
     return self.src.get("benchmark/benchmark.json", "ratios", "model_vs_bert",
                         {"model": m, "impl": "ours", "batch": b, "seq": s}, field)
+
+  def points(self, difference: Num) -> str:
+    """A signed difference of scores in words, 'X points below' / 'X points above' (the
+    report's numbers carry no sign)."""
+    side = "below" if difference.value < 0 else "above"
+    return f"{self.n(abs(difference), '.1f', 100)} points {side}"
 
   def wall(self, stage: str) -> Optional[Num]:
     return self.src.get(f"stages/{stage}.json", "wall_s")
@@ -275,11 +287,7 @@ class Report:
     ci = lambda: (f"{confidence()}% CI "
                   f"{n(get('variants', 'distilbert', 'retention_ci', 0), '.1f', 100)} to "
                   f"{n(get('variants', 'distilbert', 'retention_ci', 1), '.1f', 100)}%")
-
-    def points(num):  # a signed difference in words (the report's numbers carry no sign)
-      side = "below" if num.value < 0 else "above"
-      return f"{n(abs(num), '.1f', 100)} points {side}"
-
+    points = self.points
     below = [f"{NAMES[m]} on {TASK_NAMES[t]} scores "
              f"{n(get('tasks', t, 'variants', m, 'mean'), '.1f', 100)}, its {confidence()}% CI "
              f"from {points(get('tasks', t, 'variants', m, 'minus_majority_ci', 0))} to "
@@ -287,9 +295,7 @@ class Report:
              for m in ("bert", "distilbert") for t in TASKS
              if stats["tasks"][t]["variants"][m]["vs_majority"] != "above"]
     word = stats["variants"]["distilbert"]["retention_verdict"]
-    why = (f"not above the majority class: {'; '.join(below)}" if below else
-           f"the interval {'lies at or above' if word == 'agrees' else 'lies below' if word == 'disagrees' else 'straddles'} "
-           f"the study's figure less its rounding")
+    why = f"not above the majority class: {'; '.join(below)}" if below else interval_relation(word)
     verdict = (f"{word}: ours keeps {n(retention, '.1f', 100)}% ({ci()}) of BERT's {names} "
                f"score; {why}. Majority class: {majority} (GLUE score, %). {scale_note}")
     measured = f"{n(retention, '.1f', 100)}% of BERT's score ({ci()})"
@@ -319,10 +325,7 @@ class Report:
     measured = (f"{pct(var('retention'))}% of the teacher's {names} score "
                 f"({ci('retention_ci')}%){at}")
     task_var = lambda t, m, *keys: get("tasks", t, "variants", m, *keys)
-
-    def points(num):
-      return f"{n(abs(num), '.1f', 100)} points {'below' if num.value < 0 else 'above'}"
-
+    points = self.points
     below = [f"{'the teacher' if m == 'teacher' else 'the student'} on "
              f"{numbers['tasks'][t]['name']} scores {pct(task_var(t, m, 'mean'))}, its "
              f"{confidence()}% CI from {points(task_var(t, m, 'minus_majority_ci', 0))} to "
@@ -333,9 +336,7 @@ class Report:
         tuple(numbers["variants"][variant]["retention_ci"]),
         student_above=numbers["variants"][variant]["above_majority_on_every_task"],
         teacher_above=numbers["variants"]["teacher"]["above_majority_on_every_task"])
-    why = (f"not above the majority class: {'; '.join(below)}" if below else
-           f"the interval {'lies at or above' if word == 'agrees' else 'lies below' if word == 'disagrees' else 'straddles'} "
-           f"the study's figure less its rounding")
+    why = f"not above the majority class: {'; '.join(below)}" if below else interval_relation(word)
     layers = lambda who: get("latency", "points", 0, f"{who}_layers")
     recipe = ("general + task distillation (the fine-tuned teacher's soft labels)"
               if variant == "task" else "general distillation")
@@ -564,8 +565,8 @@ class Report:
     return lines
 
   def versus_majority(self, m: str, task: str) -> str:
-    """'from X below to Y above the majority: inconclusive' (or 'above') for one model
-    and task, from ACCURACY_FILE; what is missing when it has no interval."""
+    """'**inconclusive**: X points below to Y points above (majority M)' (or 'above: ...')
+    for one model and task, from ACCURACY_FILE; what is missing when it has no interval."""
     if not self.src.exists(ACCURACY_FILE):
       return "n/a"
     stats = self.src.raw(ACCURACY_FILE)
@@ -576,11 +577,10 @@ class Report:
     n = self.n
     ci = lambda i: self.src.get(ACCURACY_FILE, "tasks", task, "variants", m,
                                 "minus_majority_ci", i)
-    side = lambda num: "below" if num.value < 0 else "above"
     word = ("above" if stats["tasks"][task]["variants"][m]["vs_majority"] == "above"
             else "**inconclusive**")
-    return (f"{word}: {n(abs(ci(0)), '.1f', 100)} {side(ci(0))} to "
-            f"{n(abs(ci(1)), '.1f', 100)} {side(ci(1))} (majority {n(majority, '.1f', 100)})")
+    return (f"{word}: {self.points(ci(0))} to {self.points(ci(1))} "
+            f"(majority {n(majority, '.1f', 100)})")
 
   def walls(self, stage_names: list) -> list:
     n = self.n

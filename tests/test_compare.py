@@ -307,6 +307,8 @@ def test_publish_copies_the_report_and_every_file_behind_it_but_no_checkpoint(ro
   named = set().union(*(compare_publish._source_files(item["source"]) for item in numbers))
   assert named and all((dest / rel).read_bytes() == (root / rel).read_bytes() for rel in named)
   assert (dest / "pretrain_bert" / "metrics.jsonl").is_file()
+  assert (dest / compare_numbers.REAL_TEACHER_ORIGIN).read_bytes() == (
+      root / compare_numbers.REAL_TEACHER_ORIGIN).read_bytes()
   assert not any("checkpoints" in rel.split(os.sep) for rel in copied)
   assert not (dest / "pretrain_bert" / "checkpoints").exists()
 

@@ -140,9 +140,10 @@ def test_the_fine_tuning_table_marks_a_model_not_above_the_majority_inconclusive
                                                              r.strip("|").split(" | ")]))
           for r in lines if r.startswith("| ") and not r.startswith("| model")}
   mrpc = "MRPC vs the majority class"
-  assert rows["BERT"][mrpc] == "above: 1.2 above to 8.1 above (majority 74.8)"
-  assert rows["DistilBERT"][mrpc] == "**inconclusive**: 3.1 below to 2.4 above (majority 74.8)"
-  assert rows["ALBERT"][mrpc].startswith("**inconclusive**: 9.0 below to 1.0 below")
+  assert rows["BERT"][mrpc] == "above: 1.2 points above to 8.1 points above (majority 74.8)"
+  assert rows["DistilBERT"][mrpc] == (
+      "**inconclusive**: 3.1 points below to 2.4 points above (majority 74.8)")
+  assert rows["ALBERT"][mrpc].startswith("**inconclusive**: 9.0 points below to 1.0 points below")
   for item in report.n.items:
     assert format(resolve(item["source"], root) * item["scale"], item["fmt"]) == item["text"]
   body = prose("\n".join(lines))  # every number of the section has its source
