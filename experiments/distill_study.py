@@ -262,18 +262,18 @@ def main() -> None:
     seeds[task] = tuple(int(v) for v in values.split("/"))
   unknown = [t for t in tasks if t not in SCALE["epochs"]]
   if unknown:
-    sys.exit(f"error: --tasks: no fine-tuning length for {unknown[0]!r}; add it to "
-             f"SCALE['epochs'] in {__file__}")
+    jobs.refuse(f"--tasks: no fine-tuning length for {unknown[0]!r}; add it to "
+                f"SCALE['epochs'] in {__file__}")
   data_dirs = dict(item.partition(":")[::2] for item in filter(None, args.data_dir.split(",")))
   root = os.path.abspath(args.workdir)
   if args.general_steps < 1 or not 0 <= args.alpha_soft <= 1 or args.temperature <= 0:
-    sys.exit("error: --general-steps must be >= 1, --alpha-soft in [0, 1], --temperature > 0")
+    jobs.refuse("--general-steps must be >= 1, --alpha-soft in [0, 1], --temperature > 0")
   levers = dict(general_steps=args.general_steps, temperature=args.temperature,
                 alpha_soft=args.alpha_soft)
   plan = stages(root, tasks, seeds, data_dirs, levers)
   wanted = set(filter(None, args.stages.split(",")))
   if wanted - {name for name, _ in plan}:
-    sys.exit(f"error: --stages: unknown stage(s) {sorted(wanted - {n for n, _ in plan})}")
+    jobs.refuse(f"--stages: unknown stage(s) {sorted(wanted - {n for n, _ in plan})}")
   if args.list:
     for name, argv in plan:
       print(f"{name}: python {' '.join(shlex.quote(a) for a in argv)}")

@@ -149,7 +149,7 @@ def main() -> None:
   runs = list(RUNS) if args.run == "all" else args.run.split(",")
   for run in runs:
     if run not in RUNS:
-      sys.exit(f"error: unknown run {run!r}; choose from {sorted(RUNS)} or 'all'")
+      jobs.refuse(f"unknown run {run!r}; choose from {sorted(RUNS)} or 'all'")
   for run in runs:
     if os.path.exists(result_path(run)) and not args.force:
       print(f"[{run}] done already ({RESULTS}/{run}.json); --force reruns it")

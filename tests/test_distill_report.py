@@ -9,6 +9,9 @@ scikit-learn.
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from experiments import distill_report
 from experiments import distill_study
 from experiments import verdicts
 from lite_bert import files
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 from lite_bert.data import glue
 
 
@@ -195,3 +200,16 @@ def test_levers_reach_the_commands_and_reuse_links_only_unchanged_stages(tmp_pat
   err = capsys.readouterr().err.strip().splitlines()
   assert refused.value.code == 2 and len(err) == 1
   assert err[0].startswith("error: ") and "another command" in err[0]
+
+
+@pytest.mark.parametrize("flag", ["--general-steps=0", "--temperature=0", "--tasks=cola",
+                                  "--stages=no_such_stage"])
+def test_bad_flags_are_one_error_line_with_status_2_and_nothing_made(tmp_path, flag):
+  workdir = tmp_path / "study"
+  out = subprocess.run([sys.executable, "-m", "experiments.distill_study",
+                        f"--workdir={workdir}", flag], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --"), out.stderr
+  assert not workdir.exists()
