@@ -33,7 +33,8 @@ CLAIM = compare_plan.STUDY["distilbert_glue_real_teacher"]["claim"].format("97")
 
 
 def real_teacher_row(tmp_path, numbers: dict):
-  """(measured, verdict, ledger) of the real-teacher row for a study folder with `numbers`."""
+  """(measured, verdict, ledger, comparison folder) of the real-teacher row, for a study
+  folder holding `numbers`."""
   study = tmp_path / "study"
   study.mkdir()
   (study / "distill_numbers.json").write_text(json.dumps(numbers))

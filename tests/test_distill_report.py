@@ -22,9 +22,9 @@ from experiments import distill_report
 from experiments import distill_study
 from experiments import verdicts
 from lite_bert import files
+from lite_bert.data import glue
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from lite_bert.data import glue
 
 
 @pytest.mark.parametrize("ci, above, word", [
