@@ -530,11 +530,9 @@ def main(argv=None) -> int:
     sets = dict(parse_assignment(s, "--set") for s in args.sets)
     params = submitit_params(args.submitit)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    jobs.refuse(str(e))
   if args.paper and args.mode != "summary":
-    print("error: --paper compares parameter counts: it needs --mode=summary", file=sys.stderr)
-    return 2
+    jobs.refuse("--paper compares parameter counts: it needs --mode=summary")
   workdir = os.path.abspath(args.workdir)
   out = os.path.abspath(args.out or workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -563,8 +561,7 @@ def main(argv=None) -> int:
       executor = make_submitit_executor(args.executor, os.path.join(workdir, "submitit"),
                                         params, args.timeout_min)
     except (RuntimeError, ValueError) as e:  # no Slurm here, an unknown parameter
-      print(f"error: --executor={args.executor}: {e}", file=sys.stderr)
-      return 2
+      jobs.refuse(f"--executor={args.executor}: {e}")
     poll = args.poll_s or (1.0 if args.executor == "submitit_local" else 30.0)
     failures = run_submitit(pending, executor, args.parallel, poll)
 

@@ -314,3 +314,14 @@ def test_tiny_pretrain_sweep_submitit_local(tmp_path, small_tokenizer):
   assert {p["name"]: os.stat(pathlib.Path(p["workdir"]) / "sweep_point.json").st_mtime_ns
           for p in again["points"]} == stamps
   assert [p["values"] for p in again["points"]] == [p["values"] for p in result["points"]]
+
+
+@pytest.mark.parametrize("flags", [["--grid=model.hidden_size"],
+                                   ["--paper=albert", "--mode=pretrain"]])
+def test_bad_flags_are_one_error_line_with_status_2_and_nothing_made(tmp_path, capsys, flags):
+  workdir = tmp_path / "sweep"
+  with pytest.raises(SystemExit) as refused:
+    sweep.main(["--config=configs/albert.py:tiny", f"--workdir={workdir}", *flags])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert refused.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+  assert not workdir.exists()
