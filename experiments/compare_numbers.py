@@ -139,9 +139,15 @@ def real_teacher_problem(folder: str) -> Optional[str]:
   return None
 
 
+def real_teacher_variant(numbers: dict) -> str:
+  """The distilled student the real-teacher row shows: DistilBERT's whole recipe (general +
+  task distillation) when the study ran it, else general distillation alone."""
+  return "task" if "task" in numbers["variants"] else "general"
+
+
 def take_real_teacher(folder: str, root: str) -> None:
-  """Copies `folder`'s distill_numbers.json to root/REAL_TEACHER_FILE (checked first with
-  `real_teacher_problem`) and records where it came from."""
+  """Copies `folder`'s distill_numbers.json to root/REAL_TEACHER_FILE (a folder
+  `real_teacher_problem` accepted) and records where it came from."""
   from lite_bert import files  # pylint: disable=import-outside-toplevel
   target = os.path.join(root, REAL_TEACHER_FILE)
   os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -147,7 +147,7 @@ def claim_plot(rep: Report, plt, save) -> None:
   kept predictions; the real teacher's student with `--real-teacher`)."""
   from experiments import verdicts  # pylint: disable=import-outside-toplevel
   from experiments.compare_numbers import (  # pylint: disable=import-outside-toplevel
-      ACCURACY_FILE, REAL_TEACHER_FILE)
+      ACCURACY_FILE, REAL_TEACHER_FILE, real_teacher_variant)
   rows = []  # (label, retention, (low, high))
   if rep.src.exists(ACCURACY_FILE) and rep.src.raw(ACCURACY_FILE).get("intervals"):
     entry = rep.src.raw(ACCURACY_FILE, "variants", "distilbert")
@@ -155,8 +155,7 @@ def claim_plot(rep: Report, plt, save) -> None:
                  entry["retention"], entry["retention_ci"]))
   if rep.src.exists(REAL_TEACHER_FILE):
     numbers = rep.src.raw(REAL_TEACHER_FILE)
-    variant = "task" if "task" in numbers["variants"] else "general"
-    entry = numbers["variants"][variant]
+    entry = numbers["variants"][real_teacher_variant(numbers)]
     rows.append(("real teacher: all-MiniLM-L6-v2\n-> student cut from it",
                  entry["retention"], entry["retention_ci"]))
   if not rows:

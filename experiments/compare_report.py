@@ -16,7 +16,8 @@ from typing import Optional
 from experiments import verdicts
 from experiments.compare_numbers import (ACCURACY_FILE, REAL_TEACHER_FILE,
                                          REAL_TEACHER_ORIGIN, Ledger, Num, Sources, ms_fmt,
-                                         reduce_nums, study, write_accuracy_stats)
+                                         real_teacher_variant, reduce_nums, study,
+                                         write_accuracy_stats)
 from experiments.compare_plan import (MODELS, NAMES, SCALES, STUDY, TASK_NAMES, TASKS,
                                       TRAINED_BY, corpus_label, make_plan, pretraining_stages)
 from experiments.compare_plots import PLOTS, write_plots
@@ -311,7 +312,7 @@ class Report:
               "not measured in this comparison: " + code("--real-teacher=DIR") + " takes a "
               + code("python -m experiments.distill_study") + " folder"]
     numbers = self.src.raw(REAL_TEACHER_FILE)
-    variant = "task" if "task" in numbers["variants"] else "general"
+    variant = real_teacher_variant(numbers)
     get = lambda *keys: self.src.get(REAL_TEACHER_FILE, *keys)
     var = lambda *keys: get("variants", variant, *keys)
     confidence = lambda: n(Num.of(0.95), ".0f", 100)
