@@ -446,6 +446,7 @@ class Report:
                        "in training: unigram level", f"{held}: MLM accuracy",
                        f"{held}: unigram level", f"{held}: perplexity",
                        f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
+    lines += self.whole_heldout_split(held)
     distil = "distill_distilbert/metrics.jsonl"
     steps = self.final_step("distill_distilbert")
     if steps is not None and self.src.exists(distil):
@@ -456,6 +457,33 @@ class Report:
                 f"{n(g('teacher_mlm_loss'), '.3f')}); KL to the teacher "
                 f"{n(g('kl'), '.3f')}, cosine loss {n(g('cosine_loss'), '.3f')}.", ""]
     return lines
+
+  def whole_heldout_split(self, held: str) -> list:
+    """The held-out table's numbers again on the whole split, where it was scored
+    (`mode=evaluate` with `data.eval_batches=0`, `evaluate_mlm_<corpus>_all.json`)."""
+    n = self.n
+    rows = []
+    for m in MODELS:
+      rel = f"{self.trained(m)}/evaluate_mlm_{held}_all.json"
+      if not self.src.exists(rel):
+        continue
+      g = lambda *k, rel=rel: self.src.get(rel, *k)
+      accuracy, unigram = g("mlm_accuracy"), g("mlm_unigram_accuracy")
+      rows.append([NAMES[m], n(g("masked_tokens"), ",.0f"), n(accuracy, ".4f"),
+                   f"{n(g('mlm_accuracy_ci95', 0), '.4f')}-{n(g('mlm_accuracy_ci95', 1), '.4f')}",
+                   n(unigram, ".4f"),
+                   n(accuracy / unigram if accuracy and unigram else None, ".1f"),
+                   n(g("mlm_perplexity"), ".1f")])
+    if not rows:
+      return []
+    return [f"The whole held-out split, every full batch of {code(held)}'s first epoch "
+            f"(the {code('eval_heldout_<model>')} command with "
+            f"{code('--config.data.eval_batches=0')}, run after the study, written to "
+            f"{code(f'evaluate_mlm_{held}_all.json')}), single-token masking, the same masked "
+            f"tokens for every model; the interval is a 95% Wilson interval "
+            f"(`scipy.stats.binomtest`) counting each masked token as an independent draw.",
+            ""] + md_table(["model", "masked tokens", "MLM accuracy", "95% interval",
+                            "unigram level", "times the unigram level", "perplexity"], rows)
 
   def disk(self) -> list:
     n = self.n

@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -311,6 +312,39 @@ def test_publish_copies_the_report_and_every_file_behind_it_but_no_checkpoint(ro
       root / compare_numbers.REAL_TEACHER_ORIGIN).read_bytes()
   assert not any("checkpoints" in rel.split(os.sep) for rel in copied)
   assert not (dest / "pretrain_bert" / "checkpoints").exists()
+
+
+def test_whole_heldout_split_section_reads_the_all_files(root, tmp_path):
+  """`evaluate_mlm_<corpus>_all.json` (mode=evaluate, data.eval_batches=0) beside a trained
+  model adds the whole-split table; each cell is its file's number (the files here are the
+  sampled evaluations under the whole split's name: the section reads, it does not score)."""
+  copy = tmp_path / "copy"
+  shutil.copytree(root, copy)
+  stage = {"bert": "pretrain_bert", "distilbert": "distill_distilbert",
+           "albert": "pretrain_albert"}
+  for m in ("bert", "albert"):
+    shutil.copy(copy / stage[m] / "evaluate_mlm_gutenberg_valid.json",
+                copy / stage[m] / "evaluate_mlm_gutenberg_valid_all.json")
+  out = run_compare(copy, *ARGS, "--report-only")
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = (copy / "report.md").read_text()
+  rows = table_with(text, "model", "95% interval")
+  assert [r["model"] for r in rows] == ["BERT", "ALBERT"]  # no file for DistilBERT: no row
+  for row, m in zip(rows, ("bert", "albert")):
+    scored = load(copy / stage[m] / "evaluate_mlm_gutenberg_valid_all.json")
+    low, high = scored["mlm_accuracy_ci95"]
+    assert low <= scored["mlm_accuracy"] <= high
+    assert row["masked tokens"] == f"{scored['masked_tokens']:,}"
+    assert row["MLM accuracy"] == f"{scored['mlm_accuracy']:.4f}"
+    assert row["95% interval"] == f"{low:.4f}-{high:.4f}"
+    assert row["unigram level"] == f"{scored['mlm_unigram_accuracy']:.4f}"
+    assert row["times the unigram level"] == (
+        f"{scored['mlm_accuracy'] / scored['mlm_unigram_accuracy']:.1f}")
+  ledger = json.loads((copy / "report_numbers.json").read_text())
+  assert {"pretrain_albert/evaluate_mlm_gutenberg_valid_all.json"} <= set().union(
+      *(files_of(item["source"]) for item in ledger))
+  for item in ledger:
+    assert format(resolve(item["source"], copy) * item["scale"], item["fmt"]) == item["text"]
 
 
 def test_rerun_skips_finished_stages_and_refuses_other_settings(root):

@@ -8,6 +8,7 @@ the same masked tokens. The runs take ~1 minute on 2 CPU cores (marked slow).
 """
 
 import json
+import math
 import os
 
 import pytest
@@ -79,6 +80,13 @@ def test_equals_the_runs_own_last_evaluation(runs, name, module):
   assert written["arch"] == name and written["masking"] == "token"
   assert written["batches"] == 3 and written["sequences"] == 3 * 8
   assert 0 < written["masked_tokens"] <= 3 * 8 * 10
+  # The 95% Wilson interval of the accuracy, recomputed from its closed form.
+  tokens, z = written["masked_tokens"], 1.959963984540054
+  accuracy = round(written["mlm_accuracy"] * tokens) / tokens
+  center = (accuracy + z * z / (2 * tokens)) / (1 + z * z / tokens)
+  half = z / (1 + z * z / tokens) * math.sqrt(
+      accuracy * (1 - accuracy) / tokens + z * z / (4 * tokens * tokens))
+  assert written["mlm_accuracy_ci95"] == pytest.approx([center - half, center + half], abs=1e-9)
   assert os.path.exists(os.path.join(workdir, "config_evaluate.json"))
 
 
@@ -119,3 +127,26 @@ def test_refusals_leave_the_workdir_alone(runs):
 ])
 def test_corpus_label(spec, label):
   assert evaluate.corpus_label(spec) == label
+
+
+@pytest.mark.slow
+def test_eval_batches_0_scores_every_full_batch_beside_the_sampled_file(runs, tmp_path):
+  """`data.eval_batches=0`: the whole held-out split, in its own `_all` file."""
+  corpus = tmp_path / "held.raw"
+  with open(WIKI / "wiki.valid.raw") as f:
+    corpus.write_text("".join(f.readlines()[:60]))
+  workdir = runs["bert"]
+  sampled = score(workdir, bert, **{"data.eval_corpus": str(corpus), "data.eval_batches": 2})
+  whole = score(workdir, bert, **{"data.eval_corpus": str(corpus), "data.eval_batches": 0})
+  with open(os.path.join(workdir, "evaluate_mlm_held_all.json")) as f:
+    assert json.load(f) == whole
+  with open(os.path.join(workdir, "evaluate_mlm_held.json")) as f:
+    assert json.load(f) == sampled  # the sampled numbers stay
+  count = whole["batches"]
+  assert count > 2 and whole["sequences"] == count * 8
+  # The same as asking for that many batches by number, and there is no batch more.
+  by_number = score(workdir, bert, **{"data.eval_corpus": str(corpus),
+                                      "data.eval_batches": count})
+  assert {k: by_number[k] for k in whole} == whole
+  with pytest.raises(UserError, match=f"gives only {count} full batches"):
+    score(workdir, bert, **{"data.eval_corpus": str(corpus), "data.eval_batches": count + 1})

@@ -14,14 +14,17 @@ own config only supplies `evaluate.*`.
       --workdir=PRETRAINED_DIR \
       --config.data.eval_corpus=../shared/data/wikitext/wikitext-2-raw/wiki.valid.raw
 
-On a pretraining or distillation workdir: masked-LM loss, accuracy and
-perplexity of its latest checkpoint on `data.eval_corpus`, written to
-`evaluate_mlm_<corpus name>.json` (e.g. `evaluate_mlm_wiki.valid.json`). The
-command supplies `data.eval_corpus`, `data.eval_batches`, `data.masking` and
-`data.format`; the tokenizer, sequence length, batch size, predictions per
-sequence and seed are the run's. The examples are single segments (no NSP/SOP
-pairs), so BERT, ALBERT and DistilBERT runs sharing a tokenizer, length, batch
-and seed are scored on exactly the same masked tokens.
+On a pretraining or distillation workdir: masked-LM loss, accuracy (with its
+95% interval) and perplexity of its latest checkpoint on `data.eval_corpus`,
+written to `evaluate_mlm_<corpus name>.json` (e.g. `evaluate_mlm_wiki.valid.json`)
+or, with `--config.data.eval_batches=0`, on every full batch of the corpus's
+first epoch (the whole held-out split) to `evaluate_mlm_<corpus name>_all.json`,
+beside the sampled one. The command supplies `data.eval_corpus`,
+`data.eval_batches`, `data.masking` and `data.format`; the tokenizer, sequence
+length, batch size, predictions per sequence and seed are the run's. The
+examples are single segments (no NSP/SOP pairs), so BERT, ALBERT and DistilBERT
+runs sharing a tokenizer, length, batch and seed are scored on exactly the same
+masked tokens.
 """
 
 import functools
@@ -114,9 +117,19 @@ def corpus_label(spec: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "corpus"
 
 
-def mlm_result_path(workdir: str, eval_corpus: str) -> str:
-  """Where `evaluate_mlm` writes its numbers for `eval_corpus`."""
-  return os.path.join(workdir, f"evaluate_mlm_{corpus_label(eval_corpus)}.json")
+def mlm_result_path(workdir: str, eval_corpus: str, whole: bool = False) -> str:
+  """Where `evaluate_mlm` writes its numbers for `eval_corpus` (`whole`: all its batches)."""
+  suffix = "_all" if whole else ""
+  return os.path.join(workdir, f"evaluate_mlm_{corpus_label(eval_corpus)}{suffix}.json")
+
+
+def accuracy_interval(accuracy: float, masked_tokens: int) -> list:
+  """95% Wilson interval of an MLM accuracy over `masked_tokens` predictions
+  (scipy.stats.binomtest), each masked token counted as an independent draw."""
+  import scipy.stats  # pylint: disable=import-outside-toplevel
+  correct = int(round(accuracy * masked_tokens))
+  ci = scipy.stats.binomtest(correct, masked_tokens).proportion_ci(0.95, method="wilson")
+  return [float(ci.low), float(ci.high)]
 
 
 def evaluate_mlm(config, run_config, workdir: str) -> dict:
@@ -148,8 +161,9 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
     raise UserError(f"{workdir} has no tokenizer (tokenizer.path in its config.json, or "
                     f"tokenizer/spm.model)")
   documents = corpora.open_corpus(corpus, format=run_config.data.format)
+  whole = run_config.data.eval_batches == 0  # every full batch of the first epoch
   batches = pipeline.eval_batches(
-      documents, loaded.tokenizer, num_batches=run_config.data.eval_batches,
+      documents, loaded.tokenizer, num_batches=None if whole else run_config.data.eval_batches,
       seed=run_config.seed + 1, corpus_name=corpus, **options)
   model = PretrainingModel(loaded.cfg, pair_head=loaded.pair_head)
   mlm = objectives.pretraining_loss_fn(model, pair_weight=0.0)
@@ -161,15 +175,17 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
                   functools.partial(mesh_lib.host_batch_to_global, mesh=mesh))
   numbers = {k: numbers[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity",
                                     "mlm_unigram_accuracy")}
-  result = dict(numbers, corpus=corpus, step=loaded.step, mode=mode,
+  masked = int(evaluation.masked_token_counts(batches).sum())
+  result = dict(numbers, mlm_accuracy_ci95=accuracy_interval(numbers["mlm_accuracy"], masked),
+                corpus=corpus, step=loaded.step, mode=mode,
                 arch=run_config.get("arch"), masking=run_config.data.masking,
                 # Counted over the global batches (each process holds its rows).
                 batches=len(batches),
                 sequences=sum(len(b["input_ids"]) for b in batches) * jax.process_count(),
-                masked_tokens=int(evaluation.masked_token_counts(batches).sum()),
+                masked_tokens=masked,
                 batch_size=run_config.data.batch_size,
                 max_seq_length=run_config.data.max_seq_length, seed=run_config.seed + 1)
-  path = mlm_result_path(workdir, corpus)
+  path = mlm_result_path(workdir, corpus, whole)
   if jax.process_index() == 0:
     files.atomic_write_json(path, result)
     print(f"{run_config.get('name', mode)} step {loaded.step} on {corpus} "
