@@ -116,6 +116,9 @@ def test_refusals_leave_the_workdir_alone(runs):
     score(workdir, bert, **{"data.eval_corpus": ""})
   with pytest.raises(UserError, match=r"data\.masking must be one of"):
     score(workdir, bert, **{"data.masking": "span"})
+  with pytest.raises(UserError, match=r"data\.eval_batches must be a number of batches, or 0 "
+                                      r"for every full batch of the corpus, got -1"):
+    score(workdir, bert, **{"data.eval_batches": -1})
   assert sorted(os.listdir(workdir)) == before
 
 

@@ -148,6 +148,9 @@ def evaluate_mlm(config, run_config, workdir: str) -> dict:
     run_config.data.shards = data.get("shards", 0)  # how this job's hosts split the corpus
     run_config.data.pair_objective = "none"  # single segments: the same batches for every model
   options = setup.batch_options(run_config)  # checks masking; refuses before any work
+  if run_config.data.eval_batches < 0:
+    raise UserError(f"data.eval_batches must be a number of batches, or 0 for every full "
+                    f"batch of the corpus, got {run_config.data.eval_batches}")
   # A pretraining run keeps no best-dev params: 'best' (fine-tuning's default) = the newest.
   choice = str(config.get("evaluate", {}).get("checkpoint", "latest"))
   if choice not in ("best", "latest") and not choice.isdigit():
