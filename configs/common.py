@@ -71,7 +71,7 @@ def base_config(name: str, model: dict, *, pair_head: bool, arch: str) -> config
   # reading only its N / process_count; N divides the batch, the process count
   # divides N, and the batches are the same on any process count.
   config.data.shards = 0
-  config.data.eval_batches = 20  # held-out batches scored at each evaluation (mode=evaluate: 0 = all)
+  config.data.eval_batches = 20  # held-out batches per evaluation (mode=evaluate: 0 = all)
 
   config.train = config_dict.ConfigDict()
   config.train.num_steps = 1000
