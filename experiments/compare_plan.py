@@ -161,6 +161,13 @@ def corpus_label(spec: str) -> str:
   return evaluate.corpus_label(spec)
 
 
+def mlm_result(workdir: str, corpus: str, whole: bool = False) -> str:
+  """Where `mode=evaluate` writes `workdir`'s masked-LM numbers on `corpus` (`whole`: every
+  batch, `data.eval_batches=0`): `evaluate.mlm_result_path`."""
+  from lite_bert.modes import evaluate  # pylint: disable=import-outside-toplevel  # jax
+  return evaluate.mlm_result_path(workdir, corpus, whole)
+
+
 # ------------------------------------------------------------------------ plan
 
 
@@ -274,7 +281,7 @@ def make_plan(root: str, s: dict) -> list:
   for label, corpus in (("heldout", s["eval_corpus"]), ("wikitext", s["wikitext"])):
     for m in MODELS:
       trained = w(TRAINED_BY[m])
-      result = os.path.join(trained, f"evaluate_mlm_{corpus_label(corpus)}.json")
+      result = mlm_result(trained, corpus)
       stages.append(Job(f"eval_{label}_{m}", "evaluate", launch(
           f"configs/{m}.py:{scale['size']}", trained, "--config.mode=evaluate",
           f"--config.data.eval_corpus={corpus_flag(corpus)}", "--config.data.masking=token",

@@ -19,7 +19,8 @@ from experiments.compare_numbers import (ACCURACY_FILE, REAL_TEACHER_FILE,
                                          real_teacher_variant, reduce_nums, study,
                                          write_accuracy_stats)
 from experiments.compare_plan import (MODELS, NAMES, SCALES, STUDY, TASK_NAMES, TASKS,
-                                      TRAINED_BY, corpus_label, make_plan, pretraining_stages)
+                                      TRAINED_BY, corpus_label, make_plan, mlm_result,
+                                      pretraining_stages)
 from experiments.compare_plots import PLOTS, write_plots
 from experiments.jobs import shown_path, write_record
 from lite_bert import files
@@ -413,8 +414,10 @@ class Report:
                        "parameters", "steps", "batch", "sequence length", "optimizer",
                        "learning rate"], rows)
     # Held-out masked LM: the in-training evaluation, then one masking for all three.
-    held = corpus_label(self.settings.get("eval_corpus", "")) if self.settings else "?"
-    wiki = corpus_label(self.settings.get("wikitext", "")) if self.settings else "?"
+    held_corpus = self.settings.get("eval_corpus", "") if self.settings else ""
+    wiki_corpus = self.settings.get("wikitext", "") if self.settings else ""
+    held = corpus_label(held_corpus) if self.settings else "?"
+    wiki = corpus_label(wiki_corpus) if self.settings else "?"
     rows = []
     for m in MODELS:
       stage = self.trained(m)
@@ -426,14 +429,15 @@ class Report:
         last_eval = self.src.get(metrics, {"split": "eval", "step": steps.value}, "mlm_accuracy")
         last_unigram = self.src.get(metrics, {"split": "eval", "step": steps.value},
                                     "mlm_unigram_accuracy")
-      ev = lambda label, k, stage=stage: self.src.get(
-          f"{stage}/evaluate_mlm_{label}.json", k)
+      ev = lambda corpus, k, stage=stage: self.src.get(mlm_result(stage, corpus), k)
       rows.append([NAMES[m], n(train_loss, ".3f"), n(last_eval, ".4f"), n(last_unigram, ".4f"),
-                   n(ev(held, "mlm_accuracy"), ".4f"), n(ev(held, "mlm_unigram_accuracy"), ".4f"),
-                   n(ev(held, "mlm_perplexity"), ".1f"),
-                   n(ev(wiki, "mlm_accuracy"), ".4f"), n(ev(wiki, "mlm_perplexity"), ".1f")])
-    tokens = self.src.get(f"pretrain_bert/evaluate_mlm_{wiki}.json", "masked_tokens")
-    tokens_held = self.src.get(f"pretrain_bert/evaluate_mlm_{held}.json", "masked_tokens")
+                   n(ev(held_corpus, "mlm_accuracy"), ".4f"),
+                   n(ev(held_corpus, "mlm_unigram_accuracy"), ".4f"),
+                   n(ev(held_corpus, "mlm_perplexity"), ".1f"),
+                   n(ev(wiki_corpus, "mlm_accuracy"), ".4f"),
+                   n(ev(wiki_corpus, "mlm_perplexity"), ".1f")])
+    tokens = self.src.get(mlm_result("pretrain_bert", wiki_corpus), "masked_tokens")
+    tokens_held = self.src.get(mlm_result("pretrain_bert", held_corpus), "masked_tokens")
     lines += [f"Held-out masked LM. 'In training' is the run's own last evaluation on "
               f"{code(held)} with its own masking (ALBERT: n-gram, the others: single tokens). "
               f"The other columns come from {code('mode=evaluate')} on the final checkpoints, "
@@ -446,7 +450,7 @@ class Report:
                        "in training: unigram level", f"{held}: MLM accuracy",
                        f"{held}: unigram level", f"{held}: perplexity",
                        f"{wiki}: MLM accuracy", f"{wiki}: perplexity"], rows)
-    lines += self.whole_heldout_split(held)
+    lines += self.whole_heldout_split(held_corpus)
     distil = "distill_distilbert/metrics.jsonl"
     steps = self.final_step("distill_distilbert")
     if steps is not None and self.src.exists(distil):
@@ -458,13 +462,13 @@ class Report:
                 f"{n(g('kl'), '.3f')}, cosine loss {n(g('cosine_loss'), '.3f')}.", ""]
     return lines
 
-  def whole_heldout_split(self, held: str) -> list:
-    """The held-out table's numbers again on the whole split, where it was scored
-    (`mode=evaluate` with `data.eval_batches=0`, `evaluate_mlm_<corpus>_all.json`)."""
+  def whole_heldout_split(self, corpus: str) -> list:
+    """The held-out table's numbers again on the whole split of `corpus`, where it was
+    scored (`mode=evaluate` with `data.eval_batches=0`, `evaluate_mlm_<corpus>_all.json`)."""
     n = self.n
     rows = []
     for m in MODELS:
-      rel = f"{self.trained(m)}/evaluate_mlm_{held}_all.json"
+      rel = mlm_result(self.trained(m), corpus, whole=True)
       if not self.src.exists(rel):
         continue
       g = lambda *k, rel=rel: self.src.get(rel, *k)
@@ -476,12 +480,13 @@ class Report:
                    n(g("mlm_perplexity"), ".1f")])
     if not rows:
       return []
-    return [f"The whole held-out split, every full batch of {code(held)}'s first epoch "
-            f"(the {code('eval_heldout_<model>')} command with "
+    written = os.path.basename(mlm_result("", corpus, whole=True))
+    return [f"The whole held-out split, every full batch of {code(corpus_label(corpus))}'s "
+            f"first epoch (the {code('eval_heldout_<model>')} command with "
             f"{code('--config.data.eval_batches=0')}, run after the study, written to "
-            f"{code(f'evaluate_mlm_{held}_all.json')}), single-token masking, the same masked "
-            f"tokens for every model; the interval is a 95% Wilson interval "
-            f"(`scipy.stats.binomtest`) counting each masked token as an independent draw.",
+            f"{code(written)}), single-token masking, the same masked tokens for every model; "
+            f"the interval is a 95% Wilson interval (`scipy.stats.binomtest`) counting each "
+            f"masked token as an independent draw.",
             ""] + md_table(["model", "masked tokens", "MLM accuracy", "95% interval",
                             "unigram level", "times the unigram level", "perplexity"], rows)
 

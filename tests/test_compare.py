@@ -320,8 +320,7 @@ def test_whole_heldout_split_section_reads_the_all_files(root, tmp_path):
   sampled evaluations under the whole split's name: the section reads, it does not score)."""
   copy = tmp_path / "copy"
   shutil.copytree(root, copy)
-  stage = {"bert": "pretrain_bert", "distilbert": "distill_distilbert",
-           "albert": "pretrain_albert"}
+  stage = compare_plan.TRAINED_BY
   for m in ("bert", "albert"):
     shutil.copy(copy / stage[m] / "evaluate_mlm_gutenberg_valid.json",
                 copy / stage[m] / "evaluate_mlm_gutenberg_valid_all.json")
